@@ -1,0 +1,3 @@
+from topkrec.cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""The ``topkrec`` command line. Heavy libraries are imported inside commands, so ``--help`` is fast.
+
+Each area registers its commands from its own module (``cli/data.py``, ``cli/pretrain.py``, …).
+Errors a user can fix (``TopkrecError``) print one line and exit with status 2; ``--debug`` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from topkrec.cli import agent, data, pretrain, serve, simulate
+from topkrec.cli.common import STATE
+
+app = typer.Typer(
+    name="topkrec",
+    help="REINFORCE recommender with the top-K off-policy correction: synth, prepare, pretrain, train, "
+    "evaluate, recommend, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level (metrics lines)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Turn progress bars off."),
+) -> None:
+    STATE.debug = debug
+    STATE.progress = (not no_progress) and (sys.stderr.isatty() or STATE.force_progress)
+    logging.basicConfig(
+        level=logging.INFO if verbose or debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command("version")
+def _version() -> None:
+    """Print the topkrec version."""
+    from topkrec import __version__
+
+    typer.echo(__version__)
+
+
+for _area in (data, pretrain, agent, simulate, serve):
+    _area.register(app)
+
+
+def main() -> None:
+    from topkrec.errors import TopkrecError
+
+    try:
+        app(standalone_mode=False)
+    except TopkrecError as e:
+        if STATE.debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click's own usage errors come as click exceptions
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,173 @@
+"""The REINFORCE objective with off-policy and top-K corrections, as pure functions of tensors.
+
+Chen et al., "Top-K Off-Policy Correction for a REINFORCE Recommender System" (WSDM 2019):
+- §4.2 off-policy correction: weight each logged transition by π(a|s)/β(a|s);
+- §4.3 the behaviour policy β is unknown and estimated by a second softmax head β̂;
+- §4.4 top-K correction: the gradient of J_K(π) = Σ_a r(a)[1 − (1 − π(a))^K] carries the multiplier
+  λ_K(s, a) = K(1 − π(a|s))^(K−1);
+- §4.5 variance reduction: weight capping (min(w, c)) and self-normalised importance sampling.
+
+Both w and λ_K multiply the score-function term as constants: they are detached here, so the gradient
+of ``reinforce_loss`` w.r.t. the logits is −w·λ·R·(onehot(a) − softmax) / B for each row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from topkrec.data.dataset import discounted_returns
+
+Correction = Literal["none", "is", "topk"]
+CORRECTIONS: tuple[str, ...] = ("none", "is", "topk")
+DEFAULT_CAP = math.exp(3.0)  # the paper's production cap, e^3 ≈ 20.09
+
+__all__ = [
+    "CORRECTIONS",
+    "DEFAULT_CAP",
+    "PolicyLossStats",
+    "action_log_prob",
+    "corrected_policy_loss",
+    "discounted_returns",
+    "effective_sample_size",
+    "importance_weight",
+    "log1mexp",
+    "reinforce_loss",
+    "topk_multiplier",
+]
+
+
+def action_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[b, actions[b]] — one log-probability per row, shape (B,).
+
+    ``gather`` picks one entry per row; indexing ``logp[:, actions]`` would give a (B, B) matrix,
+    the bug of the public reference implementation.
+    """
+    if logits.dim() != 2 or actions.dim() != 1 or logits.shape[0] != actions.shape[0]:
+        raise ValueError(f"logits (B, N) and actions (B,) expected, got {tuple(logits.shape)}, {tuple(actions.shape)}")
+    logp = F.log_softmax(logits.float(), dim=-1).gather(1, actions.long()[:, None]).squeeze(1)
+    assert logp.shape == actions.shape
+    return logp
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x ≤ 0, accurate near both ends (Mächler 2012)."""
+    x = x.clamp(max=0.0)
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def topk_multiplier(policy_logp: torch.Tensor, k: int) -> torch.Tensor:
+    """λ_K = K·(1 − π)^(K−1), computed as K·exp((K−1)·log(1 − π)) from log π (§4.4, eq. 8).
+
+    λ_K → K as π → 0 and λ_K(1) = 0 for K > 1; K = 1 gives ones (the plain importance-weighted update).
+    Returned detached: it is a constant multiplier of the gradient, not something to differentiate.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    logp = policy_logp.detach().float()
+    if k == 1:
+        return torch.ones_like(logp)
+    return k * torch.exp((k - 1) * log1mexp(logp))
+
+
+def importance_weight(
+    policy_logp: torch.Tensor,
+    behavior_logp: torch.Tensor,
+    cap: float | None = DEFAULT_CAP,
+    snis: bool = False,
+) -> torch.Tensor:
+    """w = min(π/β̂, cap), optionally divided by its batch mean (self-normalised IS, §4.5). Detached.
+
+    Computed in log space (exp(log π − log β̂)) so tiny β̂ does not overflow before the cap.
+    """
+    log_ratio = policy_logp.detach().float() - behavior_logp.detach().float()
+    if cap is not None:
+        if cap <= 0:
+            raise ValueError(f"cap must be positive, got {cap}")
+        log_ratio = log_ratio.clamp(max=math.log(cap))
+    weight = torch.exp(log_ratio)
+    if snis:
+        weight = weight / weight.mean().clamp_min(torch.finfo(weight.dtype).tiny)
+    return weight
+
+
+def effective_sample_size(weight: torch.Tensor) -> torch.Tensor:
+    """(Σw)² / Σw² — equals n for equal weights, 1 when one weight dominates."""
+    w = weight.detach().float()
+    return w.sum() ** 2 / (w * w).sum().clamp_min(torch.finfo(w.dtype).tiny)
+
+
+def reinforce_loss(
+    policy_logp: torch.Tensor,
+    returns: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    multiplier: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """−mean(w · λ_K · R · log π(a|s)) with w and λ_K treated as constants."""
+    if policy_logp.dim() != 1 or returns.shape != policy_logp.shape:
+        raise ValueError(f"(B,) log-probs and returns expected, got {tuple(policy_logp.shape)}, {tuple(returns.shape)}")
+    coef = returns.detach().float()
+    if weight is not None:
+        coef = coef * weight.detach()
+    if multiplier is not None:
+        coef = coef * multiplier.detach()
+    return -(coef * policy_logp).mean()
+
+
+@dataclass(frozen=True)
+class PolicyLossStats:
+    """Diagnostics logged with every policy update (DESIGN §3)."""
+
+    mean_weight: float
+    max_weight: float
+    capped_frac: float
+    ess: float
+    mean_multiplier: float
+
+    def as_metrics(self, prefix: str = "train/") -> dict[str, float]:
+        return {
+            f"{prefix}iw_mean": self.mean_weight,
+            f"{prefix}iw_max": self.max_weight,
+            f"{prefix}iw_capped_frac": self.capped_frac,
+            f"{prefix}iw_ess": self.ess,
+            f"{prefix}topk_multiplier_mean": self.mean_multiplier,
+        }
+
+
+def corrected_policy_loss(
+    policy_logp: torch.Tensor,
+    behavior_logp: torch.Tensor,
+    returns: torch.Tensor,
+    correction: str = "topk",
+    k: int = 10,
+    cap: float | None = DEFAULT_CAP,
+    snis: bool = False,
+) -> tuple[torch.Tensor, PolicyLossStats]:
+    """The policy loss for ``--correction none|is|topk`` and its diagnostics.
+
+    none: w ≡ 1, λ ≡ 1 (on-policy REINFORCE on logged data); is: w = min(π/β̂, cap), λ ≡ 1;
+    topk: w and λ_K. Diagnostics of w are computed in every mode so runs are comparable.
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; use one of {CORRECTIONS}")
+    raw = torch.exp(policy_logp.detach().float() - behavior_logp.detach().float())
+    weight = importance_weight(policy_logp, behavior_logp, cap=cap, snis=snis)
+    multiplier = topk_multiplier(policy_logp, k)
+    stats = PolicyLossStats(
+        mean_weight=float(weight.mean()),
+        max_weight=float(weight.max()),
+        capped_frac=float((raw > cap).float().mean()) if cap is not None else 0.0,
+        ess=float(effective_sample_size(weight)),
+        mean_multiplier=float(multiplier.mean()),
+    )
+    if correction == "none":
+        loss = reinforce_loss(policy_logp, returns)
+    elif correction == "is":
+        loss = reinforce_loss(policy_logp, returns, weight=weight)
+    else:
+        loss = reinforce_loss(policy_logp, returns, weight=weight, multiplier=multiplier)
+    return loss, stats

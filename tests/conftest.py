@@ -1,0 +1,50 @@
+"""Shared fixtures. Real data lives in ../shared/data beside the checkout (or $TOPKREC_SHARED_DATA);
+tests that need it skip cleanly when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TOPKREC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test when it is not there."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real sample {p} not present")
+    return p
+
+
+@pytest.fixture
+def taobao4k() -> Path:
+    return shared_path("taobao-head4k", "UserBehavior_head.csv")
+
+
+@pytest.fixture
+def taobao84k() -> Path:
+    return shared_path("taobao-head84k", "UserBehavior_head.csv")
+
+
+@pytest.fixture
+def movielens_small() -> Path:
+    return shared_path("movielens-latest-small")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
