@@ -105,7 +105,9 @@ def test_report_has_design_keys_and_consistent_numbers():
     assert rep["n"] == 500
     assert rep["estimators"]["ips"]["value"] == pytest.approx(float(ips(r, t, p)))
     assert 0 < rep["ess"] < 500
-    rep2 = off_policy_report(r, t, p, n_boot=200, seed=1, reward_hat_logged=MEANS[a], value_hat_target=np.full(500, 0.6))
+    rep2 = off_policy_report(
+        r, t, p, n_boot=200, seed=1, reward_hat_logged=MEANS[a], value_hat_target=np.full(500, 0.6)
+    )
     assert "dr" in rep2.as_dict()["estimators"]
     assert rep2.as_dict()["estimators"]["ips"] == rep["estimators"]["ips"]  # same seed, same resamples
 

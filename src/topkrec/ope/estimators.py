@@ -165,15 +165,11 @@ def check_inputs(
     bad = (p <= 0) | (p > 1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"{names[2]} must lie in (0, 1]; {int(bad.sum())} rows do not (first at row {row}: {p[row]!r})"
-        )
+        raise DataError(f"{names[2]} must lie in (0, 1]; {int(bad.sum())} rows do not (first at row {row}: {p[row]!r})")
     bad = (t < 0) | (t > 1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"{names[1]} must lie in [0, 1]; {int(bad.sum())} rows do not (first at row {row}: {t[row]!r})"
-        )
+        raise DataError(f"{names[1]} must lie in [0, 1]; {int(bad.sum())} rows do not (first at row {row}: {t[row]!r})")
 
 
 @dataclass(frozen=True)
