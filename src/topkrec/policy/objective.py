@@ -41,6 +41,11 @@ __all__ = [
 ]
 
 
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    """Half/bfloat16 (autocast) → float32 for the loss maths; float32 and float64 kept as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def action_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[b, actions[b]] — one log-probability per row, shape (B,).
 
@@ -49,7 +54,7 @@ def action_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor
     """
     if logits.dim() != 2 or actions.dim() != 1 or logits.shape[0] != actions.shape[0]:
         raise ValueError(f"logits (B, N) and actions (B,) expected, got {tuple(logits.shape)}, {tuple(actions.shape)}")
-    logp = F.log_softmax(logits.float(), dim=-1).gather(1, actions.long()[:, None]).squeeze(1)
+    logp = F.log_softmax(_as_float(logits), dim=-1).gather(1, actions.long()[:, None]).squeeze(1)
     assert logp.shape == actions.shape
     return logp
 
@@ -68,7 +73,7 @@ def topk_multiplier(policy_logp: torch.Tensor, k: int) -> torch.Tensor:
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    logp = policy_logp.detach().float()
+    logp = _as_float(policy_logp.detach())
     if k == 1:
         return torch.ones_like(logp)
     return k * torch.exp((k - 1) * log1mexp(logp))
@@ -84,7 +89,7 @@ def importance_weight(
 
     Computed in log space (exp(log π − log β̂)) so tiny β̂ does not overflow before the cap.
     """
-    log_ratio = policy_logp.detach().float() - behavior_logp.detach().float()
+    log_ratio = _as_float(policy_logp.detach()) - _as_float(behavior_logp.detach())
     if cap is not None:
         if cap <= 0:
             raise ValueError(f"cap must be positive, got {cap}")
@@ -97,7 +102,7 @@ def importance_weight(
 
 def effective_sample_size(weight: torch.Tensor) -> torch.Tensor:
     """(Σw)² / Σw² — equals n for equal weights, 1 when one weight dominates."""
-    w = weight.detach().float()
+    w = _as_float(weight.detach())
     return w.sum() ** 2 / (w * w).sum().clamp_min(torch.finfo(w.dtype).tiny)
 
 
@@ -110,7 +115,7 @@ def reinforce_loss(
     """−mean(w · λ_K · R · log π(a|s)) with w and λ_K treated as constants."""
     if policy_logp.dim() != 1 or returns.shape != policy_logp.shape:
         raise ValueError(f"(B,) log-probs and returns expected, got {tuple(policy_logp.shape)}, {tuple(returns.shape)}")
-    coef = returns.detach().float()
+    coef = _as_float(returns.detach())
     if weight is not None:
         coef = coef * weight.detach()
     if multiplier is not None:
@@ -154,7 +159,7 @@ def corrected_policy_loss(
     """
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; use one of {CORRECTIONS}")
-    raw = torch.exp(policy_logp.detach().float() - behavior_logp.detach().float())
+    raw = torch.exp(_as_float(policy_logp.detach()) - _as_float(behavior_logp.detach()))
     weight = importance_weight(policy_logp, behavior_logp, cap=cap, snis=snis)
     multiplier = topk_multiplier(policy_logp, k)
     stats = PolicyLossStats(
