@@ -1,0 +1,77 @@
+"""State encoders s = f(user, history) (DESIGN §3).
+
+All take the user embedding (B, d) and the history item embeddings (B, H, d) with a mask of real
+(non-pad) positions (B, H) and return the state (B, hidden):
+
+- ``concat``: the reference — [u ; h_1 ; … ; h_H] → Linear → ReLU (pad rows are zero embeddings);
+- ``mean``: [u ; mean of the real history items] → Linear → ReLU;
+- ``gru``: a GRU over the real history items (pads skipped), [u ; h_T] → Linear → ReLU;
+- ``cfn``: the Chaos-Free Network of Laurent & von Brecht (ICLR 2017), the recurrent cell the paper
+  uses (§3): h_t = θ_t ⊙ tanh(h_{t−1}) + η_t ⊙ tanh(W x_t), with input/forget gates
+  θ_t = σ(U_θ h_{t−1} + V_θ x_t + b_θ), η_t = σ(U_η h_{t−1} + V_η x_t + b_η).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ENCODERS: tuple[str, ...] = ("concat", "mean", "gru", "cfn")
+
+
+class CFNCell(nn.Module):
+    """One step of the Chaos-Free Network (Laurent & von Brecht 2017, eq. 1)."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.gates = nn.Linear(input_size + hidden_size, 2 * hidden_size)  # [V x ; U h] for θ and η
+        self.input_map = nn.Linear(input_size, hidden_size, bias=False)  # W
+        with torch.no_grad():  # start close to "remember": forget-gate bias +1, input-gate bias −1
+            self.gates.bias[:hidden_size].fill_(1.0)
+            self.gates.bias[hidden_size:].fill_(-1.0)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        theta, eta = torch.sigmoid(self.gates(torch.cat([x, h], dim=-1))).chunk(2, dim=-1)
+        return theta * torch.tanh(h) + eta * torch.tanh(self.input_map(x))
+
+
+class StateEncoder(nn.Module):
+    """(user (B, d), history (B, H, d), mask (B, H)) → state (B, hidden)."""
+
+    def __init__(self, kind: str, embed_dim: int, hist_num: int, hidden: int) -> None:
+        super().__init__()
+        if kind not in ENCODERS:
+            from topkrec.errors import TopkrecError
+
+            raise TopkrecError(f"unknown encoder {kind!r}; use one of {', '.join(ENCODERS)}")
+        self.kind = kind
+        self.hidden = hidden
+        self.cell: nn.Module | None = None
+        if kind == "concat":
+            in_dim = embed_dim * (hist_num + 1)
+        elif kind == "mean":
+            in_dim = 2 * embed_dim
+        else:
+            self.cell = nn.GRUCell(embed_dim, hidden) if kind == "gru" else CFNCell(embed_dim, hidden)
+            in_dim = embed_dim + hidden
+        self.out = nn.Linear(in_dim, hidden)
+
+    def forward(self, user: torch.Tensor, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b = user.shape[0]
+        if self.kind == "concat":
+            features = torch.cat([user, history.reshape(b, -1)], dim=1)
+        elif self.kind == "mean":
+            m = mask.to(history.dtype)[..., None]
+            mean = (history * m).sum(1) / m.sum(1).clamp_min(1.0)
+            features = torch.cat([user, mean], dim=1)
+        else:
+            assert self.cell is not None
+            h = history.new_zeros(b, self.hidden)
+            for t in range(history.shape[1]):  # H (10) steps; pads keep the previous hidden state
+                step = self.cell(history[:, t], h)
+                h = torch.where(mask[:, t, None], step, h)
+            features = torch.cat([user, h], dim=1)
+        state = torch.relu(self.out(features))
+        assert state.shape == (b, self.hidden)
+        return state

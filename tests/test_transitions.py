@@ -1,0 +1,114 @@
+"""Transitions gathered by index vs a plain per-event reference written here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from topkrec.data.dataset import Dataset, discounted_returns
+from topkrec.data.transitions import TransitionBatch, build_transitions, user_starts
+
+
+def random_dataset(seed: int = 0, n_users: int = 7, n_items: int = 13) -> Dataset:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 25, size=n_users)
+    user = np.repeat(np.arange(n_users), lengths).astype(np.int32)
+    n = user.shape[0]
+    item = rng.integers(0, n_items, size=n).astype(np.int32)
+    ts = np.concatenate([np.sort(rng.integers(0, 20_000, size=k)) for k in lengths]).astype(np.int64)
+    # last 20 % of each user's events are test when the user has more than 3 events
+    pos = np.concatenate([np.arange(k) for k in lengths])
+    ln = np.repeat(lengths, lengths)
+    is_test = (ln > 3) & (pos >= ln - np.maximum(1, (ln * 0.2).astype(int)))
+    item[is_test & (rng.random(n) < 0.2)] = n_items  # some OOV test items
+    gap = np.r_[True, (user[1:] != user[:-1]) | (np.diff(ts) > 3600)]
+    session = np.cumsum(gap).astype(np.int32) - 1
+    reward = rng.integers(0, 4, size=n).astype(np.float32)
+    returns = discounted_returns(reward, session, 0.99)
+    return Dataset(
+        user=user,
+        item=item,
+        behavior=np.array(["pv"] * n, dtype=object),
+        reward=reward,
+        ts=ts,
+        session=session,
+        is_test=is_test,
+        returns=returns,
+        n_users=n_users,
+        n_items=n_items,
+    )
+
+
+def reference_transitions(ds: Dataset, split: str, hist_num: int) -> list[tuple]:
+    """One tuple per event of the split, by a loop over users — obviously right, slow."""
+    out = []
+    for u in range(ds.n_users):
+        idx = np.flatnonzero(ds.user == u)
+        seq = ds.item[idx]
+        for j, e in enumerate(idx):
+            if bool(ds.is_test[e]) != (split == "test"):
+                continue
+            past = list(seq[max(0, j - hist_num) : j])
+            hist = [ds.pad_index] * (hist_num - len(past)) + [int(x) for x in past]
+            # independent return: sum over the rest of the session
+            same = idx[j:][ds.session[idx[j:]] == ds.session[e]]
+            ret = sum(0.99**k * float(ds.reward[x]) for k, x in enumerate(same))
+            out.append((u, hist, int(ds.item[e]), float(ds.reward[e]), ret))
+    return out
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("hist_num", [1, 4, 10])
+def test_transitions_match_reference(split: str, hist_num: int) -> None:
+    ds = random_dataset(seed=hist_num)
+    tr = build_transitions(ds, split, hist_num=hist_num)
+    ref = reference_transitions(ds, split, hist_num)
+    assert len(tr) == len(ref) > 0
+    b = tr.batch(torch.arange(len(tr)))
+    assert isinstance(b, TransitionBatch)
+    assert b.history.shape == (len(ref), hist_num) and b.user.shape == (len(ref),)
+    for i, (u, hist, a, r, ret) in enumerate(ref):
+        assert int(b.user[i]) == u
+        assert b.history[i].tolist() == hist
+        assert int(b.action[i]) == a
+        assert float(b.reward[i]) == r
+        assert float(b.returns[i]) == pytest.approx(ret, rel=1e-5, abs=1e-5)
+
+
+def test_test_history_holds_train_tail_and_padding() -> None:
+    # user 0: 5 train events then 2 test; user 1: 2 train events then 1 test
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], dtype=np.int32)
+    user = np.array([0] * 7 + [1] * 3, dtype=np.int32)
+    is_test = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 1], dtype=bool)
+    n = len(items)
+    ds = Dataset(
+        user=user,
+        item=items,
+        behavior=np.array(["pv"] * n, dtype=object),
+        reward=np.ones(n, np.float32),
+        ts=np.arange(n, dtype=np.int64),
+        session=user.copy(),
+        is_test=is_test,
+        returns=np.ones(n, np.float32),
+        n_users=2,
+        n_items=11,
+    )
+    tr = build_transitions(ds, "test", hist_num=4)
+    b = tr.batch(torch.arange(len(tr)))
+    assert b.history.tolist() == [[2, 3, 4, 5], [3, 4, 5, 6], [11, 11, 8, 9]]
+    assert b.action.tolist() == [6, 7, 10]
+    first = tr.first_per_user()
+    assert first.batch(torch.arange(len(first))).action.tolist() == [6, 10]
+    train = build_transitions(ds, "train", hist_num=4).batch(torch.arange(7))
+    assert train.history[0].tolist() == [11, 11, 11, 11]  # first event: all padding
+    assert train.history[5].tolist() == [11, 11, 11, 11]  # user 1 does not see user 0's items
+    assert train.history[6].tolist() == [11, 11, 11, 8]
+
+
+def test_batch_to_and_user_starts() -> None:
+    assert user_starts(np.array([3, 3, 5, 5, 5, 9])).tolist() == [0, 0, 2, 2, 2, 5]
+    ds = random_dataset()
+    tr = build_transitions(ds, "train", hist_num=3)
+    b = tr.batch(torch.tensor([0, 2])).to("cpu")
+    assert b.history.dtype == torch.int64 and b.returns.dtype == torch.float32 and len(b) == 2
