@@ -1,0 +1,97 @@
+"""Each known user's consumed items, stored beside the model for serving.
+
+Serving needs, for a user known to the dataset, the items they consumed: the last ``hist_num`` of
+them form the state's history, and all of them are excluded from recommendations when
+``exclude_seen`` is on. They are kept as one flat item array plus per-user offsets (O(events)
+memory), in ``user_histories.safetensors`` inside the model directory::
+
+    items    (E,)          int32  item indices of every user's events in time order, OOV items dropped
+    offsets  (n_users + 1,) int64 user u's items are items[offsets[u]:offsets[u + 1]]
+
+Both splits are included: at serving time the held-out events are in the past too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from topkrec.errors import ArtifactError
+from topkrec.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from topkrec.data.dataset import Dataset
+
+HISTORIES_FILE = "user_histories.safetensors"
+
+__all__ = ["HISTORIES_FILE", "UserHistories", "write_user_histories"]
+
+
+@dataclass(frozen=True)
+class UserHistories:
+    """Flat per-user item sequences (oldest first)."""
+
+    items: np.ndarray  # (E,) int32
+    offsets: np.ndarray  # (n_users + 1,) int64
+
+    @property
+    def n_users(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    def of(self, user: int) -> np.ndarray:
+        """(n_u,) item indices of user index ``user``, oldest first."""
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    @classmethod
+    def empty(cls, n_users: int) -> UserHistories:
+        return cls(items=np.zeros(0, dtype=np.int32), offsets=np.zeros(n_users + 1, dtype=np.int64))
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset) -> UserHistories:
+        """Every user's events in dataset order (sorted by user then time), OOV items dropped."""
+        keep = dataset.item != dataset.oov_index
+        users = dataset.user[keep].astype(np.int64)
+        items = dataset.item[keep].astype(np.int32)
+        order = np.argsort(users, kind="stable")  # the file is user-grouped already; stable keeps time order
+        users, items = users[order], items[order]
+        counts = np.bincount(users, minlength=dataset.n_users)
+        offsets = np.zeros(dataset.n_users + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return cls(items=items, offsets=offsets)
+
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save
+
+        atomic_write_bytes(
+            Path(path),
+            save({"items": np.ascontiguousarray(self.items), "offsets": np.ascontiguousarray(self.offsets)}),
+        )
+
+    @classmethod
+    def load(cls, path: Path, n_users: int, n_items: int) -> UserHistories:
+        """Read and check against the model's shapes; ``ArtifactError`` if corrupt or mismatched."""
+        from safetensors.numpy import load_file
+
+        try:
+            tensors = load_file(str(path))
+            items = tensors["items"].astype(np.int32, copy=False)
+            offsets = tensors["offsets"].astype(np.int64, copy=False)
+        except Exception as e:  # safetensors raises several kinds for corrupt files
+            raise ArtifactError(f"{path} is not a readable user-histories file ({e}); rebuild the model dir") from e
+        if offsets.shape != (n_users + 1,) or offsets[0] != 0 or offsets[-1] != items.shape[0]:
+            raise ArtifactError(
+                f"{path}: offsets of shape {offsets.shape} do not fit {n_users} users and {items.shape[0]} items"
+            )
+        if np.any(np.diff(offsets) < 0) or (items.size and (items.min() < 0 or items.max() >= n_items)):
+            raise ArtifactError(f"{path}: item indices or offsets out of range for a {n_items}-item model")
+        return cls(items=items, offsets=offsets)
+
+
+def write_user_histories(model_dir: Path, dataset: Dataset) -> Path:
+    """Write ``user_histories.safetensors`` for ``dataset`` into ``model_dir`` (called by ``train``)."""
+    path = Path(model_dir) / HISTORIES_FILE
+    UserHistories.from_dataset(dataset).save(path)
+    return path

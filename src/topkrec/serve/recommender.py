@@ -1,0 +1,377 @@
+"""The serving API: load a model directory, recommend raw item ids for raw user ids (DESIGN §6).
+
+::
+
+    rec = Recommender.load("model/")
+    r = rec.recommend(user="1001", k=10)                       # deterministic top-K
+    r = rec.recommend(history=["42", "7"], explore=True, seed=0)  # unknown user, Boltzmann exploration
+    r.items, r.scores, r.propensities
+
+How a request becomes a state (the ``hist_num`` items before "now", oldest first):
+
+- a known user's stored history (``user_histories.safetensors``, every event of the dataset the model
+  was trained on) followed by the given ``history`` (taken as newer events); the last ``hist_num``
+  known items form the state;
+- an unknown user (or none) is served from the given history alone, with a zero user embedding;
+- history items not in the model's catalogue are ignored and reported in ``unknown_history_items``.
+
+``exclude_seen`` removes every item of the stored and given history from the candidates. Scores are
+the policy's logits (log π up to a per-user constant). Propensities are the probability that the
+serving procedure shows the item: 1 for deterministic top-K, the exact inclusion probability under
+exploration (``topkrec.serve.exploration``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from topkrec.errors import ArtifactError, TopkrecError
+from topkrec.serve.exploration import ExplorationConfig, explore_candidates
+from topkrec.serve.histories import HISTORIES_FILE, UserHistories
+
+if TYPE_CHECKING:
+    import torch
+
+    from topkrec.policy.model import LoadedAgent
+
+logger = logging.getLogger(__name__)
+
+RawId = str | int
+MAX_K = 1000
+MAX_M = 10_000
+_ROWS_PER_CHUNK = 128  # rows scored at once: bounds the (rows, n_items) logits buffer
+
+__all__ = ["MAX_K", "MAX_M", "Recommendation", "RecommendOptions", "Recommender"]
+
+
+@dataclass(frozen=True)
+class RecommendOptions:
+    """Keyword options of ``Recommender.recommend`` (validated)."""
+
+    k: int = 10
+    exclude_seen: bool = True
+    explore: bool = False
+    m: int = 200
+    k_prime: int | None = None
+    temperature: float = 1.0
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_K:
+            raise TopkrecError(f"k must be an integer in 1..{MAX_K}, got {self.k!r}")
+        if not self.explore:
+            return
+        if isinstance(self.m, bool) or not isinstance(self.m, int) or not 1 <= self.m <= MAX_M:
+            raise TopkrecError(f"m must be an integer in 1..{MAX_M}, got {self.m!r}")
+        if self.m < self.k:
+            raise TopkrecError(f"m (candidate pool, {self.m}) must be at least k ({self.k})")
+        if self.k_prime is not None and (
+            isinstance(self.k_prime, bool) or not isinstance(self.k_prime, int) or not 0 <= self.k_prime <= self.k
+        ):
+            raise TopkrecError(f"k_prime must be an integer in 0..k ({self.k}), got {self.k_prime!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not (math.isfinite(t) and t > 0):
+            raise TopkrecError(f"temperature must be a positive finite number, got {t!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise TopkrecError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What is shown to one user: raw item ids, their scores and serving propensities."""
+
+    items: list[str]
+    scores: list[float]
+    propensities: list[float]
+    user_known: bool
+    unknown_history_items: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON answer of ``POST /recommend`` (DESIGN §9) plus the request diagnostics."""
+        return {
+            "items": [
+                {"item": i, "score": s, "propensity": p}
+                for i, s, p in zip(self.items, self.scores, self.propensities, strict=True)
+            ],
+            "user_known": self.user_known,
+            "unknown_history_items": self.unknown_history_items,
+        }
+
+
+@dataclass
+class _Prepared:
+    """A batch of requests turned into model inputs."""
+
+    user: np.ndarray  # (B,) int64, −1 = unknown user
+    history: np.ndarray  # (B, H) int64, oldest first, left-padded with the pad index
+    seen_rows: np.ndarray  # (S,) int64 row of each seen item
+    seen_items: np.ndarray  # (S,) int64 seen item index
+    user_known: list[bool]
+    unknown_items: list[list[str]]
+
+
+class Recommender:
+    """Serves a trained agent's policy π (never the behaviour head β̂)."""
+
+    def __init__(self, agent: LoadedAgent, histories: UserHistories | None = None) -> None:
+        self.agent = agent
+        self.config = agent.config
+        self.n_items = int(agent.config.n_items)
+        self.hist_num = int(agent.config.hist_num)
+        self.pad_index = int(agent.config.pad_index)
+        self.histories = histories if histories is not None else UserHistories.empty(agent.config.n_users)
+        self.has_histories = histories is not None
+        self.item_raw: list[str] = [str(x) for x in agent.item_raw]
+        self.user_index: dict[str, int] = {str(raw): i for i, raw in enumerate(agent.user_raw)}
+        self.item_index: dict[str, int] = {raw: i for i, raw in enumerate(self.item_raw)}
+        self.device = agent.device
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, model_dir: Path | str, device: str = "auto", dataset: Path | str | None = None) -> Recommender:
+        """Load a model directory (safetensors + JSON, no pickle).
+
+        Known users' histories come from ``user_histories.safetensors`` in the model dir or, when
+        ``dataset`` names a dataset directory, are built from its events. Without either, known users
+        are served from their user embedding and the given history only (a warning says so).
+        """
+        from topkrec.device import resolve_device
+        from topkrec.policy.model import load_agent
+
+        d = Path(model_dir)
+        agent = load_agent(d, resolve_device(device))
+        cfg = agent.config
+        histories: UserHistories | None = None
+        if dataset is not None:
+            from topkrec.data.dataset import Dataset
+
+            ds = Dataset.load(Path(dataset))
+            if ds.n_users != cfg.n_users or ds.n_items != cfg.n_items:
+                raise ArtifactError(
+                    f"dataset {dataset} has {ds.n_users} users / {ds.n_items} items, the model {d} "
+                    f"{cfg.n_users} / {cfg.n_items}; pass the dataset the model was trained on"
+                )
+            histories = UserHistories.from_dataset(ds)
+        elif (d / HISTORIES_FILE).exists():
+            histories = UserHistories.load(d / HISTORIES_FILE, cfg.n_users, cfg.n_items)
+        else:
+            logger.warning(
+                "%s has no %s: known users are served without their stored history and seen items "
+                "are excluded only from the given history (pass dataset= / --dataset to add them)",
+                d,
+                HISTORIES_FILE,
+            )
+        return cls(agent, histories)
+
+    def info(self) -> dict[str, Any]:
+        """A summary of the served model (``GET /model``)."""
+        cfg = self.config
+        raw = self.agent.raw_config
+        return {
+            "model_dir": str(self.agent.directory),
+            "library_version": raw.get("library_version"),
+            "n_users": cfg.n_users,
+            "n_items": cfg.n_items,
+            "hist_num": cfg.hist_num,
+            "encoder": cfg.encoder,
+            "softmax": cfg.softmax,
+            "embed_dim": cfg.embed_dim,
+            "hidden": cfg.hidden,
+            "correction": self.agent.train_config.correction,
+            "train_k": self.agent.train_config.k,
+            "device": str(self.device),
+            "has_user_histories": self.has_histories,
+            "max_k": MAX_K,
+            "max_m": MAX_M,
+        }
+
+    # ------------------------------------------------------------------ API
+    def recommend(
+        self,
+        user: RawId | None = None,
+        history: Sequence[RawId] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        explore: bool = False,
+        m: int = 200,
+        k_prime: int | None = None,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> Recommendation:
+        """Recommend ``k`` raw item ids for one user (see the module docstring)."""
+        return self.recommend_batch(
+            [user],
+            [history],
+            k=k,
+            exclude_seen=exclude_seen,
+            explore=explore,
+            m=m,
+            k_prime=k_prime,
+            temperature=temperature,
+            seed=seed,
+        )[0]
+
+    def recommend_batch(
+        self,
+        users: Sequence[RawId | None] | None = None,
+        histories: Sequence[Sequence[RawId] | None] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        explore: bool = False,
+        m: int = 200,
+        k_prime: int | None = None,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Recommendation]:
+        """Recommend for many users at once; ``users`` and ``histories`` are aligned (either may be None).
+
+        With ``explore`` and a ``seed``, one generator drives the whole batch, so the same batch with
+        the same seed gives the same slates.
+        """
+        options = RecommendOptions(k, exclude_seen, explore, m, k_prime, temperature, seed)
+        options.validate()
+        n_rows = _batch_length(users, histories)
+        user_list: Sequence[RawId | None] = users if users is not None else [None] * n_rows
+        hist_list: Sequence[Sequence[RawId] | None] = histories if histories is not None else [None] * n_rows
+        prepared = self._prepare(user_list, hist_list, exclude_seen)
+        rng = np.random.default_rng(seed) if explore else None
+        out: list[Recommendation] = []
+        for start in range(0, n_rows, _ROWS_PER_CHUNK):
+            stop = min(start + _ROWS_PER_CHUNK, n_rows)
+            items, scores, props, valid = self._slates(prepared, start, stop, options, rng)
+            for r in range(stop - start):
+                ok = valid[r]
+                idx = items[r][ok]
+                out.append(
+                    Recommendation(
+                        items=[self.item_raw[i] for i in idx.tolist()],
+                        scores=scores[r][ok].tolist(),
+                        propensities=props[r][ok].tolist(),
+                        user_known=prepared.user_known[start + r],
+                        unknown_history_items=prepared.unknown_items[start + r],
+                    )
+                )
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _prepare(
+        self, users: Sequence[RawId | None], histories: Sequence[Sequence[RawId] | None], exclude_seen: bool
+    ) -> _Prepared:
+        n_rows = len(users)
+        hist_num, pad = self.hist_num, self.pad_index
+        user_idx = np.full(n_rows, -1, dtype=np.int64)
+        state_hist = np.full((n_rows, hist_num), pad, dtype=np.int64)
+        seen_rows: list[np.ndarray] = []
+        seen_items: list[np.ndarray] = []
+        user_known: list[bool] = []
+        unknown_items: list[list[str]] = []
+        for r in range(n_rows):
+            raw_user, raw_hist = users[r], histories[r]
+            u = self.user_index.get(str(raw_user), -1) if raw_user is not None else -1
+            user_idx[r] = u
+            user_known.append(u >= 0)
+            stored = self.histories.of(u) if u >= 0 else np.zeros(0, dtype=np.int32)
+            unknown: list[str] = []
+            if raw_hist:
+                given_list: list[int] = []
+                for raw_item in raw_hist:
+                    i = self.item_index.get(str(raw_item))
+                    if i is None:
+                        unknown.append(str(raw_item))
+                    else:
+                        given_list.append(i)
+                given = np.asarray(given_list, dtype=np.int64)
+                seq = np.concatenate([stored.astype(np.int64), given]) if stored.size else given
+            else:
+                seq = stored.astype(np.int64)
+            unknown_items.append(unknown)
+            tail = seq[-hist_num:]
+            if tail.size:
+                state_hist[r, hist_num - tail.size :] = tail
+            if exclude_seen and seq.size:
+                uniq = np.unique(seq)
+                seen_items.append(uniq)
+                seen_rows.append(np.full(uniq.shape[0], r, dtype=np.int64))
+        return _Prepared(
+            user=user_idx,
+            history=state_hist,
+            seen_rows=np.concatenate(seen_rows) if seen_rows else np.zeros(0, dtype=np.int64),
+            seen_items=np.concatenate(seen_items) if seen_items else np.zeros(0, dtype=np.int64),
+            user_known=user_known,
+            unknown_items=unknown_items,
+        )
+
+    def logits(self, user: np.ndarray, history: np.ndarray) -> torch.Tensor:
+        """(B, n_items) float32 policy logits for user indices (B,) (−1 = unknown) and histories (B, H)."""
+        import torch
+
+        with torch.inference_mode():
+            u = torch.as_tensor(user, dtype=torch.long, device=self.device)
+            h = torch.as_tensor(history, dtype=torch.long, device=self.device)
+            state = self.agent.module.encode(u, h)
+            return self.agent.module.policy_head.logits(state).float()
+
+    def _slates(
+        self,
+        prep: _Prepared,
+        start: int,
+        stop: int,
+        options: RecommendOptions,
+        rng: np.random.Generator | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Items (B, K) int64, scores, propensities (B, K) float64 and validity (B, K) for rows start:stop."""
+        import torch
+
+        with torch.inference_mode():
+            return self._slates_no_grad(prep, start, stop, options, rng)
+
+    def _slates_no_grad(
+        self,
+        prep: _Prepared,
+        start: int,
+        stop: int,
+        options: RecommendOptions,
+        rng: np.random.Generator | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        rows = stop - start
+        logits = self.logits(prep.user[start:stop], prep.history[start:stop])  # (B, n_items)
+        assert logits.shape == (rows, self.n_items)
+        sel = (prep.seen_rows >= start) & (prep.seen_rows < stop)
+        if sel.any():
+            r = torch.as_tensor(prep.seen_rows[sel] - start, device=logits.device)
+            c = torch.as_tensor(prep.seen_items[sel], device=logits.device)
+            logits[r, c] = -math.inf
+        k = options.k
+        if not options.explore:
+            vals, idx = torch.topk(logits, min(k, self.n_items), dim=1)
+            scores = vals.cpu().numpy().astype(np.float64)
+            items = idx.cpu().numpy().astype(np.int64)
+            valid = np.isfinite(scores)
+            if items.shape[1] < k:  # catalogue smaller than k: pad the columns
+                pad = k - items.shape[1]
+                items = np.pad(items, ((0, 0), (0, pad)), constant_values=-1)
+                scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+                valid = np.pad(valid, ((0, 0), (0, pad)), constant_values=False)
+            return items, scores, valid.astype(np.float64), valid
+        vals, idx = torch.topk(logits, min(options.m, self.n_items), dim=1)
+        cfg = ExplorationConfig(k=k, m=options.m, k_prime=options.k_prime, temperature=float(options.temperature))
+        assert rng is not None
+        slates = explore_candidates(idx.cpu().numpy(), vals.cpu().numpy(), cfg, rng)
+        return slates.items, slates.scores, slates.propensities, slates.valid
+
+
+def _batch_length(users: Sequence[Any] | None, histories: Sequence[Any] | None) -> int:
+    if users is None and histories is None:
+        raise TopkrecError("give users, histories or both")
+    if users is not None and histories is not None and len(users) != len(histories):
+        raise TopkrecError(f"users ({len(users)}) and histories ({len(histories)}) must have the same length")
+    return len(users) if users is not None else len(histories)  # type: ignore[arg-type]
