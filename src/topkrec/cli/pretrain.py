@@ -1,9 +1,102 @@
-"""CLI commands of this area. Import heavy libraries inside the command functions."""
+"""``topkrec pretrain``: two-tower embeddings from a dataset directory (DESIGN §2).
+
+Heavy libraries (torch, polars) are imported inside the command so ``topkrec --help`` stays fast.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
+    app.command("pretrain")(pretrain_command)
+
+
+def pretrain_command(
+    data: Path = typer.Option(..., "--data", help="Dataset directory written by `topkrec prepare`."),
+    out: Path = typer.Option(..., "--out", help="Embeddings directory to write."),
+    epochs: int = typer.Option(10, "--epochs", help="Passes over the train (user, item) pairs."),
+    batch_size: int = typer.Option(2048, "--batch-size", help="Positive pairs per step."),
+    lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate."),
+    embed_size: int = typer.Option(32, "--embed-size", help="Width of the output embeddings."),
+    hidden: str = typer.Option("256,128", "--hidden", help="Hidden widths of each tower's MLP, comma-separated."),
+    loss: str = typer.Option("cosine", "--loss", help="cosine | bce | softmax (in-batch negatives, log-Q)."),
+    neg_items: int = typer.Option(1, "--neg-items", help="Random unconsumed negatives per positive."),
+    temperature: float = typer.Option(0.1, "--temperature", help="Logit = cos / temperature (bce, softmax)."),
+    no_batch_norm: bool = typer.Option(False, "--no-batch-norm", help="Turn batch norm in the towers off."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling and negative sampling."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    export_npy: bool = typer.Option(
+        False, "--export-npy", help="Also write <prefix>_user/item_embeddings.npy and user/item_map.json."
+    ),
+    npy_prefix: str = typer.Option("dssm", "--npy-prefix", help="File-name prefix of the --export-npy files."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out directory."),
+) -> None:
+    """Pretrain user and item embeddings with a two-tower model; report eval loss and AUC per epoch."""
+    import shutil
+
+    from topkrec.cli.common import STATE
+    from topkrec.errors import TopkrecError
+    from topkrec.io import check_output_dir
+
+    try:
+        hidden_widths = tuple(int(h) for h in hidden.split(",") if h.strip())
+    except ValueError as e:
+        raise TopkrecError(f"--hidden must be comma-separated integers like 256,128 (got {hidden!r})") from e
+    if not npy_prefix or any(c in npy_prefix for c in "/\\"):
+        raise TopkrecError(f"--npy-prefix must be a plain file-name prefix (got {npy_prefix!r})")
+    from topkrec.embeddings.config import PretrainConfig
+
+    config = PretrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        embed_size=embed_size,
+        hidden=hidden_widths,
+        loss=loss,
+        neg_items=neg_items,
+        batch_norm=not no_batch_norm,
+        temperature=temperature,
+        seed=seed,
+    )
+    if not data.is_dir():
+        raise TopkrecError(f"--data {data} is not a directory; create a dataset with `topkrec prepare`")
+    check_output_dir(out, force)  # fail before training, not after
+
+    from topkrec.data.dataset import Dataset
+    from topkrec.device import resolve_device
+    from topkrec.embeddings import artifact
+    from topkrec.embeddings.train import pretrain
+    from topkrec.io import atomic_dir, write_json
+    from topkrec.metrics_log import MetricsLogger
+
+    torch_device = resolve_device(device)
+    dataset = Dataset.load(data)
+    result = pretrain(dataset, config, torch_device, progress=STATE.progress, metrics_logger=MetricsLogger())
+    with atomic_dir(out, force=force) as tmp:
+        artifact.write_embeddings(tmp, result.user, result.item)
+        write_json(
+            tmp / artifact.CONFIG_FILE,
+            artifact.build_config_json(
+                config.to_dict(),
+                tuple(result.user.shape),
+                tuple(result.item.shape),
+                dataset,
+                dataset_path=str(data.resolve()),
+                device=torch_device.type,
+            ),
+        )
+        write_json(tmp / artifact.METRICS_FILE, result.metrics())
+        if (data / "maps").is_dir():
+            shutil.copytree(data / "maps", tmp / "maps")
+        if export_npy:
+            artifact.export_npy(tmp, result.user, result.item, dataset, npy_prefix)
+    auc = result.eval_auc
+    auc_text = "n/a (no test pairs)" if auc is None else f"{auc:.4f}"
+    typer.echo(
+        f"wrote {out}: {result.user.shape[0]} users × {result.item.shape[0]} item rows × {config.embed_size} dims; "
+        f"{config.epochs} epochs, train loss {result.epochs[-1].train_loss:.4f}, eval AUC {auc_text}"
+    )

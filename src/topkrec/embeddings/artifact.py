@@ -163,3 +163,56 @@ def write_embeddings(directory: Path, user: torch.Tensor, item: torch.Tensor) ->
     d = Path(directory)
     save_file({TENSOR_KEY: user.detach().float().cpu().contiguous()}, str(d / USER_FILE))
     save_file({TENSOR_KEY: item.detach().float().cpu().contiguous()}, str(d / ITEM_FILE))
+
+
+def build_config_json(
+    config: dict[str, Any], user_shape: tuple[int, ...], item_shape: tuple[int, ...], dataset: Dataset, **extra: Any
+) -> dict[str, Any]:
+    """config.json content: the pretraining config, derived shapes, library version, dataset identity."""
+    from topkrec import __version__
+
+    return {
+        "artifact": "topkrec-embeddings",
+        "artifact_version": ARTIFACT_VERSION,
+        "topkrec_version": __version__,
+        "config": config,
+        "shapes": {"user_embeddings": list(user_shape), "item_embeddings": list(item_shape)},
+        "pad_index": dataset.n_items,
+        "dataset": {
+            "n_users": dataset.n_users,
+            "n_items": dataset.n_items,
+            "fingerprint": dataset_fingerprint(dataset),
+            "meta_sha256": meta_fingerprint(dataset.meta),
+            "user_features": sorted(dataset.user_features),
+            "item_features": sorted(dataset.item_features),
+        },
+        **extra,
+    }
+
+
+def export_npy(directory: Path, user: torch.Tensor, item: torch.Tensor, dataset: Dataset, prefix: str) -> list[Path]:
+    """The reference pipeline's files: ``<prefix>_user_embeddings.npy``, ``<prefix>_item_embeddings.npy`` and
+    ``user_map.json`` / ``item_map.json`` ({raw id: index}), for users migrating from it."""
+    from topkrec.io import atomic_write_bytes, write_json
+
+    d = Path(directory)
+    paths = []
+    for name, table in (("user", user), ("item", item)):
+        path = d / f"{prefix}_{name}_embeddings.npy"
+        buf = _npy_bytes(table.detach().float().cpu().numpy())
+        atomic_write_bytes(path, buf)
+        paths.append(path)
+    for name, raw, n in (("user", dataset.user_raw, dataset.n_users), ("item", dataset.item_raw, dataset.n_items)):
+        ids = np.arange(n).astype(str) if raw is None else np.asarray(raw).astype(str)
+        path = d / f"{name}_map.json"
+        write_json(path, {str(r): i for i, r in enumerate(ids.tolist())})
+        paths.append(path)
+    return paths
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()

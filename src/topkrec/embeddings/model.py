@@ -1,0 +1,111 @@
+"""The two-tower model (DESIGN §2): user tower = user id ⊕ static user features, item tower = item id ⊕
+dynamic item features; each an MLP with batch norm to ``embed_size``, L2-normalised."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from topkrec.embeddings.config import PretrainConfig
+
+
+class Tower(nn.Module):
+    """id ⊕ side features → MLP (batch norm, ReLU) → L2-normalised vector of width ``embed_size``.
+
+    The side-feature codes of every id are held as a (n_ids, F) buffer, so a batch is just an id tensor and
+    the lookup happens on the model's device.
+    """
+
+    feature_codes: torch.Tensor  # (n_ids, F) int64 buffer
+
+    def __init__(self, n_ids: int, feature_codes: dict[str, np.ndarray], config: PretrainConfig) -> None:
+        super().__init__()
+        self.feature_names = sorted(feature_codes)
+        self.id_embedding = nn.Embedding(n_ids, config.id_dim)
+        self.feature_embeddings = nn.ModuleList(
+            nn.Embedding(int(feature_codes[name].max(initial=0)) + 1, config.feature_dim) for name in self.feature_names
+        )
+        codes = (
+            np.stack([feature_codes[n].astype(np.int64) for n in self.feature_names], axis=1)
+            if (self.feature_names)
+            else np.zeros((n_ids, 0), np.int64)
+        )
+        if codes.shape[0] != n_ids:
+            raise ValueError(f"feature tables have {codes.shape[0]} rows for {n_ids} ids")
+        self.register_buffer("feature_codes", torch.from_numpy(codes), persistent=False)  # (n_ids, F)
+        width = config.id_dim + config.feature_dim * len(self.feature_names)
+        layers: list[nn.Module] = []
+        for h in config.hidden:
+            layers.append(nn.Linear(width, h))
+            if config.batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(nn.ReLU())
+            width = h
+        layers.append(nn.Linear(width, config.embed_size))
+        self.mlp = nn.Sequential(*layers)
+        for emb in [self.id_embedding, *self.feature_embeddings]:
+            nn.init.normal_(emb.weight, std=0.1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N,) int64 ids → (N, embed_size) unit vectors."""
+        parts = [self.id_embedding(ids)]
+        if self.feature_names:
+            codes = self.feature_codes[ids]  # (N, F)
+            parts.extend(emb(codes[:, j]) for j, emb in enumerate(self.feature_embeddings))
+        x = self.mlp(torch.cat(parts, dim=1))
+        return F.normalize(x.float(), dim=1)
+
+
+class TwoTower(nn.Module):
+    """User and item towers; ``score`` is the cosine of the two unit vectors."""
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        user_features: dict[str, np.ndarray],
+        item_features: dict[str, np.ndarray],
+        config: PretrainConfig,
+    ) -> None:
+        super().__init__()
+        self.n_users = n_users
+        self.n_items = n_items
+        self.user_tower = Tower(n_users, user_features, config)
+        self.item_tower = Tower(n_items, item_features, config)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Cosine scores of (B,) users with (B,) items, or with (B, k) items → (B, k)."""
+        u = self.user_tower(users)  # (B, d)
+        v = self.item_tower(items.reshape(-1)).reshape(*items.shape, -1)  # (B, d) or (B, k, d)
+        if items.ndim == 1:
+            return (u * v).sum(-1)
+        return torch.einsum("bd,bkd->bk", u, v)
+
+    @torch.no_grad()
+    def export(self, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+        """All user vectors (n_users, d) and item vectors (n_items + 1, d) with a zero pad/OOV last row.
+
+        Runs in eval mode (batch norm with its running statistics), in chunks to bound memory.
+        """
+        was_training = self.training
+        self.eval()
+        device = self.user_tower.id_embedding.weight.device
+        try:
+            user = torch.cat(
+                [
+                    self.user_tower(torch.arange(s, min(s + chunk, self.n_users), device=device))
+                    for s in range(0, self.n_users, chunk)
+                ]
+            )
+            item = torch.cat(
+                [
+                    self.item_tower(torch.arange(s, min(s + chunk, self.n_items), device=device))
+                    for s in range(0, self.n_items, chunk)
+                ]
+            )
+        finally:
+            self.train(was_training)
+        item = torch.cat([item, item.new_zeros(1, item.shape[1])])
+        return user.float().cpu(), item.float().cpu()
