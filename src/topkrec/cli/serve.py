@@ -1,9 +1,189 @@
-"""CLI commands of this area. Import heavy libraries inside the command functions."""
+"""``topkrec recommend`` and ``topkrec serve`` (DESIGN §6). Heavy imports stay inside the commands."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from topkrec.errors import TopkrecError
+
+_BATCH_CHUNK = 4096  # users scored per recommend_batch call in --users mode
+
+
+def _split_ids(text: str) -> list[str]:
+    return [x for x in (p.strip() for p in text.replace(",", " ").split()) if x]
+
+
+def _read_users_file(path: Path) -> tuple[list[str], list[list[str] | None] | None]:
+    """Users (and optional histories) from .csv/.parquet (column ``user``, optional ``history`` of ids
+    separated by spaces or commas) or a plain text file with one user id per line."""
+    if not path.exists():
+        raise TopkrecError(f"--users file {path} not found")
+    suffix = path.suffix.lower()
+    if suffix in (".txt", ""):
+        users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return users, None
+    from topkrec.ope.logs import read_table
+
+    df = read_table(path)
+    if df.width == 0 or df.height == 0:
+        raise TopkrecError(f"--users file {path} is empty")
+    col = "user" if "user" in df.columns else df.columns[0]
+    users = [str(u) for u in df[col].cast(str).to_list()]
+    histories: list[list[str] | None] | None = None
+    if "history" in df.columns:
+        histories = [None if h is None else _split_ids(str(h)) for h in df["history"].cast(str).to_list()]
+    return users, histories
+
+
+def _write_table(path: Path, rows: dict[str, list[Any]]) -> None:
+    import polars as pl
+
+    from topkrec.io import atomic_write_bytes
+
+    df = pl.DataFrame(
+        rows,
+        schema={"user": pl.String, "rank": pl.Int32, "item": pl.String, "score": pl.Float64, "propensity": pl.Float64},
+    )
+    import io
+
+    buf = io.BytesIO()
+    if path.suffix.lower() == ".parquet":
+        df.write_parquet(buf)
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        df.write_csv(buf, separator="\t" if path.suffix.lower() == ".tsv" else ",")
+    else:
+        raise TopkrecError(f"--out {path}: use a .csv, .tsv or .parquet file name")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def recommend_command(
+    model: Path = typer.Option(..., "--model", help="Model directory written by `topkrec train`."),
+    user: str | None = typer.Option(None, "--user", help="Raw user id."),
+    history: str | None = typer.Option(
+        None, "--history", help="Raw item ids the user consumed, oldest first, separated by commas or spaces."
+    ),
+    users: Path | None = typer.Option(
+        None, "--users", help="Batch mode: .csv/.parquet with a `user` column (optional `history`) or .txt."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Batch mode output, .csv or .parquet (long format)."),
+    k: int = typer.Option(10, "--k", min=1, max=1000, help="Number of items to recommend."),
+    exclude_seen: bool = typer.Option(
+        True, "--exclude-seen/--include-seen", help="Leave out items the user already consumed."
+    ),
+    explore: bool = typer.Option(False, "--explore", help="Boltzmann exploration (paper §5) instead of top-K."),
+    m: int = typer.Option(200, "--m", min=1, max=10000, help="Exploration: candidate pool, the top M by logit."),
+    k_prime: int | None = typer.Option(
+        None, "--k-prime", min=0, help="Exploration: items shown deterministically (default k // 2)."
+    ),
+    temperature: float = typer.Option(1.0, "--temperature", help="Exploration: softmax temperature (> 0)."),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="Exploration: seed for identical slates."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="Dataset dir to take known users' histories from (if the model dir lacks them)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Recommend items for one user (--user and/or --history) or many (--users FILE --out FILE)."""
+    from topkrec.cli.common import STATE
+
+    if users is None and user is None and history is None:
+        raise TopkrecError("give --user ID, --history IDS or --users FILE")
+    if users is not None and (user is not None or history is not None):
+        raise TopkrecError("--users (batch mode) cannot be combined with --user or --history")
+    if users is not None and out is None:
+        raise TopkrecError("--users needs --out FILE.csv or FILE.parquet for the recommendations")
+    if not (temperature > 0 and temperature < float("inf")):
+        raise TopkrecError(f"--temperature must be a positive number, got {temperature}")
+    from topkrec.serve.recommender import Recommender
+
+    rec = Recommender.load(model, device=device, dataset=dataset)
+    kwargs: dict[str, Any] = dict(
+        k=k, exclude_seen=exclude_seen, explore=explore, m=m, k_prime=k_prime, temperature=temperature, seed=seed
+    )
+    if users is None:
+        result = rec.recommend(user=user, history=_split_ids(history) if history else None, **kwargs)
+        if as_json:
+            typer.echo(json.dumps({"user": user, **result.to_dict()}))
+            return
+        if not result.user_known and user is not None:
+            typer.echo(f"note: user {user!r} is not in the model; served from the given history", err=True)
+        if result.unknown_history_items:
+            shown = ", ".join(result.unknown_history_items[:10])
+            typer.echo(f"note: ignored {len(result.unknown_history_items)} unknown history item(s): {shown}", err=True)
+        typer.echo(f"{'rank':>4}  {'item':<20} {'score':>10} {'propensity':>10}")
+        for rank, (item, score, prop) in enumerate(
+            zip(result.items, result.scores, result.propensities, strict=True), 1
+        ):
+            typer.echo(f"{rank:>4}  {item:<20} {score:>10.4f} {prop:>10.4f}")
+        return
+
+    from topkrec.progress import progress_bar
+
+    assert out is not None
+    user_ids, histories = _read_users_file(users)
+    rows: dict[str, list[Any]] = {"user": [], "rank": [], "item": [], "score": [], "propensity": []}
+    n_unknown = 0
+    with progress_bar(len(user_ids), "recommend", enabled=STATE.progress) as bar:
+        for start in range(0, len(user_ids), _BATCH_CHUNK):
+            chunk_users = user_ids[start : start + _BATCH_CHUNK]
+            chunk_hist = histories[start : start + _BATCH_CHUNK] if histories is not None else None
+            chunk_kwargs = dict(kwargs)
+            if seed is not None:  # one reproducible stream per chunk
+                chunk_kwargs["seed"] = seed + start
+            results = rec.recommend_batch(chunk_users, chunk_hist, **chunk_kwargs)
+            for u, r in zip(chunk_users, results, strict=True):
+                n_unknown += not r.user_known
+                n = len(r.items)
+                rows["user"].extend([u] * n)
+                rows["rank"].extend(range(1, n + 1))
+                rows["item"].extend(r.items)
+                rows["score"].extend(r.scores)
+                rows["propensity"].extend(r.propensities)
+            bar.update(len(chunk_users))
+    _write_table(out, rows)
+    summary = {"users": len(user_ids), "unknown_users": n_unknown, "rows": len(rows["item"]), "out": str(out)}
+    typer.echo(
+        json.dumps(summary)
+        if as_json
+        else f"wrote {summary['rows']} rows for {len(user_ids)} users to {out}"
+        + (f" ({n_unknown} unknown users served from history only)" if n_unknown else "")
+    )
+
+
+def serve_command(
+    model: Path = typer.Option(..., "--model", help="Model directory written by `topkrec train`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
+    log_impressions: Path | None = typer.Option(
+        None, "--log-impressions", help="Append what is served, with propensities, as JSONL (events format)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="Dataset dir to take known users' histories from (if the model dir lacks them)."
+    ),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, max=1024, help="Most requests scored together."),
+    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1024, help="Largest request body."),
+    max_history: int = typer.Option(1000, "--max-history", min=1, help="Longest history accepted per user."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request (slower)."),
+) -> None:
+    """Serve the model over HTTP: POST /recommend, POST /recommend/batch, GET /health, GET /model, /docs."""
+    import uvicorn
+
+    from topkrec.serve.app import ServeLimits, create_app
+    from topkrec.serve.recommender import Recommender
+
+    rec = Recommender.load(model, device=device, dataset=dataset)
+    limits = ServeLimits(max_body_bytes=max_body_bytes, max_history=max_history, max_micro_batch=max_batch)
+    app = create_app(rec, limits=limits, impressions=log_impressions)
+    typer.echo(f"serving {model} ({rec.n_items} items, {rec.device}) on http://{host}:{port} — docs at /docs", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=access_log)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
+    app.command("recommend")(recommend_command)
+    app.command("serve")(serve_command)

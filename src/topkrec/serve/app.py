@@ -1,0 +1,429 @@
+"""The HTTP API of ``topkrec serve`` (FastAPI): /recommend, /recommend/batch, /health, /model, /docs.
+
+Every request is validated (types are strict: ``"10"`` is not an int; k in 1..1000; history length
+and id length bounded; body size bounded) and every client error is a 4xx answer with an ``error``
+line saying what to fix; a 500 means a bug in topkrec, never bad input.
+
+Concurrent ``POST /recommend`` calls are scored together: a worker thread takes every request that
+is waiting when it becomes free (up to ``max_batch``) and scores them in one ``recommend_batch``
+call, so the (n_items × hidden) weight matrix is read once per batch instead of once per request.
+There is no artificial wait, so a lone request is answered at once. Seeded exploration requests are
+scored on their own, so a seed gives the same answer however requests happen to be grouped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+from topkrec.errors import TopkrecError
+from topkrec.serve.recommender import MAX_K, MAX_M, Recommendation, Recommender, RecommendOptions
+
+logger = logging.getLogger(__name__)
+
+MAX_ID_CHARS = 256
+MAX_SEED = 2**63 - 1
+
+Id = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_ID_CHARS)] | Annotated[int, Field(strict=True)]
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Bounds on requests; anything beyond is a 4xx."""
+
+    max_body_bytes: int = 1_000_000
+    max_history: int = 1_000
+    max_batch_rows: int = 1_000
+    max_micro_batch: int = 64
+    """Most /recommend requests scored together by the worker."""
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: Annotated[int, Field(strict=True, ge=1, le=MAX_K)] = 10
+    exclude_seen: StrictBool = True
+    explore: StrictBool = False
+    m: Annotated[int, Field(strict=True, ge=1, le=MAX_M)] = 200
+    k_prime: Annotated[int, Field(strict=True, ge=0, le=MAX_K)] | None = None
+    temperature: Annotated[float, Field(strict=True, gt=0.0, le=1e6, allow_inf_nan=False)] = 1.0
+    seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _Options:
+        if self.explore and self.m < self.k:
+            raise ValueError(f"m (candidate pool, {self.m}) must be at least k ({self.k}) when explore is true")
+        if self.k_prime is not None and self.k_prime > self.k:
+            raise ValueError(f"k_prime ({self.k_prime}) must not exceed k ({self.k})")
+        return self
+
+    def options(self) -> RecommendOptions:
+        return RecommendOptions(
+            k=self.k,
+            exclude_seen=self.exclude_seen,
+            explore=self.explore,
+            m=self.m,
+            k_prime=self.k_prime,
+            temperature=float(self.temperature),
+            seed=self.seed,
+        )
+
+
+class RecommendRequest(_Options):
+    """The keyword arguments of ``Recommender.recommend``."""
+
+    user: Id | None = None
+    history: list[Id] | None = None
+
+
+class BatchRequest(_Options):
+    """The keyword arguments of ``Recommender.recommend_batch``: aligned ``users`` and ``histories``."""
+
+    users: list[Id | None] | None = None
+    histories: list[list[Id] | None] | None = None
+
+
+class ItemOut(BaseModel):
+    item: str
+    score: float
+    propensity: float = Field(description="Probability that the serving procedure shows this item.")
+
+
+class RecommendResponse(BaseModel):
+    items: list[ItemOut]
+    user_known: bool
+    unknown_history_items: list[str]
+
+
+class BatchResponse(BaseModel):
+    results: list[RecommendResponse]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: list[dict[str, Any]] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+class ImpressionLog:
+    """Appends what was served as JSONL in the ``events`` input format (one row per shown item) with the
+    serving propensity, so the next training round can use logged propensities (paper §4.2 loop)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def write(self, users: list[Any], recs: list[Recommendation], explore: bool) -> None:
+        now = time.time()
+        lines = []
+        for user, rec in zip(users, recs, strict=True):
+            request_id = uuid.uuid4().hex
+            for position, (item, score, prop) in enumerate(zip(rec.items, rec.scores, rec.propensities, strict=True)):
+                row = {
+                    "user": None if user is None else str(user),
+                    "item": item,
+                    "event": "impression",
+                    "timestamp": now,
+                    "propensity": prop,
+                    "score": score,
+                    "position": position,
+                    "request_id": request_id,
+                    "explore": explore,
+                }
+                lines.append(json.dumps(row))
+        if not lines:
+            return
+        with self._lock:
+            self._file.write("\n".join(lines) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+@dataclass
+class _Job:
+    request: RecommendRequest
+    future: asyncio.Future[Recommendation]
+    loop: asyncio.AbstractEventLoop
+
+
+class MicroBatcher:
+    """One worker thread scoring waiting /recommend requests together (see the module docstring)."""
+
+    def __init__(self, recommender: Recommender, max_batch: int, impressions: ImpressionLog | None) -> None:
+        self.recommender = recommender
+        self.max_batch = max_batch
+        self.impressions = impressions
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="topkrec-scorer", daemon=True)
+        self.batches = 0
+        self.requests = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    async def submit(self, request: RecommendRequest) -> Recommendation:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Recommendation] = loop.create_future()
+        self._queue.put(_Job(request, future, loop))
+        return await future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            while len(jobs) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                jobs.append(nxt)
+            groups: dict[Any, list[_Job]] = {}
+            for i, job in enumerate(jobs):
+                opts = job.request.options()
+                key: Any = (i,) if (opts.explore and opts.seed is not None) else opts
+                groups.setdefault(key, []).append(job)
+            for group in groups.values():
+                self._score(group)
+
+    def _score(self, jobs: list[_Job]) -> None:
+        opts = jobs[0].request.options()
+        users = [j.request.user for j in jobs]
+        try:
+            recs = self.recommender.recommend_batch(
+                users,
+                [j.request.history for j in jobs],
+                k=opts.k,
+                exclude_seen=opts.exclude_seen,
+                explore=opts.explore,
+                m=opts.m,
+                k_prime=opts.k_prime,
+                temperature=opts.temperature,
+                seed=opts.seed,
+            )
+        except Exception as e:  # handed to each request: TopkrecError → 400, anything else → 500
+            if not isinstance(e, TopkrecError):
+                logger.exception("scoring a batch of %d requests failed", len(jobs))
+            for job in jobs:
+                job.loop.call_soon_threadsafe(_set_exception, job.future, e)
+            return
+        self.batches += 1
+        self.requests += len(jobs)
+        if self.impressions is not None:
+            try:
+                self.impressions.write(users, recs, opts.explore)
+            except OSError:
+                logger.exception("cannot append to the impressions log %s", self.impressions.path)
+        for job, rec in zip(jobs, recs, strict=True):
+            job.loop.call_soon_threadsafe(_set_result, job.future, rec)
+
+
+def _set_result(future: asyncio.Future[Recommendation], value: Recommendation) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Recommendation], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` (declared or streamed) gets a 413."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _send_error(send, 400, "invalid Content-Length header")
+                    return
+                if declared > self.max_bytes:
+                    await _send_error(send, 413, f"request body of {declared} bytes exceeds {self.max_bytes}")
+                    return
+        seen = 0
+        too_big = False
+
+        async def limited_receive() -> Any:
+            nonlocal seen, too_big
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    too_big = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        started = False
+
+        async def guarded_send(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+        if too_big and not started:
+            await _send_error(send, 413, f"request body exceeds {self.max_bytes} bytes")
+
+
+async def _send_error(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json(content: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(content=content, status_code=status)
+
+
+def _describe_validation(errors: list[Any]) -> tuple[str, list[dict[str, Any]]]:
+    parts = []
+    detail = []
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        where = ".".join(loc) if loc else "body"
+        msg = str(err.get("msg", "invalid"))
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if err.get("type") == "json_invalid":
+            where, msg = "body", "is not valid JSON" + (f" ({err['ctx']['error']})" if err.get("ctx") else "")
+            loc = []
+        elif err.get("type") == "missing" and not loc:
+            where, msg = "body", "a JSON object body is required"
+        parts.append(f"{where}: {msg}")
+        detail.append({"loc": loc, "msg": msg, "type": str(err.get("type", ""))})
+    return "invalid request: " + "; ".join(parts[:10]), detail
+
+
+def create_app(recommender: Recommender, limits: ServeLimits | None = None, impressions: Path | None = None) -> FastAPI:
+    """The FastAPI app serving ``recommender``; ``impressions`` appends served slates as JSONL."""
+    from contextlib import asynccontextmanager
+
+    limits = limits or ServeLimits()
+    log = ImpressionLog(impressions) if impressions is not None else None
+    batcher = MicroBatcher(recommender, limits.max_micro_batch, log)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+            if log is not None:
+                log.close()
+
+    app = FastAPI(
+        title="topkrec",
+        description="REINFORCE recommender with the top-K off-policy correction (Chen et al., WSDM 2019). "
+        "Scores are policy logits; propensities are the probability that the serving procedure shows the item.",
+        version=str(recommender.info().get("library_version") or ""),
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 413, 422)}
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, detail = _describe_validation(list(exc.errors()))
+        return _json({"error": message, "detail": detail}, 422)
+
+    @app.exception_handler(TopkrecError)
+    async def _user_error(_: Request, exc: TopkrecError) -> JSONResponse:
+        return _json({"error": str(exc)}, 400)
+
+    def _check_history(history: list[Any] | None, where: str) -> None:
+        if history is not None and len(history) > limits.max_history:
+            raise TopkrecError(f"{where} has {len(history)} items; at most {limits.max_history} are accepted")
+
+    @app.post("/recommend", response_model=RecommendResponse, responses=errors)
+    async def recommend(body: RecommendRequest) -> JSONResponse:
+        """Recommend ``k`` items for a user (raw ids), optionally with Boltzmann exploration."""
+        _check_history(body.history, "history")
+        rec = await batcher.submit(body)
+        return _json(rec.to_dict())
+
+    @app.post("/recommend/batch", response_model=BatchResponse, responses=errors)
+    def recommend_batch(body: BatchRequest) -> JSONResponse:
+        """Recommend for many users at once (aligned ``users`` and ``histories``)."""
+        n = len(body.users) if body.users is not None else len(body.histories or [])
+        if body.users is None and body.histories is None:
+            raise TopkrecError("give users, histories or both")
+        if n > limits.max_batch_rows:
+            raise TopkrecError(f"batch of {n} rows; at most {limits.max_batch_rows} are accepted")
+        for i, h in enumerate(body.histories or []):
+            _check_history(h, f"histories[{i}]")
+        opts = body.options()
+        recs = recommender.recommend_batch(
+            body.users,
+            body.histories,
+            k=opts.k,
+            exclude_seen=opts.exclude_seen,
+            explore=opts.explore,
+            m=opts.m,
+            k_prime=opts.k_prime,
+            temperature=opts.temperature,
+            seed=opts.seed,
+        )
+        if log is not None:
+            log.write(list(body.users or [None] * n), recs, opts.explore)
+        return _json({"results": [r.to_dict() for r in recs]})
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness: the model is loaded and the scorer is running."""
+        return {
+            "status": "ok",
+            "n_items": recommender.n_items,
+            "requests_scored": batcher.requests,
+            "batches": batcher.batches,
+        }
+
+    @app.get("/model")
+    def model() -> dict[str, Any]:
+        """Summary of the served model's configuration."""
+        return recommender.info()
+
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    return app
