@@ -1,9 +1,277 @@
-"""CLI commands of this area. Import heavy libraries inside the command functions."""
+"""CLI of the agent: ``train``, ``evaluate``, ``compare``, ``demo``. Heavy imports live inside the commands."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from typing import Any
+
 import typer
+
+CORRECTION_HELP = "none | is | topk: no correction, importance weight π/β̂, or weight × top-K multiplier λ_K."
+
+
+def _train_config(**kw: Any) -> Any:
+    from topkrec.errors import TopkrecError
+    from topkrec.policy.config import TrainConfig
+
+    cap = kw.pop("cap")
+    if kw.pop("no_cap"):
+        cap = None
+    elif cap is not None and not cap > 0:
+        raise TopkrecError(f"--cap must be positive (or pass --no-cap), got {cap}")
+    return TrainConfig(cap=cap, **kw)
+
+
+def _agent_config(dataset: Any, embeddings: Any, **kw: Any) -> Any:
+    from topkrec.policy.config import AgentConfig
+
+    temperature = kw.pop("temperature")
+    embed_dim = embeddings.embed_size if embeddings is not None else kw.pop("embed_dim")
+    kw.pop("embed_dim", None)
+    head_options = {"temperature": temperature} if temperature != 1.0 else {}
+    return AgentConfig(
+        n_users=dataset.n_users, n_items=dataset.n_items, embed_dim=embed_dim, head_options=head_options, **kw
+    )
+
+
+def _load_inputs(data: Path, embeddings_dir: Path | None, gamma: float | None) -> tuple[Any, Any]:
+    from topkrec.data.dataset import Dataset, discounted_returns
+
+    dataset = Dataset.load(data)
+    if gamma is not None and gamma != dataset.meta.get("gamma"):
+        # Returns were computed by prepare with meta["gamma"]; recompute for another discount.
+        dataset.returns = discounted_returns(dataset.reward, dataset.session, gamma)
+    embeddings = None
+    if embeddings_dir is not None:
+        from topkrec.embeddings import load_embeddings
+
+        embeddings = load_embeddings(embeddings_dir, dataset)
+    return dataset, embeddings
+
+
+def train_command(
+    data: Path = typer.Option(..., "--data", help="Dataset directory (`topkrec prepare`)."),
+    embeddings: Path | None = typer.Option(
+        None, "--embeddings", help="Embeddings directory (`topkrec pretrain`); without it embeddings start random."
+    ),
+    out: Path = typer.Option(..., "--out", help="Model directory to write (checkpoints go here too)."),
+    epochs: int = typer.Option(1, "--epochs", help="Passes over the train transitions."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Transitions per step."),
+    lr: float = typer.Option(1e-5, "--lr", help="Adam learning rate of π (reference 1e-5)."),
+    behavior_lr: float | None = typer.Option(None, "--behavior-lr", help="Adam learning rate of β̂ (default: --lr)."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    correction: str = typer.Option("topk", "--correction", help=CORRECTION_HELP),
+    k: int = typer.Option(10, "--k", help="K of the top-K correction (list length)."),
+    cap: float | None = typer.Option(math.exp(3.0), "--cap", help="Importance-weight cap (paper: e^3)."),
+    no_cap: bool = typer.Option(False, "--no-cap", help="Do not cap importance weights."),
+    snis: bool = typer.Option(False, "--snis", help="Self-normalise importance weights per batch."),
+    softmax: str = typer.Option("full", "--softmax", help="Head kind: full (or sampled/adaptive when available)."),
+    encoder: str = typer.Option("concat", "--encoder", help="State encoder: concat | mean | gru | cfn."),
+    hidden: int = typer.Option(64, "--hidden", help="State width."),
+    hist_num: int = typer.Option(10, "--hist-num", help="Items of history in the state."),
+    embed_dim: int = typer.Option(32, "--embed-dim", help="Embedding width when no --embeddings are given."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature T of both heads."),
+    trainable_embeddings: bool = typer.Option(
+        False, "--trainable-embeddings", help="Fine-tune the pretrained embeddings."
+    ),
+    gamma: float | None = typer.Option(None, "--gamma", help="Discount of returns (default: the dataset's, 0.99)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    no_bf16: bool = typer.Option(False, "--no-bf16", help="No bf16 autocast on CUDA."),
+    log_every: int = typer.Option(50, "--log-every", help="Log metrics every N steps."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every N steps (0: per epoch)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N steps in total."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
+) -> None:
+    """Train the REINFORCE agent (π and β̂) with the chosen off-policy correction."""
+    from topkrec.cli.common import STATE
+    from topkrec.train import train_agent
+
+    dataset, emb = _load_inputs(data, embeddings, gamma)
+    train_cfg = _train_config(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        behavior_lr=behavior_lr,
+        weight_decay=weight_decay,
+        correction=correction,
+        k=k,
+        cap=cap,
+        no_cap=no_cap,
+        snis=snis,
+        seed=seed,
+        device=device,
+        bf16=not no_bf16,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        max_steps=max_steps,
+    )
+    agent_cfg = _agent_config(
+        dataset,
+        emb,
+        embed_dim=embed_dim,
+        hist_num=hist_num,
+        hidden=hidden,
+        encoder=encoder,
+        softmax=softmax,
+        temperature=temperature,
+        trainable_embeddings=trainable_embeddings,
+    )
+    result = train_agent(
+        dataset, out, agent_cfg, train_cfg, embeddings=emb, resume=resume, force=force, progress=STATE.progress
+    )
+    last = result.history[-1] if result.history else {}
+    typer.echo(
+        f"trained {result.state.global_step} steps ({result.state.epoch} epochs) in {result.seconds:.1f} s → {out}"
+        + (f"; last policy loss {last['train/policy_loss']:.4g}" if "train/policy_loss" in last else "")
+    )
+
+
+def _table(title: str, results: dict[str, dict[str, Any]], k: int) -> Any:
+    from rich.table import Table
+
+    cols = [f"ndcg@{k}", f"recall@{k}", "mrr", f"ndcg_all@{k}", "coverage", "tail_share", "ips", "snips", "ess"]
+    table = Table(title=title)
+    table.add_column("model")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, m in results.items():
+        table.add_row(name, *(f"{m[c]:.4f}" if c != "ess" else f"{m[c]:.0f}" for c in cols))
+    return table
+
+
+def print_table(title: str, results: dict[str, dict[str, Any]], k: int, to_stderr: bool = False) -> None:
+    from rich.console import Console
+
+    Console(stderr=to_stderr).print(_table(title, results, k))
+
+
+def evaluate_command(
+    model: Path = typer.Option(..., "--model", help="Model directory (`topkrec train`)."),
+    data: Path = typer.Option(..., "--data", help="The dataset directory the model was trained on."),
+    k: int = typer.Option(10, "--k", help="Recommendation list length for ndcg/recall."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
+    plots: bool = typer.Option(False, "--plots", help="Write PNG training curves and weight histograms."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write metrics.json (default <model>/metrics.json)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the popularity and β̂ baselines."),
+) -> None:
+    """Evaluate a model and the baselines (popularity, β̂) on the test split; write metrics.json."""
+    import json
+
+    from topkrec.cli.common import STATE
+    from topkrec.data.dataset import Dataset
+    from topkrec.device import resolve_device
+    from topkrec.evaluate.report import evaluate_model_dirs
+
+    dataset = Dataset.load(data)
+    doc = evaluate_model_dirs(
+        {None: model},
+        dataset,
+        k=k,
+        device=resolve_device(device),
+        baselines=not no_baselines,
+        out=out or model / "metrics.json",
+        plots_dir=(out.parent if out else model) if plots else None,
+        progress=STATE.progress,
+    )
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        print_table(f"test split of {data} (k={k})", doc["models"], k)
+        typer.echo(f"wrote {out or model / 'metrics.json'}")
+
+
+def compare_command(
+    data: Path = typer.Option(..., "--data", help="Dataset directory."),
+    embeddings: Path | None = typer.Option(None, "--embeddings", help="Embeddings directory (optional)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the three models and metrics.json."),
+    corrections: str = typer.Option("none,is,topk", "--corrections", help="Comma-separated variants to compare."),
+    epochs: int = typer.Option(1, "--epochs"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: float = typer.Option(1e-5, "--lr"),
+    behavior_lr: float | None = typer.Option(None, "--behavior-lr"),
+    k: int = typer.Option(10, "--k"),
+    cap: float | None = typer.Option(math.exp(3.0), "--cap"),
+    no_cap: bool = typer.Option(False, "--no-cap"),
+    snis: bool = typer.Option(False, "--snis"),
+    softmax: str = typer.Option("full", "--softmax"),
+    encoder: str = typer.Option("concat", "--encoder"),
+    hidden: int = typer.Option(64, "--hidden"),
+    hist_num: int = typer.Option(10, "--hist-num"),
+    trainable_embeddings: bool = typer.Option(False, "--trainable-embeddings"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    reuse: bool = typer.Option(False, "--reuse", help="Load variants already trained under --out instead of training."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
+    force: bool = typer.Option(False, "--force", help="Retrain variants whose directory exists."),
+) -> None:
+    """Train (or --reuse) one model per --correction, evaluate all with baselines, print one table."""
+    import json
+
+    from topkrec.cli.common import STATE
+    from topkrec.device import resolve_device
+    from topkrec.errors import TopkrecError
+    from topkrec.evaluate.report import evaluate_model_dirs
+    from topkrec.train import train_agent
+
+    names = [c.strip() for c in corrections.split(",") if c.strip()]
+    if not names:
+        raise TopkrecError("--corrections is empty")
+    dataset, emb = _load_inputs(data, embeddings, None)
+    dirs: dict[str | None, Path] = {}
+    for name in names:
+        model_dir = out / name
+        dirs[name] = model_dir
+        if reuse and (model_dir / "config.json").exists():
+            typer.echo(f"{name}: reusing {model_dir}", err=True)
+            continue
+        train_cfg = _train_config(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            behavior_lr=behavior_lr,
+            correction=name,
+            k=k,
+            cap=cap,
+            no_cap=no_cap,
+            snis=snis,
+            seed=seed,
+            device=device,
+        )
+        agent_cfg = _agent_config(
+            dataset,
+            emb,
+            embed_dim=32,
+            hist_num=hist_num,
+            hidden=hidden,
+            encoder=encoder,
+            softmax=softmax,
+            temperature=1.0,
+            trainable_embeddings=trainable_embeddings,
+        )
+        result = train_agent(dataset, model_dir, agent_cfg, train_cfg, emb, force=force, progress=STATE.progress)
+        typer.echo(f"{name}: {result.state.global_step} steps in {result.seconds:.1f} s", err=True)
+    doc = evaluate_model_dirs(
+        dirs,
+        dataset,
+        k=k,
+        device=resolve_device(device),
+        out=out / "metrics.json",
+        plots_dir=out,
+        progress=STATE.progress,
+    )
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        print_table(f"corrections compared on {data} (k={k})", doc["models"], k)
+        typer.echo(f"wrote {out / 'metrics.json'}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+    app.command("compare")(compare_command)

@@ -1,0 +1,315 @@
+"""``topkrec evaluate``: DESIGN §4 metrics of a trained agent and the baselines on the held-out split.
+
+For every test event the state is the user and the history before it (including the train tail), and
+each model ranks the whole catalogue:
+
+- ``ndcg@K``, ``recall@K`` (hit rate of the one logged item), ``mrr`` (over the whole catalogue); a test
+  event whose item is unseen in train (OOV) counts as a miss for every model;
+- ``ndcg_all@K``: the top K from each user's last train state (before their first test event) against the
+  set of the user's distinct in-catalogue test items (the reference's second number);
+- ``coverage``: share of the catalogue that appears in some top-K list; ``tail_share``: share of
+  recommendations outside the top 1 % most popular train items;
+- off-policy value estimates of the model's policy on the logged test events (immediate reward):
+  ``ips``, ``capped_ips``, ``snips`` and ``ess``, with β̂ of the evaluated model dir as propensity (floored
+  so w stays finite); OOV events are left out of these.
+
+Baselines: ``popularity`` (train counts; as a policy, π(a) ∝ count) and ``behavior`` (β̂ alone, i.e.
+behaviour cloning; its weights are 1, so its IPS is the logged mean reward).
+Scores are computed in row chunks, so at most ``chunk_rows × n_items`` scores exist at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from topkrec.data.dataset import Dataset
+from topkrec.data.transitions import Transitions, build_transitions
+from topkrec.errors import ArtifactError, TopkrecError
+from topkrec.evaluate.metrics import (
+    ndcg_all_at_k,
+    ndcg_from_rank,
+    recall_from_rank,
+    reciprocal_rank,
+    target_rank,
+)
+from topkrec.policy.model import LoadedAgent
+from topkrec.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (user (B,), history (B, H)) -> (B, N) scores
+
+__all__ = [
+    "EvalConfig",
+    "ModelMetrics",
+    "agent_scorers",
+    "evaluate_agents",
+    "evaluate_scorer",
+    "popularity_scorer",
+]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    k: int = 10
+    """Length of the recommendation list."""
+    chunk_elements: int = 1 << 22
+    """Rows per scoring chunk = chunk_elements // n_items (≥ 1): bounds the (rows, n_items) score buffer."""
+    head_share: float = 0.01
+    """The head for ``tail_share``: this share of items with the most train events."""
+    behavior_floor: float = 1e-6
+    """β̂ probabilities are floored here before dividing (DESIGN §3: items β̂ never saw)."""
+    cap: float = math.exp(3.0)
+    """Cap of the capped-IPS estimate."""
+    n_boot: int = 200
+    """Bootstrap resamples for the OPE confidence intervals."""
+    seed: int = 0
+
+
+@dataclass
+class ModelMetrics:
+    """Every number of one model; ``as_dict`` gives the DESIGN §9 keys."""
+
+    k: int
+    ndcg: float
+    recall: float
+    mrr: float
+    ndcg_all: float
+    coverage: float
+    tail_share: float
+    ips: float
+    capped_ips: float
+    snips: float
+    ess: float
+    n_events: int
+    n_users: int
+    ope: dict[str, Any] = field(default_factory=dict)
+    log_weights: np.ndarray | None = None  # (n,) log(π/β̂) per rankable test event, for the histogram
+
+    def as_dict(self) -> dict[str, Any]:
+        k = self.k
+        return {
+            f"ndcg@{k}": self.ndcg,
+            f"recall@{k}": self.recall,
+            "mrr": self.mrr,
+            f"ndcg_all@{k}": self.ndcg_all,
+            "coverage": self.coverage,
+            "tail_share": self.tail_share,
+            "ips": self.ips,
+            "capped_ips": self.capped_ips,
+            "snips": self.snips,
+            "ess": self.ess,
+            "n_events": self.n_events,
+            "n_users": self.n_users,
+            "ope": self.ope,
+        }
+
+
+def item_counts(dataset: Dataset) -> torch.Tensor:
+    """(n_items,) train-split event count per item."""
+    train = ~np.asarray(dataset.is_test, dtype=bool)
+    counts = np.bincount(dataset.item[train], minlength=dataset.n_items + 1)[: dataset.n_items]
+    return torch.as_tensor(counts, dtype=torch.float64)
+
+
+def popularity_scorer(counts: torch.Tensor) -> Scorer:
+    """log(count): as a softmax policy this is π(a) = count(a)/Σ count, the same for every state."""
+    logits = torch.log(counts.clamp_min(0.5)).float()
+
+    def score(user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return logits.to(user.device)[None, :].expand(user.shape[0], -1)
+
+    return score
+
+
+def agent_scorers(agent: LoadedAgent) -> tuple[Scorer, Scorer]:
+    """(π logits, β̂ logits) scorers of a loaded agent."""
+    module = agent.module
+
+    def policy(user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return module.policy_head.logits(module.encode(user, history))
+
+    def behavior(user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return module.behavior_head.logits(module.encode(user, history))
+
+    return policy, behavior
+
+
+@torch.no_grad()
+def _action_logp(scorer: Scorer, test: Transitions, chunk: int) -> torch.Tensor:
+    """(n,) log-probability of each test action under the scorer's softmax (−inf for OOV)."""
+    out = []
+    for s in range(0, len(test), chunk):
+        b = test.batch(torch.arange(s, min(s + chunk, len(test)), device=test.device))
+        logits = scorer(b.user, b.history).float()
+        n = logits.shape[1]
+        lp = torch.log_softmax(logits, dim=1).gather(1, b.action.clamp(0, n - 1)[:, None]).squeeze(1)
+        out.append(torch.where(b.action < n, lp, torch.full_like(lp, -math.inf)))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def evaluate_scorer(
+    scorer: Scorer,
+    test: Transitions,
+    first: Transitions,
+    counts: torch.Tensor,
+    behavior_logp: torch.Tensor,
+    config: EvalConfig = EvalConfig(),
+    progress: bool = False,
+    name: str = "model",
+) -> ModelMetrics:
+    """All DESIGN §4 metrics of one scorer on the test transitions (``first`` = first test event per user)."""
+    from topkrec.ope import off_policy_report
+
+    n_items = int(counts.shape[0])
+    k = config.k
+    if not 1 <= k <= n_items:
+        raise TopkrecError(f"--k must be between 1 and the catalogue size {n_items}, got {k}")
+    chunk = max(1, min(4096, config.chunk_elements // max(n_items, 1)))
+    dev = test.device
+    n = len(test)
+    if n == 0:
+        raise TopkrecError("the dataset has no test events to evaluate on")
+    ndcg_sum = recall_sum = rr_sum = 0.0
+    rec_counts = torch.zeros(n_items, dtype=torch.float64, device=dev)
+    policy_logp = torch.empty(n, dtype=torch.float32, device=dev)
+    with progress_bar(n + len(first), f"evaluate {name}", enabled=progress) as bar:
+        for s in range(0, n, chunk):
+            b = test.batch(torch.arange(s, min(s + chunk, n), device=dev))
+            scores = scorer(b.user, b.history).float()
+            rank = target_rank(scores, b.action)
+            ndcg_sum += float(ndcg_from_rank(rank, k).sum())
+            recall_sum += float(recall_from_rank(rank, k).sum())
+            rr_sum += float(reciprocal_rank(rank).sum())
+            top = scores.topk(k, dim=1).indices
+            rec_counts += torch.bincount(top.flatten(), minlength=n_items).double()
+            lp = torch.log_softmax(scores, dim=1).gather(1, b.action.clamp(0, n_items - 1)[:, None]).squeeze(1)
+            policy_logp[s : s + len(b)] = torch.where(b.action < n_items, lp, torch.full_like(lp, -math.inf))
+            bar.update(len(b))
+        # ndcg_all: each user's top K from the state after the train tail vs their distinct test items.
+        test_actions = test.items[test.rows]
+        test_users = test.users[test.rows]
+        in_cat = test_actions < n_items
+        keys = torch.unique(test_users[in_cat] * (n_items + 1) + test_actions[in_cat])
+        n_rel_per_user = torch.bincount(keys // (n_items + 1), minlength=int(test.users.max()) + 1)
+        ndcg_all_sum = 0.0
+        n_users = 0
+        for s in range(0, len(first), chunk):
+            b = first.batch(torch.arange(s, min(s + chunk, len(first)), device=dev))
+            scores = scorer(b.user, b.history).float()
+            top = scores.topk(k, dim=1).indices
+            relevant = torch.isin(b.user[:, None] * (n_items + 1) + top, keys)
+            n_rel = n_rel_per_user[b.user]
+            has = n_rel > 0
+            ndcg_all_sum += float(ndcg_all_at_k(top, relevant, n_rel)[has].sum())
+            n_users += int(has.sum())
+            bar.update(len(b))
+    n_head = max(1, math.ceil(config.head_share * n_items))
+    head = torch.zeros(n_items, dtype=torch.bool, device=dev)
+    head[torch.argsort(counts.to(dev), descending=True, stable=True)[:n_head]] = True
+    total_recs = float(rec_counts.sum())
+
+    # Off-policy value of the policy on the logged test events (immediate reward), β̂ as propensity.
+    rankable = torch.isfinite(policy_logp) & torch.isfinite(behavior_logp)
+    reward = test.reward[test.rows][rankable].double().cpu().numpy()
+    target_prob = policy_logp[rankable].double().exp().cpu().numpy()
+    logging_prob = behavior_logp[rankable].double().exp().clamp_min(config.behavior_floor).cpu().numpy()
+    log_w = np.log(target_prob) - np.log(logging_prob)
+    if reward.size:
+        report = off_policy_report(
+            reward, target_prob, logging_prob, cap=config.cap, n_boot=config.n_boot, seed=config.seed
+        )
+        ope = report.as_dict()
+        est = report.estimators
+        ips, capped, snips, ess = est["ips"].value, est["capped_ips"].value, est["snips"].value, report.ess
+    else:
+        ope, ips, capped, snips, ess = {}, math.nan, math.nan, math.nan, 0.0
+    return ModelMetrics(
+        k=k,
+        ndcg=ndcg_sum / n,
+        recall=recall_sum / n,
+        mrr=rr_sum / n,
+        ndcg_all=ndcg_all_sum / max(n_users, 1),
+        coverage=float((rec_counts > 0).sum()) / n_items,
+        tail_share=float(rec_counts[~head].sum()) / total_recs if total_recs else 0.0,
+        ips=float(ips),
+        capped_ips=float(capped),
+        snips=float(snips),
+        ess=float(ess),
+        n_events=n,
+        n_users=n_users,
+        ope=ope,
+        log_weights=log_w,
+    )
+
+
+def check_model_matches_dataset(agent: LoadedAgent, dataset: Dataset) -> None:
+    cfg = agent.config
+    if (cfg.n_users, cfg.n_items) != (dataset.n_users, dataset.n_items):
+        raise ArtifactError(
+            f"model {agent.directory} was trained on {cfg.n_users} users / {cfg.n_items} items, the dataset has "
+            f"{dataset.n_users} / {dataset.n_items}; evaluate on the dataset the model was trained on"
+        )
+    saved = agent.raw_config.get("data", {}).get("fingerprint")
+    if saved is not None:
+        from topkrec.embeddings import dataset_fingerprint
+
+        if saved != dataset_fingerprint(dataset):
+            raise ArtifactError(
+                f"model {agent.directory} was trained on a different dataset (id maps differ); "
+                "evaluate on the dataset the model was trained on"
+            )
+
+
+def evaluate_agents(
+    agents: dict[str, LoadedAgent],
+    dataset: Dataset,
+    config: EvalConfig = EvalConfig(),
+    baselines: bool = True,
+    progress: bool = False,
+) -> dict[str, ModelMetrics]:
+    """Metrics of each named agent's π, plus (``baselines``) popularity and β̂ of the first agent.
+
+    Every agent is judged with its own β̂ as the propensity model for the OPE numbers.
+    """
+    if not agents:
+        raise TopkrecError("no model to evaluate")
+    first_agent = next(iter(agents.values()))
+    for agent in agents.values():
+        check_model_matches_dataset(agent, dataset)
+    hist_nums = {a.config.hist_num for a in agents.values()}
+    device = first_agent.device
+    counts = item_counts(dataset)
+    results: dict[str, ModelMetrics] = {}
+    cache: dict[int, tuple[Transitions, Transitions]] = {}
+    for hist in hist_nums:
+        test = build_transitions(dataset, "test", hist, device)
+        cache[hist] = (test, test.first_per_user())
+    chunk = max(1, min(4096, config.chunk_elements // max(dataset.n_items, 1)))
+    behavior_logps: dict[str, torch.Tensor] = {}
+    for name, agent in agents.items():
+        agent.module.eval()
+        test, first = cache[agent.config.hist_num]
+        policy, behavior = agent_scorers(agent)
+        behavior_logps[name] = _action_logp(behavior, test, chunk)
+        results[name] = evaluate_scorer(
+            policy, test, first, counts, behavior_logps[name], config, progress=progress, name=name
+        )
+    if baselines:
+        first_name = next(iter(agents))
+        test, first = cache[first_agent.config.hist_num]
+        _, behavior = agent_scorers(first_agent)
+        blp = behavior_logps[first_name]
+        results["popularity"] = evaluate_scorer(
+            popularity_scorer(counts.to(device)), test, first, counts, blp, config, progress, "popularity"
+        )
+        results["behavior"] = evaluate_scorer(behavior, test, first, counts, blp, config, progress, "behavior")
+    return results

@@ -1,0 +1,437 @@
+"""Training the agent: REINFORCE with the off-policy / top-K correction (DESIGN §3, §7, §8).
+
+The loop is flat on purpose: every data tensor lives on the training device, each epoch is a seeded
+permutation of the train transitions, and a batch is gathered by index (``Transitions.batch``) — no
+DataLoader, no per-sample Python. One optimizer step trains
+
+- β̂ by cross-entropy on every logged action, from the *detached* state (§4.3);
+- π (and the state encoder) by ``corrected_policy_loss`` on the logged actions with non-zero reward.
+
+Checkpoints are whole model directories written atomically (``io.atomic_dir``). The permutation of
+epoch e is drawn from a generator seeded by (seed, e), so a run resumed from a checkpoint at any step
+replays exactly the batches the uninterrupted run would have seen; with the weights, Adam state and
+RNG state restored, ``--resume`` ends with bitwise-identical weights on CPU (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from topkrec.data.dataset import Dataset
+from topkrec.data.transitions import TransitionBatch, Transitions, build_transitions
+from topkrec.device import resolve_device
+from topkrec.errors import ArtifactError, TopkrecError
+from topkrec.io import atomic_dir, atomic_write_bytes, read_json, write_json
+from topkrec.metrics_log import MetricsLogger
+from topkrec.policy.config import AgentConfig, TrainConfig
+from topkrec.policy.model import CONFIG_FILE, MODULE_FILES, Agent, write_model_files
+from topkrec.policy.objective import CORRECTIONS, PolicyLossStats, corrected_policy_loss
+from topkrec.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_FILE = "optimizer.safetensors"
+OPTIMIZER_META_FILE = "optimizer.json"
+RNG_FILE = "rng.safetensors"
+TRAINER_STATE_FILE = "trainer_state.json"
+TRAIN_LOG_FILE = "train_log.jsonl"
+
+# Settings that must not change between an interrupted run and its --resume.
+RESUME_LOCKED = ("batch_size", "lr", "behavior_lr", "weight_decay", "correction", "k", "cap", "snis", "seed")
+
+__all__ = [
+    "StepOutput",
+    "TrainResult",
+    "TrainerState",
+    "build_optimizer",
+    "train_agent",
+    "train_step",
+]
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Losses and diagnostics of one optimizer step (floats, already synchronised)."""
+
+    policy_loss: float
+    behavior_loss: float
+    stats: PolicyLossStats | None  # None when no row of the batch had a non-zero reward
+    n_policy_rows: int
+
+
+@dataclass
+class TrainerState:
+    """Where training stands; saved as trainer_state.json with each checkpoint."""
+
+    epoch: int = 0  # the epoch in progress (== epochs when finished)
+    step_in_epoch: int = 0  # optimizer steps done in that epoch
+    global_step: int = 0
+    finished: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "finished": self.finished,
+        }
+
+
+@dataclass
+class TrainResult:
+    agent: Agent
+    state: TrainerState
+    history: list[dict[str, Any]] = field(default_factory=list)
+    out: Path | None = None
+    seconds: float = 0.0
+
+
+def build_optimizer(agent: Agent, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over π's side (encoder, π head, trainable embeddings) and β̂'s head, as two param groups."""
+    behavior = [p for p in agent.behavior_head.parameters() if p.requires_grad]
+    behavior_ids = {id(p) for p in behavior}
+    policy = [p for p in agent.parameters() if p.requires_grad and id(p) not in behavior_ids]
+    groups = [
+        {"params": policy, "lr": config.lr},
+        {"params": behavior, "lr": config.behavior_lr if config.behavior_lr is not None else config.lr},
+    ]
+    device = policy[0].device if policy else torch.device("cpu")
+    # The fused kernel does the whole update in one pass over each tensor (CPU and CUDA).
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(groups, weight_decay=config.weight_decay, fused=fused)
+
+
+def train_step(
+    agent: Agent,
+    optimizer: torch.optim.Optimizer,
+    batch: TransitionBatch,
+    config: TrainConfig,
+    autocast_dtype: torch.dtype | None = None,
+) -> StepOutput:
+    """One optimizer step on β̂ (all rows) and π (rows with non-zero reward)."""
+    device_type = batch.action.device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        state = agent.encode(batch.user, batch.history)  # (B, hidden)
+        # β̂ on the detached state: its loss never reaches the encoder (§4.3).
+        behavior = agent.behavior_head(state.detach(), batch.action)
+        behavior_loss = -behavior.train_logp.float().mean()
+        rows = batch.reward != 0
+        n_rows = int(rows.sum())
+        stats: PolicyLossStats | None = None
+        if n_rows == len(batch):
+            policy_state, actions, returns, behavior_logp = state, batch.action, batch.returns, behavior.logp
+        else:
+            policy_state, actions = state[rows], batch.action[rows]
+            returns, behavior_logp = batch.returns[rows], behavior.logp[rows]
+        if n_rows > 0:
+            policy = agent.policy_head(policy_state, actions)
+            policy_logp = policy.train_logp.float()
+            if policy.train_logp is not policy.logp:
+                # Value = exact log π (what w and λ_K are computed from); gradient = the head's surrogate.
+                policy_logp = policy_logp + (policy.logp - policy_logp).detach()
+            policy_loss, stats = corrected_policy_loss(
+                policy_logp, behavior_logp, returns, config.correction, config.k, config.cap, config.snis
+            )
+            loss = policy_loss + behavior_loss
+        else:
+            policy_loss = torch.zeros((), device=state.device)
+            loss = behavior_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return StepOutput(float(policy_loss.detach()), float(behavior_loss.detach()), stats, n_rows)
+
+
+# ---------------------------------------------------------------------------------------------- state I/O
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for key, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{pid}.{key}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    meta = {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, meta
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = directory / OPTIMIZER_FILE
+    if not path.exists():
+        raise ArtifactError(f"{path} is missing; cannot --resume (the run left no complete checkpoint)")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises several kinds on a corrupt file
+        raise ArtifactError(f"{path} is not a readable safetensors file ({e}); cannot --resume") from e
+    meta = read_json(directory / OPTIMIZER_META_FILE)
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, extra in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(extra)
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError) as e:
+        raise ArtifactError(f"{path}: optimizer state does not match the model ({e}); cannot --resume") from e
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"torch_cuda_{i}"] = s
+    return out
+
+
+def _restore_rng(directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = directory / RNG_FILE
+    if not path.exists():
+        return
+    states = load_file(str(path))
+    torch.set_rng_state(states["torch_cpu"])
+    if torch.cuda.is_available():
+        cuda = [states[k] for k in sorted(states) if k.startswith("torch_cuda_")]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def write_checkpoint(
+    out: Path,
+    agent: Agent,
+    optimizer: torch.optim.Optimizer,
+    train_config: TrainConfig,
+    state: TrainerState,
+    history: list[dict[str, Any]],
+    user_raw: Any,
+    item_raw: Any,
+    data_info: dict[str, Any],
+) -> None:
+    """Replace ``out`` with a complete model directory + resume state, atomically."""
+    import json
+
+    from safetensors.torch import save
+
+    with atomic_dir(out, force=True) as tmp:
+        write_model_files(tmp, agent, train_config, user_raw, item_raw, data_info)
+        tensors, meta = _optimizer_tensors(optimizer)
+        atomic_write_bytes(tmp / OPTIMIZER_FILE, save({k: v.contiguous().cpu() for k, v in tensors.items()}))
+        write_json(tmp / OPTIMIZER_META_FILE, meta)
+        atomic_write_bytes(tmp / RNG_FILE, save(_rng_tensors()))
+        write_json(tmp / TRAINER_STATE_FILE, state.to_json())
+        atomic_write_bytes(tmp / TRAIN_LOG_FILE, "".join(json.dumps(r) + "\n" for r in history).encode())
+
+
+def read_train_log(model_dir: Path) -> list[dict[str, Any]]:
+    import json
+
+    path = Path(model_dir) / TRAIN_LOG_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _resume(
+    out: Path, agent: Agent, optimizer: torch.optim.Optimizer, agent_config: AgentConfig, config: TrainConfig
+) -> tuple[TrainerState, list[dict[str, Any]]]:
+    from safetensors.torch import load_file
+
+    if not (out / TRAINER_STATE_FILE).exists():
+        raise TopkrecError(f"--resume: {out} holds no checkpoint (no {TRAINER_STATE_FILE}); train without --resume")
+    saved = read_json(out / CONFIG_FILE)
+    if AgentConfig.from_json(saved["agent"]) != agent_config:
+        raise TopkrecError(
+            f"--resume: the model in {out} was built with {saved['agent']}, this run asks for "
+            f"{agent_config.to_json()}; use the same --encoder/--hidden/--hist-num/--softmax or a new --out"
+        )
+    old = TrainConfig.from_json(saved.get("train", {}))
+    changed = [k for k in RESUME_LOCKED if getattr(old, k) != getattr(config, k)]
+    if changed:
+        diffs = ", ".join(f"{k}: {getattr(old, k)!r} → {getattr(config, k)!r}" for k in changed)
+        raise TopkrecError(f"--resume: settings differ from the checkpoint ({diffs}); resume with the same settings")
+    for name, filename in MODULE_FILES.items():
+        agent.load_module_state(name, load_file(str(out / filename)))
+    _load_optimizer(optimizer, out)
+    _restore_rng(out)
+    st = read_json(out / TRAINER_STATE_FILE)
+    state = TrainerState(
+        epoch=int(st["epoch"]), step_in_epoch=int(st["step_in_epoch"]), global_step=int(st["global_step"])
+    )
+    return state, read_train_log(out)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def _epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=gen).to(device)
+
+
+def _data_info(dataset: Dataset) -> dict[str, Any]:
+    from topkrec.embeddings import dataset_fingerprint
+
+    return {"n_events": dataset.n_events, "fingerprint": dataset_fingerprint(dataset)}
+
+
+def train_agent(
+    dataset: Dataset,
+    out: Path | str,
+    agent_config: AgentConfig | None = None,
+    config: TrainConfig | None = None,
+    embeddings: Any | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = False,
+    jsonl: Path | None = None,
+    on_step: Callable[[int, StepOutput], None] | None = None,
+) -> TrainResult:
+    """Train π and β̂ on the train split of ``dataset``; checkpoint into the model dir ``out``.
+
+    ``embeddings`` is a ``PretrainedEmbeddings`` (``topkrec.embeddings.load_embeddings``) or None, in
+    which case embeddings start random and are trained (``trainable_embeddings`` is forced on).
+    """
+    from topkrec.io import check_output_dir
+
+    config = config or TrainConfig()
+    out = Path(out)
+    if config.correction not in CORRECTIONS:
+        raise TopkrecError(f"unknown --correction {config.correction!r}; use one of {', '.join(CORRECTIONS)}")
+    if config.k < 1 or config.batch_size < 1 or config.epochs < 0 or config.lr <= 0:
+        raise TopkrecError("--k, --batch-size must be >= 1, --epochs >= 0 and --lr > 0")
+    if config.cap is not None and config.cap <= 0:
+        raise TopkrecError(f"--cap must be positive, got {config.cap}")
+    if not resume:
+        check_output_dir(out, force)
+    device = resolve_device(config.device)
+    if agent_config is None:
+        agent_config = AgentConfig(n_users=dataset.n_users, n_items=dataset.n_items)
+    if (agent_config.n_users, agent_config.n_items) != (dataset.n_users, dataset.n_items):
+        raise TopkrecError("agent config n_users/n_items do not match the dataset")
+    user_init = item_init = None
+    if embeddings is not None:
+        user_init, item_init = embeddings.user, embeddings.item
+        if int(user_init.shape[1]) != agent_config.embed_dim:
+            from dataclasses import replace
+
+            agent_config = replace(agent_config, embed_dim=int(user_init.shape[1]))
+    elif not agent_config.trainable_embeddings:
+        from dataclasses import replace
+
+        logger.warning("no pretrained embeddings given: embeddings start random and are trained")
+        agent_config = replace(agent_config, trainable_embeddings=True)
+
+    torch.manual_seed(config.seed)
+    agent = Agent(agent_config, user_init, item_init)
+    if embeddings is None:
+        with torch.no_grad():  # small random embeddings; pad row stays zero
+            agent.user_embedding.weight.normal_(0.0, 0.1)
+            agent.item_embedding.weight.normal_(0.0, 0.1)
+            agent.item_embedding.weight[agent_config.pad_index].zero_()
+    agent.to(device)
+    agent.train()
+    optimizer = build_optimizer(agent, config)
+
+    transitions: Transitions = build_transitions(dataset, "train", agent_config.hist_num, device)
+    n = len(transitions)
+    if n == 0:
+        raise TopkrecError("the dataset has no train events to learn from")
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    state = TrainerState()
+    history: list[dict[str, Any]] = []
+    if resume:
+        state, history = _resume(out, agent, optimizer, agent_config, config)
+        logger.info("resuming at epoch %d step %d (step %d)", state.epoch, state.step_in_epoch, state.global_step)
+    metrics = MetricsLogger(jsonl)
+    metrics.history = history
+    data_info = _data_info(dataset)
+    autocast = torch.bfloat16 if (config.bf16 and device.type == "cuda") else None
+
+    def checkpoint() -> None:
+        write_checkpoint(
+            out, agent, optimizer, config, state, metrics.history, dataset.user_raw, dataset.item_raw, data_info
+        )
+
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    sums: dict[str, list[float]] = {}
+    t_interval = time.perf_counter()
+    rows_interval = 0
+    t0 = time.perf_counter()
+    stopped = False
+    try:
+        with progress_bar(total_steps, "train", enabled=progress) as bar:
+            bar.update(min(state.global_step, total_steps))
+            while state.epoch < config.epochs and not stopped:
+                perm = _epoch_permutation(n, config.seed, state.epoch, device)
+                while state.step_in_epoch < steps_per_epoch:
+                    if config.max_steps is not None and state.global_step >= config.max_steps:
+                        stopped = True
+                        break
+                    s = state.step_in_epoch * config.batch_size
+                    batch = transitions.batch(perm[s : s + config.batch_size])
+                    step = train_step(agent, optimizer, batch, config, autocast)
+                    state.step_in_epoch += 1
+                    state.global_step += 1
+                    rows_interval += len(batch)
+                    if on_step is not None:
+                        on_step(state.global_step, step)
+                    _accumulate(sums, step)
+                    bar.update(1, info=f"epoch {state.epoch + 1} π {step.policy_loss:.3g} β̂ {step.behavior_loss:.3g}")
+                    if state.global_step % max(1, config.log_every) == 0 or state.step_in_epoch == steps_per_epoch:
+                        elapsed = time.perf_counter() - t_interval
+                        record = {k: total / n_values for k, (total, n_values) in sums.items()}
+                        record["time/samples_per_s"] = rows_interval / max(elapsed, 1e-9)
+                        record["train/epoch"] = state.epoch + state.step_in_epoch / steps_per_epoch
+                        metrics.log(state.global_step, record)
+                        sums, rows_interval, t_interval = {}, 0, time.perf_counter()
+                    if config.checkpoint_every and state.global_step % config.checkpoint_every == 0:
+                        checkpoint()
+                if not stopped:
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                    if state.epoch < config.epochs:
+                        checkpoint()
+        state.finished = state.epoch >= config.epochs
+        checkpoint()
+    except KeyboardInterrupt:
+        # Every completed step is consistent: save it so --resume continues from here.
+        logger.warning("interrupted: writing a checkpoint at global step %d", state.global_step)
+        checkpoint()
+        raise
+    return TrainResult(agent, state, metrics.history, out, time.perf_counter() - t0)
+
+
+def _accumulate(sums: dict[str, list[float]], step: StepOutput) -> None:
+    """Running (sum, count) per metric over the logging interval."""
+    values = {"train/policy_loss": step.policy_loss, "train/behavior_loss": step.behavior_loss}
+    if step.stats is not None:
+        values.update(step.stats.as_metrics("train/"))
+    for k, v in values.items():
+        acc = sums.setdefault(k, [0.0, 0.0])
+        acc[0] += float(v)
+        acc[1] += 1.0
+
+
+def item_popularity(dataset: Dataset) -> np.ndarray:
+    """Train-split count of each item (n_items,)."""
+    train = ~np.asarray(dataset.is_test, dtype=bool)
+    return np.bincount(dataset.item[train], minlength=dataset.n_items + 1)[: dataset.n_items]
