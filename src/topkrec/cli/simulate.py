@@ -134,6 +134,109 @@ def _print_ope_table(result: dict) -> None:
     console.print(f"effective sample size {result['ess']:.1f} of {result['n']}; capped IPS cap {result['cap']:.4g}")
 
 
+STATELESS = ("paper-offpolicy", "paper-topk")
+
+
+def simulate(
+    scenario: str = typer.Argument(..., help="paper-offpolicy | paper-topk | sequential"),
+    as_json: bool = typer.Option(False, "--json", help="Print the DESIGN §9 JSON to stdout instead of a table."),
+    plots: bool = typer.Option(False, "--plots", help="Write PNG figures into --out."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Directory for result.json and the figures (default ./topkrec-simulate/SCENARIO)."
+    ),
+    update: str = typer.Option("expected", "--update", help="Stateless: 'expected' (exact over β) or 'sampled'."),
+    steps: int | None = typer.Option(None, "--steps", help="Stateless: optimiser steps (default 500 / 1000)."),
+    lr: float | None = typer.Option(None, "--lr", help="Stateless: Adam learning rate (default 0.1 / 0.02)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Stateless sampled updates: actions per step."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (sequential: the first of --seeds seeds)."),
+    seeds: int = typer.Option(3, "--seeds", help="Sequential: independent environments/logs/trainings."),
+    quick: bool = typer.Option(False, "--quick", help="Sequential: a small preset that runs in well under a minute."),
+) -> None:
+    """Ground-truth simulations where the true value of every policy is known (DESIGN §5).
+
+    paper-offpolicy and paper-topk are the paper's two stateless experiments (§6.1), trained through
+    the library's loss code; sequential is a session environment with a biased logging policy whose
+    logs go through prepare → train, with true values measured by rollouts.
+    """
+    from topkrec.cli.common import STATE
+    from topkrec.io import write_json
+
+    out_dir = Path(out) if out is not None else Path("topkrec-simulate") / scenario
+    if scenario in STATELESS:
+        from topkrec.simulate.stateless import StatelessConfig, run_scenario
+
+        if update not in ("expected", "sampled"):
+            raise TopkrecError(f"unknown --update {update!r}; use expected or sampled")
+        sampled = update == "sampled"
+        config = StatelessConfig(
+            update="sampled" if sampled else "expected",
+            steps=steps if steps is not None else (1000 if sampled else 500),
+            lr=lr if lr is not None else (0.02 if sampled else 0.1),
+            batch_size=batch_size,
+            seed=seed,
+        )
+        if config.steps < 1 or config.lr <= 0 or config.batch_size < 1:
+            raise TopkrecError("--steps and --batch-size must be at least 1 and --lr positive")
+        result = run_scenario(scenario, config)
+    elif scenario == "sequential":
+        try:
+            from topkrec.simulate.sequential import SequentialConfig, run_sequential
+        except ImportError as e:
+            raise TopkrecError(f"the sequential scenario is not available in this build ({e})") from e
+
+        if seeds < 1:
+            raise TopkrecError("--seeds must be at least 1")
+        config_seq = (
+            SequentialConfig.quick(seed=seed, n_seeds=seeds) if quick else SequentialConfig(seed=seed, n_seeds=seeds)
+        )
+        result = run_sequential(config_seq, progress=STATE.progress)
+    else:
+        raise TopkrecError(f"unknown scenario {scenario!r}; use one of {', '.join((*STATELESS, 'sequential'))}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "result.json", result)
+    n_plots = 0
+    if plots:
+        from topkrec.simulate.plots import plot_sequential, plot_stateless
+
+        paths = (plot_stateless if scenario in STATELESS else plot_sequential)(result, out_dir)
+        result["plots"] = [str(p) for p in paths]
+        n_plots = len(paths)
+        write_json(out_dir / "result.json", result)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    _print_simulation_table(result)
+    typer.echo(f"wrote {out_dir / 'result.json'}" + (f" and {n_plots} figure(s)" if plots else ""))
+
+
+def _print_simulation_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    policies = result["policies"]
+    if "probs" in next(iter(policies.values())):
+        table = Table(title=f"{result['scenario']}: learned π over items 1..{len(result['reward'])}")
+        table.add_column("policy", no_wrap=True)
+        table.add_column("π (items 1..N)", no_wrap=True)
+        table.add_column("E\\[r]", justify="right")
+        table.add_column(f"J_{result['k']}", justify="right")
+        for name, p in policies.items():
+            probs = " ".join(f"{x:.2f}".removeprefix("0") for x in p["probs"])
+            table.add_row(name, probs, f"{p['expected_reward']:.3f}", f"{p['topk_value']:.3f}")
+    else:
+        table = Table(title=f"{result['scenario']}: true value (rollouts) and off-policy estimates")
+        for col in ("policy", "true value", "95% CI", "IPS", "capped IPS", "SNIPS"):
+            table.add_column(col, justify="left" if col == "policy" else "right")
+        for name, p in policies.items():
+            est = p.get("estimates", {})
+            cells = [f"{est[e]['value']:.3f}" if e in est else "-" for e in ("ips", "capped_ips", "snips")]
+            table.add_row(name, f"{p['true_value']:.3f}", f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}]", *cells)
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
+    app.command("simulate")(simulate)
     app.command("ope")(ope)
