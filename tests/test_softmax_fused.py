@@ -14,6 +14,15 @@ from topkrec.scale.linear_softmax import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small ops: one intra-op thread avoids stalls when the 2 shared cores are busy (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _problem(b: int, n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float32, bias: bool = True):
     gen = torch.Generator().manual_seed(seed)
     hidden = torch.randn(b, d, generator=gen, dtype=dtype)

@@ -168,7 +168,12 @@ class FullSoftmaxHead(ItemHead):
             raise ValueError(
                 f"state (B, d) and actions (B,) expected, got {tuple(state.shape)}, {tuple(actions.shape)}"
             )
-        if self.fused:
+        if self.fused and state.is_cuda and _scale_triton_available():
+            # Tiled Triton kernels (topkrec.scale): no (B, N) logits in memory, forward or backward.
+            from topkrec.scale.linear_softmax import linear_log_softmax_gather as tiled_gather
+
+            logp = tiled_gather(state, self.weight, self.bias, actions, self.temperature)
+        elif self.fused:
             logp = linear_log_softmax_gather(state, self.weight, self.bias, actions, self.temperature)
         else:
             from topkrec.policy.objective import action_log_prob
@@ -176,3 +181,8 @@ class FullSoftmaxHead(ItemHead):
             logp = action_log_prob(self.logits(state), actions)
         assert logp.shape == actions.shape
         return HeadOutput(train_logp=logp, logp=logp.detach().float())
+
+
+# Large-catalogue heads (``sampled``, ``adaptive``) live in topkrec.scale and register themselves here.
+from topkrec.scale import heads as _scale_heads  # noqa: E402,F401
+from topkrec.scale.linear_softmax import triton_available as _scale_triton_available  # noqa: E402

@@ -31,10 +31,13 @@ import torch
 __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
     "Impl",
+    "catalogue_logsumexp",
     "chunked_logsumexp",
     "chunked_topk",
     "default_chunk_size",
     "linear_log_softmax_gather",
+    "resolve_compute_dtype",
+    "target_logits",
     "triton_available",
 ]
 
@@ -68,7 +71,7 @@ def default_chunk_size(batch_size: int, n_items: int, max_elements: int = DEFAUL
     return int(min(n_items, chunk))
 
 
-def _compute_dtype(hidden: torch.Tensor, compute_dtype: torch.dtype | None) -> torch.dtype:
+def resolve_compute_dtype(hidden: torch.Tensor, compute_dtype: torch.dtype | None) -> torch.dtype:
     """bf16/fp16 when autocast is on for the tensor's device, else the tensor's own dtype."""
     if compute_dtype is not None:
         return compute_dtype
@@ -88,7 +91,10 @@ def _chunk_logits(
 ) -> torch.Tensor:
     """fp32 logits of catalogue columns [start, end) — (B, end − start)."""
     acc = _acc_dtype(dtype)
-    logits = (hidden_c @ weight[start:end].to(dtype).t()).to(acc)
+    w_c = weight[start:end].to(dtype)
+    if bias is not None and dtype == acc:
+        return torch.addmm(bias[start:end].to(acc), hidden_c, w_c.t())  # bias fused into the matmul
+    logits = (hidden_c @ w_c.t()).to(acc)
     if bias is not None:
         logits += bias[start:end].to(acc)
     return logits
@@ -102,7 +108,7 @@ def chunked_logsumexp(
     compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """(B,) fp32 logsumexp_j(h Wᵀ + b)_j, one catalogue chunk at a time. Not differentiable."""
-    dtype = _compute_dtype(hidden, compute_dtype)
+    dtype = resolve_compute_dtype(hidden, compute_dtype)
     n_items = weight.shape[0]
     chunk = chunk_size or default_chunk_size(hidden.shape[0], n_items)
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
@@ -114,7 +120,33 @@ def chunked_logsumexp(
     return lse
 
 
-def _target_logits(
+def catalogue_logsumexp(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    compute_dtype: torch.dtype | None = None,
+    impl: Impl = "auto",
+) -> torch.Tensor:
+    """(B,) fp32 logsumexp_j ((h Wᵀ + b)/T)_j with no gradient: the exact normaliser of a softmax head.
+
+    Uses the Triton kernel on CUDA when available (``impl="auto"``), else :func:`chunked_logsumexp`.
+    """
+    dtype = resolve_compute_dtype(hidden, compute_dtype)
+    with torch.no_grad():
+        hidden = hidden.detach() / temperature if temperature != 1.0 else hidden.detach()
+        bias = None if bias is None else (bias.detach() / temperature if temperature != 1.0 else bias.detach())
+        use_triton = impl == "triton" or (impl == "auto" and hidden.is_cuda and triton_available())
+        if use_triton:
+            from topkrec.scale import triton_softmax
+
+            with torch.autocast(hidden.device.type, enabled=False):
+                return triton_softmax.logsumexp_forward(hidden, weight.detach(), bias, dtype)
+        return chunked_logsumexp(hidden, weight.detach(), bias, chunk_size, dtype)
+
+
+def target_logits(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, actions: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """(B,) fp32 h_b · w_{a_b} + b_{a_b}, with the same input rounding as the chunk matmuls."""
@@ -186,7 +218,7 @@ class LinearLogSoftmaxGather(torch.autograd.Function):
                 lse = triton_softmax.logsumexp_forward(hidden, weight, bias, compute_dtype)
             else:
                 lse = _torch_forward(hidden, weight, bias, chunk_size, compute_dtype)
-            logp = _target_logits(hidden, weight, bias, actions, compute_dtype) - lse
+            logp = target_logits(hidden, weight, bias, actions, compute_dtype) - lse
         ctx.save_for_backward(hidden, weight, bias, actions, lse)
         ctx.chunk_size = chunk_size
         ctx.compute_dtype = compute_dtype
@@ -244,7 +276,7 @@ def linear_log_softmax_gather(
         raise ValueError(f"bias (N,) expected for weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    dtype = _compute_dtype(hidden, compute_dtype)
+    dtype = resolve_compute_dtype(hidden, compute_dtype)
     if impl == "auto":
         use_triton = hidden.is_cuda and triton_available()
     elif impl == "triton":
@@ -283,7 +315,7 @@ def chunked_topk(
     n_items = weight.shape[0]
     if not 1 <= k <= n_items:
         raise ValueError(f"k must be in [1, {n_items}], got {k}")
-    dtype = _compute_dtype(hidden, compute_dtype)
+    dtype = resolve_compute_dtype(hidden, compute_dtype)
     chunk = chunk_size or default_chunk_size(hidden.shape[0], n_items)
     rows = hidden.shape[0]
     best_scores = torch.full((rows, k), float("-inf"), device=hidden.device, dtype=torch.float32)

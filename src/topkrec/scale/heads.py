@@ -1,0 +1,300 @@
+"""Item heads for large catalogues: ``sampled`` and ``adaptive`` softmax (DESIGN §3, issue 7).
+
+Both plug into the head registry of :mod:`topkrec.policy.heads` (``make_head("sampled", …)``,
+``--softmax sampled|adaptive``) and follow its contract: ``forward(state, actions)`` returns
+``HeadOutput(train_logp, logp)`` where ``train_logp`` carries the gradient and ``logp`` is the exact
+log-probability of the logged action (detached, fp32) used for the importance weight π/β̂ and the
+top-K multiplier λ_K.
+
+Sampled softmax (Jean et al. 2015; Bengio & Senécal 2008). Each batch shares ``negatives`` item ids
+drawn with replacement from a proposal Q (log-uniform over the frequency-ordered ids, popularity, or
+uniform). With logits l_j = (s·w_j + b_j)/T the training surrogate is the log-Q corrected softmax
+over {a} ∪ negatives, with negatives equal to a masked out ("accidental hits"):
+
+    train_logp = log softmax([l_a − log Q(a), l_n − log Q(n) for n in negatives])[0]
+
+Its gradient approximates the full-softmax gradient at a cost O(B·S·d) instead of O(B·N·d).
+The importance weight needs log π(a|s) itself, so ``logp`` is, by default (``normaliser="exact"``),
+
+    l_a − logsumexp_j l_j        (the exact normaliser, computed in no-grad catalogue chunks or by
+                                  the Triton kernel on CUDA: a full forward pass, no backward)
+
+and with ``normaliser="estimate"`` the normaliser is estimated from the same negatives by importance
+sampling (no extra pass):
+
+    Ẑ = exp(l_a) + (1/S) Σ_{n ≠ a} exp(l_n) / Q(n)       E[Ẑ] = Z exactly,  log π̂ = l_a − log Ẑ.
+
+log Ẑ is biased low by Jensen's inequality (so log π̂ is biased high) and its error grows when Q is
+far from the model's softmax; benchmarks/bench_scale.py reports the error against the exact value.
+
+Adaptive softmax (Grave et al. 2017) is ``nn.AdaptiveLogSoftmaxWithLoss`` over frequency-ordered ids
+(id 0 the most frequent, as ``prepare`` assigns them) with cutoffs n/20, n/10, n/3 and div 4 by default
+(the reference settings). It is a proper distribution, so its ``train_logp`` is also the exact ``logp``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from topkrec.errors import TopkrecError
+from topkrec.policy.heads import HeadOutput, ItemHead, register_head
+from topkrec.scale.linear_softmax import catalogue_logsumexp, resolve_compute_dtype, target_logits
+
+__all__ = [
+    "PROPOSALS",
+    "AdaptiveSoftmaxHead",
+    "SampledSoftmaxHead",
+    "default_cutoffs",
+    "log_uniform_log_q",
+    "sampled_log_prob_estimate",
+    "sampled_softmax_log_prob",
+]
+
+logger = logging.getLogger(__name__)
+
+Proposal = Literal["log_uniform", "popularity", "uniform"]
+PROPOSALS: tuple[str, ...] = ("log_uniform", "popularity", "uniform")
+NORMALISERS: tuple[str, ...] = ("exact", "estimate")
+
+
+def log_uniform_log_q(n_items: int) -> torch.Tensor:
+    """(N,) log Q(k) of the log-uniform (Zipfian) proposal Q(k) = log((k+2)/(k+1)) / log(N+1)."""
+    k = torch.arange(n_items, dtype=torch.float64)
+    return (torch.log1p(1.0 / (k + 1.0)) / math.log(n_items + 1.0)).log().float()
+
+
+def _per_row(log_q: torch.Tensor) -> torch.Tensor:
+    """(S,) shared negatives' log Q → (1, S); (B, S) per-row negatives are kept as they are."""
+    return log_q[None, :] if log_q.dim() == 1 else log_q
+
+
+def sampled_softmax_log_prob(
+    target_logit: torch.Tensor,
+    negative_logits: torch.Tensor,
+    target_log_q: torch.Tensor,
+    negative_log_q: torch.Tensor,
+    accidental_hit: torch.Tensor,
+) -> torch.Tensor:
+    """(B,) log-Q corrected sampled-softmax log-probability of the target (the training surrogate).
+
+    target_logit (B,), negative_logits (B, S), target_log_q (B,), negative_log_q (S,), accidental_hit
+    (B, S) bool (negative equal to the row's target: excluded). ``negative_log_q`` may also be (B, S).
+    """
+    pos = (target_logit.float() - target_log_q)[:, None]  # (B, 1)
+    neg = negative_logits.float() - _per_row(negative_log_q)  # (B, S)
+    neg = neg.masked_fill(accidental_hit, float("-inf"))
+    return torch.log_softmax(torch.cat([pos, neg], dim=1), dim=1)[:, 0]
+
+
+def sampled_log_prob_estimate(
+    target_logit: torch.Tensor,
+    negative_logits: torch.Tensor,
+    negative_log_q: torch.Tensor,
+    accidental_hit: torch.Tensor,
+) -> torch.Tensor:
+    """(B,) l_a − log Ẑ with Ẑ = exp(l_a) + (1/S) Σ_{n≠a} exp(l_n)/Q(n), an unbiased estimate of Z."""
+    n_neg = negative_logits.shape[1]
+    pos = target_logit.float()[:, None]
+    neg = negative_logits.float() - _per_row(negative_log_q) - math.log(n_neg)
+    neg = neg.masked_fill(accidental_hit, float("-inf"))
+    log_z = torch.logsumexp(torch.cat([pos, neg], dim=1), dim=1)
+    return target_logit.float() - log_z
+
+
+@register_head("sampled")
+class SampledSoftmaxHead(ItemHead):
+    """Full-softmax parameters (W, b) trained by sampled softmax; see the module docstring.
+
+    ``logits(state)`` is the full (B, N) score matrix, so evaluation and serving treat this head
+    exactly like the full softmax.
+    """
+
+    proposal_log_q: torch.Tensor  # (N,) log Q(j), saved with the weights
+    proposal_cdf: torch.Tensor  # (N,) cumulative Q for inverse-CDF sampling (not saved; rebuilt lazily)
+    proposal_from_counts: torch.Tensor  # () bool: Q came from item counts (popularity)
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_items: int,
+        negatives: int = 1024,
+        proposal: str = "log_uniform",
+        normaliser: str = "exact",
+        temperature: float = 1.0,
+        item_counts: torch.Tensor | Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if negatives < 1:
+            raise TopkrecError(f"--negatives must be >= 1, got {negatives}")
+        if proposal not in PROPOSALS:
+            raise TopkrecError(f"unknown proposal {proposal!r}; use one of {', '.join(PROPOSALS)}")
+        if normaliser not in NORMALISERS:
+            raise TopkrecError(f"unknown normaliser {normaliser!r}; use one of {', '.join(NORMALISERS)}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.in_dim = int(in_dim)
+        self.n_items = int(n_items)
+        self.negatives = int(negatives)
+        self.proposal = proposal
+        self.normaliser = normaliser
+        self.temperature = float(temperature)
+        # Same parameterisation and initialisation as the full softmax head.
+        self.weight = nn.Parameter(torch.empty(self.n_items, self.in_dim))
+        self.bias = nn.Parameter(torch.zeros(self.n_items))
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.in_dim))
+        # log Q is saved with the weights, so a loaded head samples from the proposal it was trained with.
+        self.register_buffer("proposal_log_q", self._initial_log_q())
+        self.register_buffer("proposal_cdf", torch.empty(0), persistent=False)
+        self.register_buffer("proposal_from_counts", torch.tensor(False))
+        self._warned = False
+        if item_counts is not None:
+            self.set_item_counts(item_counts)
+
+    def _initial_log_q(self) -> torch.Tensor:
+        if self.proposal == "uniform":
+            return torch.full((self.n_items,), -math.log(self.n_items))
+        # popularity before set_item_counts: log-uniform, the popularity of frequency-ordered ids under Zipf.
+        return log_uniform_log_q(self.n_items)
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "negatives": self.negatives,
+            "proposal": self.proposal,
+            "normaliser": self.normaliser,
+            "temperature": self.temperature,
+        }
+
+    def set_item_counts(self, counts: torch.Tensor | Sequence[float], smoothing: float = 1.0) -> None:
+        """Use Q(j) ∝ count_j + smoothing (the popularity proposal) from train item counts (N,)."""
+        c = torch.as_tensor(counts, dtype=torch.float64).flatten()
+        if c.shape[0] != self.n_items or bool((c < 0).any()):
+            raise TopkrecError(f"item counts must be {self.n_items} non-negative numbers, got shape {tuple(c.shape)}")
+        c = c + smoothing
+        log_q = (c / c.sum()).log().float()
+        with torch.no_grad():
+            self.proposal_log_q.copy_(log_q.to(self.proposal_log_q.device))
+            self.proposal_from_counts.fill_(True)
+        self.proposal_cdf = torch.empty(0, device=self.proposal_log_q.device)
+
+    def _sample(self, device: torch.device) -> torch.Tensor:
+        """(S,) int64 negatives drawn with replacement from Q (global torch RNG of ``device``)."""
+        s = self.negatives
+        if self.proposal == "log_uniform":
+            # Inverse CDF: k = ⌊(N+1)^u⌋ − 1 has P(k) = log((k+2)/(k+1)) / log(N+1).
+            u = torch.rand(s, device=device, dtype=torch.float64)
+            k = torch.floor(torch.exp(u * math.log(self.n_items + 1.0))).long() - 1
+            return k.clamp_(0, self.n_items - 1)
+        if self.proposal_cdf.numel() != self.n_items or self.proposal_cdf.device != device:
+            self.proposal_cdf = torch.cumsum(self.proposal_log_q.double().exp(), 0).to(device)
+        u = torch.rand(s, device=device, dtype=torch.float64) * self.proposal_cdf[-1]
+        return torch.searchsorted(self.proposal_cdf, u, right=True).clamp_(max=self.n_items - 1)
+
+    def logits(self, state: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, state, self.weight.t()) / self.temperature
+
+    def exact_log_prob(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """(B,) fp32 exact log π(a|s), no gradient: target logit − the chunked catalogue normaliser."""
+        with torch.no_grad():
+            dtype = resolve_compute_dtype(state, None)
+            target = target_logits(state.detach(), self.weight, self.bias, actions, dtype) / self.temperature
+            lse = catalogue_logsumexp(state, self.weight, self.bias, self.temperature, compute_dtype=dtype)
+            return (target - lse).clamp_max(0.0)
+
+    def forward(self, state: torch.Tensor, actions: torch.Tensor) -> HeadOutput:
+        if state.dim() != 2 or actions.shape != state.shape[:1]:
+            raise ValueError(f"state (B, d) and actions (B,) expected, got {tuple(state.shape)} {tuple(actions.shape)}")
+        actions = actions.long()
+        if self.proposal == "popularity" and self.training and not self._warned and not bool(self.proposal_from_counts):
+            self._warned = True
+            logger.warning("sampled softmax: popularity proposal without item counts; sampling log-uniform ids")
+        negatives = self._sample(state.device)  # (S,) shared by the batch
+        inv_t = 1.0 / self.temperature
+        w_a = self.weight[actions]  # (B, d)
+        target = ((state * w_a).sum(dim=1) + self.bias[actions]) * inv_t  # (B,)
+        neg_logits = torch.addmm(self.bias[negatives], state, self.weight[negatives].t()) * inv_t  # (B, S)
+        hit = negatives[None, :] == actions[:, None]  # (B, S)
+        log_q = self.proposal_log_q
+        train_logp = sampled_softmax_log_prob(target, neg_logits, log_q[actions], log_q[negatives], hit)
+        if self.normaliser == "exact":
+            logp = self.exact_log_prob(state, actions)
+        else:
+            with torch.no_grad():
+                logp = sampled_log_prob_estimate(target.detach(), neg_logits.detach(), log_q[negatives], hit)
+                logp = logp.clamp_max(0.0)
+        assert train_logp.shape == actions.shape and logp.shape == actions.shape
+        return HeadOutput(train_logp=train_logp, logp=logp.float())
+
+
+def default_cutoffs(n_items: int) -> list[int]:
+    """The reference cutoffs n/20, n/10, n/3, deduplicated and kept inside (0, n)."""
+    raw = [n_items // 20, n_items // 10, n_items // 3]
+    cutoffs = sorted({c for c in raw if 0 < c < n_items})
+    if not cutoffs:
+        if n_items < 2:
+            raise TopkrecError(f"adaptive softmax needs at least 2 items, got {n_items}")
+        cutoffs = [max(1, n_items // 2)]
+    return cutoffs
+
+
+@register_head("adaptive")
+class AdaptiveSoftmaxHead(ItemHead):
+    """``nn.AdaptiveLogSoftmaxWithLoss`` over frequency-ordered item ids (DESIGN §3, reference settings).
+
+    The temperature divides the state: with no biases in the adaptive layers (``head_bias=False``),
+    every logit is linear in the state, so this is exactly a temperature on the logits.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_items: int,
+        cutoffs: Sequence[int] | None = None,
+        div_value: float = 4.0,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.in_dim = int(in_dim)
+        self.n_items = int(n_items)
+        self.cutoffs = [int(c) for c in cutoffs] if cutoffs is not None else default_cutoffs(self.n_items)
+        if self.cutoffs != sorted(set(self.cutoffs)) or self.cutoffs[0] <= 0 or self.cutoffs[-1] >= self.n_items:
+            raise TopkrecError(f"adaptive cutoffs must be increasing, unique, in (0, {self.n_items}): {self.cutoffs}")
+        self.div_value = float(div_value)
+        self.temperature = float(temperature)
+        smallest = self.in_dim // int(self.div_value ** len(self.cutoffs))
+        if smallest < 1:
+            logger.warning(
+                "adaptive softmax: hidden %d / div %g^%d rounds to 0, the last cluster gets no projection",
+                self.in_dim,
+                self.div_value,
+                len(self.cutoffs),
+            )
+        self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(
+            self.in_dim, self.n_items, self.cutoffs, div_value=self.div_value, head_bias=False
+        )
+
+    def options(self) -> dict[str, Any]:
+        return {"cutoffs": list(self.cutoffs), "div_value": self.div_value, "temperature": self.temperature}
+
+    def _scaled(self, state: torch.Tensor) -> torch.Tensor:
+        return state / self.temperature if self.temperature != 1.0 else state
+
+    def logits(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, N) log-probabilities (a valid set of logits: log_softmax leaves them unchanged)."""
+        with torch.autocast(state.device.type, enabled=False):
+            return self.adaptive.log_prob(self._scaled(state.float()))
+
+    def forward(self, state: torch.Tensor, actions: torch.Tensor) -> HeadOutput:
+        if state.dim() != 2 or actions.shape != state.shape[:1]:
+            raise ValueError(f"state (B, d) and actions (B,) expected, got {tuple(state.shape)} {tuple(actions.shape)}")
+        # fp32 with autocast off: the module mixes its input dtype with log_softmax's fp32 output.
+        with torch.autocast(state.device.type, enabled=False):
+            out = self.adaptive(self._scaled(state.float()), actions.long()).output  # (B,) exact log-probs
+        return HeadOutput(train_logp=out, logp=out.detach())
