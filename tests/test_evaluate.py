@@ -1,0 +1,119 @@
+"""Evaluation metrics against hand-computed values, and the evaluation of a model dir end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agent_data import synth_dataset
+from topkrec.data.dataset import Dataset
+from topkrec.data.transitions import build_transitions
+from topkrec.errors import ArtifactError
+from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, item_counts, popularity_scorer
+from topkrec.evaluate.metrics import (
+    ndcg_all_at_k,
+    ndcg_from_rank,
+    recall_from_rank,
+    reciprocal_rank,
+    target_rank,
+)
+from topkrec.evaluate.report import evaluate_model_dirs
+from topkrec.policy.config import AgentConfig, TrainConfig
+from topkrec.train import train_agent
+
+
+def test_rank_ndcg_recall_mrr_by_hand() -> None:
+    scores = torch.tensor(
+        [
+            [0.1, 0.9, 0.5, 0.3],  # target 2: one higher (item 1) → rank 1
+            [0.5, 0.5, 0.5, 0.1],  # target 2: ties broken by index → rank 2
+            [0.9, 0.1, 0.2, 0.3],  # target 0 → rank 0
+            [0.9, 0.1, 0.2, 0.3],  # target 1 → rank 3
+            [0.9, 0.1, 0.2, 0.3],  # target 4 = OOV → −1
+        ]
+    )
+    target = torch.tensor([2, 2, 0, 1, 4])
+    rank = target_rank(scores, target)
+    assert rank.tolist() == [1, 2, 0, 3, -1]
+    k = 3
+    ndcg = ndcg_from_rank(rank, k)
+    expected = [1 / math.log2(3), 1 / math.log2(4), 1.0, 0.0, 0.0]
+    assert ndcg.tolist() == pytest.approx(expected)
+    assert recall_from_rank(rank, k).tolist() == [1, 1, 1, 0, 0]
+    assert reciprocal_rank(rank).tolist() == pytest.approx([1 / 2, 1 / 3, 1.0, 1 / 4, 0.0])
+
+
+def test_ndcg_all_by_hand() -> None:
+    top = torch.tensor([[5, 6, 7], [1, 2, 3], [1, 2, 3]])
+    relevant = torch.tensor([[False, True, True], [True, False, False], [False, False, False]])
+    n_rel = torch.tensor([2, 5, 0])
+    got = ndcg_all_at_k(top, relevant, n_rel)
+    d = [1 / math.log2(i + 2) for i in range(3)]
+    assert got.tolist() == pytest.approx([(d[1] + d[2]) / (d[0] + d[1]), d[0] / sum(d), 0.0])
+
+
+def tiny_dataset() -> Dataset:
+    """Two users; items 0..3 (0 most frequent in train); user 0 test items [1, 4 (OOV)], user 1 test [0]."""
+    user = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1], dtype=np.int32)
+    item = np.array([0, 1, 2, 1, 4, 0, 0, 3, 2, 0], dtype=np.int32)
+    is_test = np.array([0, 0, 0, 1, 1, 0, 0, 0, 0, 1], dtype=bool)
+    n = len(item)
+    return Dataset(
+        user=user,
+        item=item,
+        behavior=np.array(["pv"] * n, dtype=object),
+        reward=np.ones(n, np.float32),
+        ts=np.arange(n, dtype=np.int64),
+        session=user.copy(),
+        is_test=is_test,
+        returns=np.ones(n, np.float32),
+        n_users=2,
+        n_items=4,
+    )
+
+
+def test_popularity_metrics_by_hand() -> None:
+    ds = tiny_dataset()
+    counts = item_counts(ds)
+    assert counts.tolist() == [3, 1, 2, 1]  # popularity order 0, 2, 1, 3 (ties by index)
+    test = build_transitions(ds, "test", 2)
+    first = test.first_per_user()
+    blp = torch.log(torch.full((len(test),), 0.25))
+    m = evaluate_scorer(popularity_scorer(counts), test, first, counts, blp, EvalConfig(k=2, n_boot=20))
+    # test targets: 1 (rank 2), 4 (OOV), 0 (rank 0)
+    assert m.ndcg == pytest.approx((0 + 0 + 1) / 3)
+    assert m.recall == pytest.approx(1 / 3)
+    assert m.mrr == pytest.approx((1 / 3 + 0 + 1) / 3)
+    # ndcg_all: top-2 = [0, 2]; user 0 relevant {1} → 0; user 1 relevant {0} → 1
+    assert m.ndcg_all == pytest.approx(0.5) and m.n_users == 2
+    assert m.coverage == pytest.approx(2 / 4)
+    assert m.tail_share == pytest.approx(0.5)  # head = 1 item (item 0): half of the recommendations
+    # OPE: π_pop(a) = count/7, β = 1/4, reward 1, OOV left out: IPS = mean(w) over targets 1 and 0
+    w = np.array([1 / 7, 3 / 7]) / 0.25
+    assert m.ips == pytest.approx(w.mean())
+    assert m.snips == pytest.approx(1.0)
+    assert m.ess == pytest.approx(w.sum() ** 2 / (w**2).sum())
+
+
+def test_evaluate_model_dir_document_and_mismatch(tmp_path) -> None:
+    ds = synth_dataset(n_users=40, n_items=60, seed=1)
+    cfg = TrainConfig(device="cpu", lr=3e-3, batch_size=64, epochs=1, correction="is")
+    train_agent(ds, tmp_path / "m", AgentConfig(ds.n_users, ds.n_items, embed_dim=8, hidden=16), cfg)
+    doc = evaluate_model_dirs({None: tmp_path / "m"}, ds, k=5, out=tmp_path / "metrics.json", plots_dir=tmp_path)
+    assert doc["k"] == 5 and set(doc["models"]) == {"is", "popularity", "behavior"}
+    for m in doc["models"].values():
+        for key in ("ndcg@5", "recall@5", "mrr", "ndcg_all@5", "coverage", "tail_share", "ips", "snips", "ess"):
+            assert key in m and np.isfinite(m[key])
+    # β̂ evaluated against itself: every weight is 1, so IPS = SNIPS = the mean logged reward, ESS = n
+    logged = ds.reward[ds.is_test & (ds.item < ds.n_items)]
+    beh = doc["models"]["behavior"]
+    assert beh["ips"] == pytest.approx(logged.mean(), rel=1e-5) and beh["snips"] == pytest.approx(logged.mean())
+    assert beh["ess"] == pytest.approx(len(logged), rel=1e-5)
+    assert (tmp_path / "metrics.json").exists()
+    assert (tmp_path / "training_curves.png").stat().st_size > 0 and (tmp_path / "weight_histogram.png").exists()
+    other = synth_dataset(n_users=41, n_items=60, seed=2)
+    with pytest.raises(ArtifactError, match="trained on"):
+        evaluate_model_dirs({None: tmp_path / "m"}, other, k=5)
