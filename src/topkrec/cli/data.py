@@ -42,6 +42,127 @@ def synth(
     typer.echo(f"wrote {out}: {users} users, {items} items, {logs.n_events} events ({mix})")
 
 
+def prepare(
+    format: str = typer.Option(..., "--format", help="Raw log format: tianchi, taobao, movielens or events."),
+    input: Path = typer.Option(
+        ...,
+        "--input",
+        help="Raw data: a directory (tianchi) or a file (others; a directory "
+        "holding UserBehavior.csv / ratings.csv also works).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Dataset directory to write."),
+    sample_short: int | None = typer.Option(
+        None,
+        "--sample-short",
+        help="Users to draw with 5 < n ≤ 50 events (tianchi default 60000; asking for more than exist is an error).",
+    ),
+    sample_long: int | None = typer.Option(
+        None, "--sample-long", help="Users to draw with 50 < n ≤ 200 events (tianchi default 20000)."
+    ),
+    no_sample: bool = typer.Option(
+        False, "--no-sample", help="Keep every user (the default for formats other than tianchi)."
+    ),
+    no_dedupe: bool = typer.Option(False, "--no-dedupe", help="Keep duplicate (user, item, behaviour) rows."),
+    test_size: float = typer.Option(0.2, "--test-size", help="Share of each user's last events held out."),
+    session: str = typer.Option("interval", "--session", help="interval (a gap starts a session) or one."),
+    session_gap: int = typer.Option(3600, "--session-gap", help="Seconds of inactivity that end a session."),
+    reward: str = typer.Option("pv=1,cart=2,fav=2,buy=3", "--reward", help="Behaviour → reward map."),
+    gamma: float = typer.Option(0.99, "--gamma", help="Discount of the in-session return."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the user sampling."),
+    skip_bad_rows: bool = typer.Option(
+        False, "--skip-bad-rows", help="Drop malformed rows (counted and reported) instead of stopping at the first."
+    ),
+    user_col: str = typer.Option("user", "--user-col", help="events format: user id column."),
+    item_col: str = typer.Option("item", "--item-col", help="events format: item id column."),
+    time_col: str = typer.Option("ts", "--time-col", help="events format: unix-seconds (or datetime) column."),
+    event_col: str | None = typer.Option(
+        None, "--event-col", help="events format: behaviour column, mapped by --reward."
+    ),
+    reward_col: str | None = typer.Option(None, "--reward-col", help="events format: numeric reward column."),
+    propensity_col: str | None = typer.Option(
+        None, "--propensity-col", help="events format: logging propensity column, kept as events.parquet `propensity`."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing non-empty --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of the table."),
+) -> None:
+    """Prepare raw logs into a dataset directory (events.parquet, users/items, maps, meta.json, summary.json).
+
+    Dedupe, reference user sampling (tianchi), feature join and age buckets, chronological per-user
+    split, frequency-ordered ids, sessions, rewards and discounted returns — all columnar.
+    """
+    import json
+
+    from topkrec.data.prepare import (
+        DEFAULT_SAMPLE_LONG,
+        DEFAULT_SAMPLE_SHORT,
+        FORMATS,
+        PrepareConfig,
+        SamplingConfig,
+        parse_reward,
+    )
+    from topkrec.data.prepare import (
+        prepare as run_prepare,
+    )
+    from topkrec.data.readers import EventColumns
+    from topkrec.errors import TopkrecError
+    from topkrec.io import atomic_dir, check_output_dir
+
+    if format not in FORMATS:
+        raise TopkrecError(f"unknown --format {format!r}; use one of {', '.join(FORMATS)}")
+    check_output_dir(out, force)
+    sampling: SamplingConfig | None = None
+    asked = sample_short is not None or sample_long is not None
+    if no_sample and asked:
+        raise TopkrecError("--no-sample contradicts --sample-short/--sample-long; pass one or the other")
+    if not no_sample and (format == "tianchi" or asked):
+        sampling = SamplingConfig(
+            short=DEFAULT_SAMPLE_SHORT if sample_short is None else sample_short,
+            long=DEFAULT_SAMPLE_LONG if sample_long is None else sample_long,
+            strict=asked,
+        )
+    cfg = PrepareConfig(
+        format=format,  # type: ignore[arg-type]  # checked above
+        sampling=sampling,
+        dedupe=not no_dedupe,
+        test_size=test_size,
+        session=session,  # type: ignore[arg-type]  # checked in PrepareConfig
+        session_gap=session_gap,
+        reward=parse_reward(reward),
+        gamma=gamma,
+        seed=seed,
+        skip_bad_rows=skip_bad_rows,
+        columns=EventColumns(
+            user=user_col, item=item_col, time=time_col, event=event_col, reward=reward_col, propensity=propensity_col
+        ),
+    )
+    prepared, warnings = run_prepare(input, cfg)
+    with atomic_dir(out, force=force) as tmp:
+        prepared.save(tmp)
+    if as_json:
+        typer.echo(json.dumps(prepared.summary, indent=2))
+        return
+    _print_summary(out, prepared.summary, warnings)
+
+
+def _print_summary(out: Path, s: dict[str, object], warnings: list[str]) -> None:
+    counts = s["behavior_counts"]
+    assert isinstance(counts, dict)
+    total = max(int(s["n_events"]), 1)  # type: ignore[call-overload]
+    mix = ", ".join(f"{b} {c} ({100 * c / total:.1f}%)" for b, c in counts.items())
+    lines = [
+        f"wrote {out}",
+        f"  users {s['n_users']}  items {s['n_items']}  events {s['n_events']} "
+        f"(train {s['n_train_events']}, test {s['n_test_events']}, OOV test {s['n_oov_test_events']})",
+        f"  sessions {s['n_sessions']}  behaviours: {mix}",
+        f"  dropped: {s['n_duplicates_dropped']} duplicates, {s['n_bad_rows_skipped']} bad rows; "
+        f"raw events {s['n_raw_events']}",
+    ]
+    typer.echo("\n".join(lines))
+    for w in warnings:
+        typer.echo(f"warning: {w}", err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
     app.command("synth")(synth)
+    app.command("prepare")(prepare)

@@ -11,6 +11,8 @@ Layout of a dataset directory::
                        session  int32   global session index, non-decreasing in file order, one per (user, session)
                        split    str     "train" or "test"
                        return   float32 discounted in-session return R_t with meta["gamma"]
+                       propensity float64  OPTIONAL: the logging policy's probability of the logged item,
+                                when the raw log had one (``prepare --format events --propensity-col``)
     users.parquet    user (int32) + user feature columns (int32 codes, 0 = unknown), one row per user index
     items.parquet    item (int32) + item feature columns (int32 codes, 0 = unknown), one row per item index
     maps/user_map.parquet  index (int32), raw (str)   raw id of each user index
@@ -29,12 +31,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from topkrec.errors import ArtifactError
 from topkrec.io import read_json, write_json
+
+if TYPE_CHECKING:
+    import polars as pl
 
 FORMAT_VERSION = 1
 EVENT_COLUMNS = ("user", "item", "behavior", "reward", "ts", "session", "split", "return")
@@ -59,6 +64,7 @@ class Dataset:
     user_raw: np.ndarray | None = None  # (n_users,) str
     item_raw: np.ndarray | None = None  # (n_items,) str
     meta: dict[str, Any] = field(default_factory=dict)
+    propensity: np.ndarray | None = None  # (E,) float64 logged propensities, None when the log had none
 
     @property
     def pad_index(self) -> int:
@@ -98,48 +104,30 @@ class Dataset:
         """Write the dataset directory into ``directory`` (which must exist; callers use io.atomic_dir)."""
         import polars as pl
 
-        d = Path(directory)
-        (d / "maps").mkdir(parents=True, exist_ok=True)
-        pl.DataFrame(
-            {
-                "user": self.user.astype(np.int32),
-                "item": self.item.astype(np.int32),
-                "behavior": self.behavior.astype(str),
-                "reward": self.reward.astype(np.float32),
-                "ts": self.ts.astype(np.int64),
-                "session": self.session.astype(np.int32),
-                "split": np.where(self.is_test, "test", "train"),
-                "return": self.returns.astype(np.float32),
-            }
-        ).write_parquet(d / "events.parquet")
-        pl.DataFrame(
-            {"user": np.arange(self.n_users, dtype=np.int32), **self._codes(self.user_features)}
-        ).write_parquet(d / "users.parquet")
-        pl.DataFrame(
-            {"item": np.arange(self.n_items, dtype=np.int32), **self._codes(self.item_features)}
-        ).write_parquet(d / "items.parquet")
+        columns = [
+            pl.Series("user", self.user.astype(np.int32)),
+            pl.Series("item", self.item.astype(np.int32)),
+            pl.Series("behavior", self.behavior, dtype=pl.String),
+            pl.Series("reward", self.reward.astype(np.float32)),
+            pl.Series("ts", self.ts.astype(np.int64)),
+            pl.Series("session", self.session.astype(np.int32)),
+            pl.Series("split", ["train", "test"]).gather(np.asarray(self.is_test, dtype=np.uint32)),
+            pl.Series("return", self.returns.astype(np.float32)),
+        ]
+        if self.propensity is not None:
+            columns.append(pl.Series("propensity", self.propensity.astype(np.float64)))
         user_raw = self.user_raw if self.user_raw is not None else np.arange(self.n_users).astype(str)
         item_raw = self.item_raw if self.item_raw is not None else np.arange(self.n_items).astype(str)
-        pl.DataFrame({"index": np.arange(self.n_users, dtype=np.int32), "raw": user_raw.astype(str)}).write_parquet(
-            d / "maps" / "user_map.parquet"
+        write_dataset_dir(
+            Path(directory),
+            events=pl.DataFrame(columns),
+            users=pl.DataFrame({"user": np.arange(self.n_users, dtype=np.int32), **self._codes(self.user_features)}),
+            items=pl.DataFrame({"item": np.arange(self.n_items, dtype=np.int32), **self._codes(self.item_features)}),
+            user_raw=pl.Series("raw", user_raw.astype(str)),
+            item_raw=pl.Series("raw", item_raw.astype(str)),
+            meta=self.meta,
+            summary=self.summary(),
         )
-        pl.DataFrame({"index": np.arange(self.n_items, dtype=np.int32), "raw": item_raw.astype(str)}).write_parquet(
-            d / "maps" / "item_map.parquet"
-        )
-        meta = {
-            **self.meta,
-            "format_version": FORMAT_VERSION,
-            "n_users": self.n_users,
-            "n_items": self.n_items,
-            "pad_index": self.pad_index,
-            "oov_index": self.oov_index,
-            "user_features": sorted(self.user_features),
-            "item_features": sorted(self.item_features),
-            "feature_cardinalities": self.feature_cardinalities(),
-            **{k: v for k, v in self.summary().items() if k not in ("n_users", "n_items")},
-        }
-        write_json(d / "meta.json", meta)
-        write_json(d / "summary.json", self.summary())
 
     @staticmethod
     def _codes(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -186,7 +174,65 @@ class Dataset:
             user_raw=umap["raw"].to_numpy(),
             item_raw=imap["raw"].to_numpy(),
             meta=meta,
+            propensity=ev["propensity"].to_numpy().astype(np.float64) if "propensity" in ev.columns else None,
         )
+
+
+def write_dataset_dir(
+    d: Path,
+    events: pl.DataFrame,
+    users: pl.DataFrame,
+    items: pl.DataFrame,
+    user_raw: pl.Series,
+    item_raw: pl.Series,
+    meta: dict[str, Any],
+    summary: dict[str, Any],
+) -> None:
+    """Write the files of a dataset directory from frames (used by ``Dataset.save`` and ``prepare``).
+
+    ``events`` has the EVENT_COLUMNS (+ optional ``propensity``) in file order; ``users``/``items`` have
+    ``user``/``item`` 0..n-1 plus int32 feature codes; ``user_raw``/``item_raw`` give each index's raw id.
+    """
+    import polars as pl
+
+    missing = [c for c in EVENT_COLUMNS if c not in events.columns]
+    if missing:
+        raise ValueError(f"events frame lacks {missing}")
+    n_users, n_items = users.height, items.height
+    d = Path(d)
+    (d / "maps").mkdir(parents=True, exist_ok=True)
+    events.select([*EVENT_COLUMNS, *[c for c in events.columns if c not in EVENT_COLUMNS]]).write_parquet(
+        d / "events.parquet"
+    )
+    users.write_parquet(d / "users.parquet")
+    items.write_parquet(d / "items.parquet")
+    pl.DataFrame(
+        {"index": np.arange(n_users, dtype=np.int32), "raw": user_raw.cast(pl.String).rename("raw")}
+    ).write_parquet(d / "maps" / "user_map.parquet")
+    pl.DataFrame(
+        {"index": np.arange(n_items, dtype=np.int32), "raw": item_raw.cast(pl.String).rename("raw")}
+    ).write_parquet(d / "maps" / "item_map.parquet")
+    user_features = [c for c in users.columns if c != "user"]
+    item_features = [c for c in items.columns if c != "item"]
+    cardinalities = {
+        c: int(frame[c].cast(pl.Int64).max() or 0) + 1 if frame.height else 1  # type: ignore[arg-type]
+        for frame, cols in ((users, user_features), (items, item_features))
+        for c in cols
+    }
+    full_meta = {
+        **meta,
+        "format_version": FORMAT_VERSION,
+        "n_users": n_users,
+        "n_items": n_items,
+        "pad_index": n_items,
+        "oov_index": n_items,
+        "user_features": sorted(user_features),
+        "item_features": sorted(item_features),
+        "feature_cardinalities": cardinalities,
+        **{k: v for k, v in summary.items() if k not in ("n_users", "n_items")},
+    }
+    write_json(d / "meta.json", full_meta)
+    write_json(d / "summary.json", summary)
 
 
 def discounted_returns(reward: np.ndarray, session: np.ndarray, gamma: float) -> np.ndarray:
@@ -194,8 +240,9 @@ def discounted_returns(reward: np.ndarray, session: np.ndarray, gamma: float) ->
 
     Exact and vectorised over events: R_t = r_t + γ·R_{t+1} is applied one "distance from the session
     end" level at a time (level 0 = last event of each session), so the Python loop runs over the
-    longest session's length, never over events. A closed form through γ^t cumulative sums would
-    lose precision on long sessions (γ^2000 ≈ 2e-9).
+    longest session's length, never over events. Sessions are ordered by length (a sort of sessions,
+    not of events), so the events at level L are the prefix of sessions longer than L. A closed form
+    through γ^t cumulative sums would lose precision on long sessions (γ^2000 ≈ 2e-9).
     """
     reward = np.asarray(reward, dtype=np.float64)
     session = np.asarray(session)
@@ -205,11 +252,11 @@ def discounted_returns(reward: np.ndarray, session: np.ndarray, gamma: float) ->
         return out.astype(np.float32)
     starts = np.flatnonzero(np.r_[True, session[1:] != session[:-1]])
     lengths = np.diff(np.r_[starts, n])
-    ends = np.repeat(starts + lengths, lengths)  # one past each event's session end
-    from_end = ends - 1 - np.arange(n)  # 0 for the last event of a session
-    order = np.argsort(from_end, kind="stable")
-    bounds = np.searchsorted(from_end[order], np.arange(int(from_end.max()) + 2))
-    for level in range(1, bounds.shape[0] - 1):
-        idx = order[bounds[level] : bounds[level + 1]]
+    by_length = np.argsort(-lengths, kind="stable")
+    last = (starts + lengths - 1)[by_length]  # last event of each session, longest sessions first
+    n_longer = np.searchsorted(-lengths[by_length], -np.arange(int(lengths.max())), side="left")
+    # n_longer[L] = number of sessions with length > L
+    for level in range(1, int(lengths.max())):
+        idx = last[: n_longer[level]] - level
         out[idx] += gamma * out[idx + 1]
     return out.astype(np.float32)
