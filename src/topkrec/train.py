@@ -302,11 +302,13 @@ def train_agent(
     progress: bool = False,
     jsonl: Path | None = None,
     on_step: Callable[[int, StepOutput], None] | None = None,
+    initial_agent: Agent | None = None,
 ) -> TrainResult:
     """Train π and β̂ on the train split of ``dataset``; checkpoint into the model dir ``out``.
 
     ``embeddings`` is a ``PretrainedEmbeddings`` (``topkrec.embeddings.load_embeddings``) or None, in
     which case embeddings start random and are trained (``trainable_embeddings`` is forced on).
+    ``initial_agent`` starts from given weights instead (its config is used; ``embeddings`` is ignored).
     """
     from topkrec.io import check_output_dir
 
@@ -321,12 +323,16 @@ def train_agent(
     if not resume:
         check_output_dir(out, force)
     device = resolve_device(config.device)
+    if initial_agent is not None:
+        agent_config = initial_agent.config
     if agent_config is None:
         agent_config = AgentConfig(n_users=dataset.n_users, n_items=dataset.n_items)
     if (agent_config.n_users, agent_config.n_items) != (dataset.n_users, dataset.n_items):
         raise TopkrecError("agent config n_users/n_items do not match the dataset")
     user_init = item_init = None
-    if embeddings is not None:
+    if initial_agent is not None:
+        pass
+    elif embeddings is not None:
         user_init, item_init = embeddings.user, embeddings.item
         if int(user_init.shape[1]) != agent_config.embed_dim:
             from dataclasses import replace
@@ -339,8 +345,11 @@ def train_agent(
         agent_config = replace(agent_config, trainable_embeddings=True)
 
     torch.manual_seed(config.seed)
-    agent = Agent(agent_config, user_init, item_init)
-    if embeddings is None:
+    if initial_agent is not None:
+        agent = initial_agent
+    else:
+        agent = Agent(agent_config, user_init, item_init)
+    if embeddings is None and initial_agent is None:
         with torch.no_grad():  # small random embeddings; pad row stays zero
             agent.user_embedding.weight.normal_(0.0, 0.1)
             agent.item_embedding.weight.normal_(0.0, 0.1)
