@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 RawId = str | int
 MAX_K = 1000
 MAX_M = 10_000
-_ROWS_PER_CHUNK = 128  # rows scored at once: bounds the (rows, n_items) logits buffer
+_LOGIT_ELEMENTS = 25_600_000  # rows scored at once × n_items: bounds the logits buffer (~100 MB float32)
 
 __all__ = ["MAX_K", "MAX_M", "Recommendation", "RecommendOptions", "Recommender"]
 
@@ -131,6 +131,7 @@ class Recommender:
         self.item_raw: list[str] = [str(x) for x in agent.item_raw]
         self.user_index: dict[str, int] = {str(raw): i for i, raw in enumerate(agent.user_raw)}
         self.item_index: dict[str, int] = {raw: i for i, raw in enumerate(self.item_raw)}
+        self._item_raw_array = np.asarray(self.item_raw, dtype=object)
         self.device = agent.device
 
     # ------------------------------------------------------------------ loading
@@ -243,17 +244,21 @@ class Recommender:
         prepared = self._prepare(user_list, hist_list, exclude_seen)
         rng = np.random.default_rng(seed) if explore else None
         out: list[Recommendation] = []
-        for start in range(0, n_rows, _ROWS_PER_CHUNK):
-            stop = min(start + _ROWS_PER_CHUNK, n_rows)
+        rows_per_chunk = max(1, min(1024, _LOGIT_ELEMENTS // max(self.n_items, 1)))
+        for start in range(0, n_rows, rows_per_chunk):
+            stop = min(start + rows_per_chunk, n_rows)
             items, scores, props, valid = self._slates(prepared, start, stop, options, rng)
+            # Valid entries are a prefix of each row (sorted top-K, then the drawn ones), so slice lists.
+            n_valid = valid.sum(axis=1).tolist()
+            raw = self._item_raw_array[np.where(valid, items, 0)].tolist()
+            score_rows, prop_rows = scores.tolist(), props.tolist()
             for r in range(stop - start):
-                ok = valid[r]
-                idx = items[r][ok]
+                n = n_valid[r]
                 out.append(
                     Recommendation(
-                        items=[self.item_raw[i] for i in idx.tolist()],
-                        scores=scores[r][ok].tolist(),
-                        propensities=props[r][ok].tolist(),
+                        items=raw[r][:n],
+                        scores=score_rows[r][:n],
+                        propensities=prop_rows[r][:n],
                         user_known=prepared.user_known[start + r],
                         unknown_history_items=prepared.unknown_items[start + r],
                     )
@@ -264,47 +269,62 @@ class Recommender:
     def _prepare(
         self, users: Sequence[RawId | None], histories: Sequence[Sequence[RawId] | None], exclude_seen: bool
     ) -> _Prepared:
+        """Model inputs for a batch: vectorised over the stored histories, a Python pass only over the
+        rows that bring their own history (raw ids must be looked up one by one)."""
         n_rows = len(users)
         hist_num, pad = self.hist_num, self.pad_index
-        user_idx = np.full(n_rows, -1, dtype=np.int64)
+        user_index = self.user_index
+        user_idx = np.fromiter(
+            (-1 if u is None else user_index.get(str(u), -1) for u in users), dtype=np.int64, count=n_rows
+        )
+        known = user_idx >= 0
+        offsets, stored_items = self.histories.offsets, self.histories.items
+        safe = np.maximum(user_idx, 0)
+        starts = np.where(known, offsets[safe], 0)
+        ends = np.where(known, offsets[safe + 1], 0)
+        # State: the last hist_num stored items, left-padded.
         state_hist = np.full((n_rows, hist_num), pad, dtype=np.int64)
+        if stored_items.size:
+            pos = ends[:, None] - hist_num + np.arange(hist_num)[None, :]
+            inside = pos >= starts[:, None]
+            state_hist = np.where(inside, stored_items[np.clip(pos, 0, stored_items.size - 1)], pad).astype(np.int64)
         seen_rows: list[np.ndarray] = []
         seen_items: list[np.ndarray] = []
-        user_known: list[bool] = []
-        unknown_items: list[list[str]] = []
-        for r in range(n_rows):
-            raw_user, raw_hist = users[r], histories[r]
-            u = self.user_index.get(str(raw_user), -1) if raw_user is not None else -1
-            user_idx[r] = u
-            user_known.append(u >= 0)
-            stored = self.histories.of(u) if u >= 0 else np.zeros(0, dtype=np.int32)
-            unknown: list[str] = []
-            if raw_hist:
-                given_list: list[int] = []
-                for raw_item in raw_hist:
-                    i = self.item_index.get(str(raw_item))
-                    if i is None:
-                        unknown.append(str(raw_item))
-                    else:
-                        given_list.append(i)
-                given = np.asarray(given_list, dtype=np.int64)
-                seq = np.concatenate([stored.astype(np.int64), given]) if stored.size else given
-            else:
-                seq = stored.astype(np.int64)
-            unknown_items.append(unknown)
-            tail = seq[-hist_num:]
-            if tail.size:
-                state_hist[r, hist_num - tail.size :] = tail
-            if exclude_seen and seq.size:
-                uniq = np.unique(seq)
-                seen_items.append(uniq)
-                seen_rows.append(np.full(uniq.shape[0], r, dtype=np.int64))
+        if exclude_seen and stored_items.size:
+            lengths = ends - starts
+            total = int(lengths.sum())
+            row_of = np.repeat(np.arange(n_rows, dtype=np.int64), lengths)
+            first = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+            seen_rows.append(row_of)
+            seen_items.append(stored_items[first + np.arange(total)].astype(np.int64))
+        unknown_items: list[list[str]] = [[] for _ in range(n_rows)]
+        item_index = self.item_index
+        for r, raw_hist in enumerate(histories):
+            if not raw_hist:
+                continue
+            given_list: list[int] = []
+            for raw_item in raw_hist:
+                i = item_index.get(str(raw_item))
+                if i is None:
+                    unknown_items[r].append(str(raw_item))
+                else:
+                    given_list.append(i)
+            if not given_list:
+                continue
+            given = np.asarray(given_list, dtype=np.int64)
+            # The given history comes after the stored one (it is newer).
+            seq = np.concatenate([state_hist[r][state_hist[r] != pad], given])[-hist_num:]
+            state_hist[r] = pad
+            state_hist[r, hist_num - seq.size :] = seq
+            if exclude_seen:
+                seen_rows.append(np.full(given.size, r, dtype=np.int64))
+                seen_items.append(given)
         return _Prepared(
             user=user_idx,
             history=state_hist,
             seen_rows=np.concatenate(seen_rows) if seen_rows else np.zeros(0, dtype=np.int64),
             seen_items=np.concatenate(seen_items) if seen_items else np.zeros(0, dtype=np.int64),
-            user_known=user_known,
+            user_known=known.tolist(),
             unknown_items=unknown_items,
         )
 
@@ -312,11 +332,20 @@ class Recommender:
         """(B, n_items) float32 policy logits for user indices (B,) (−1 = unknown) and histories (B, H)."""
         import torch
 
+        from topkrec.policy.heads import FullSoftmaxHead
+
         with torch.inference_mode():
             u = torch.as_tensor(user, dtype=torch.long, device=self.device)
             h = torch.as_tensor(history, dtype=torch.long, device=self.device)
             state = self.agent.module.encode(u, h)
-            return self.agent.module.policy_head.logits(state).float()
+            head = self.agent.module.policy_head
+            if isinstance(head, FullSoftmaxHead):
+                # Same numbers as head.logits, without a second full pass for a temperature of 1.
+                logits = torch.addmm(head.bias, state, head.weight.t())
+                if head.temperature != 1.0:
+                    logits.div_(head.temperature)
+                return logits.float()
+            return head.logits(state).float()
 
     def _slates(
         self,
