@@ -269,14 +269,13 @@ def read_raw(input_path: Path, cfg: PrepareConfig) -> RawLog:
     input_path = Path(input_path)
     if not input_path.exists():
         raise DataError(f"--input {input_path} not found")
-    behaviors = tuple(name for name, _ in cfg.reward)
     if cfg.format == "tianchi":
-        return read_tianchi(input_path, cfg.skip_bad_rows, behaviors)
+        return read_tianchi(input_path, cfg.skip_bad_rows, cfg.reward)
     if cfg.format == "taobao":
-        return read_taobao(input_path, cfg.skip_bad_rows, behaviors)
+        return read_taobao(input_path, cfg.skip_bad_rows, cfg.reward)
     if cfg.format == "movielens":
         return read_movielens(input_path, cfg.skip_bad_rows)
-    return read_events(input_path, cfg.columns, cfg.skip_bad_rows, behaviors)
+    return read_events(input_path, cfg.columns, cfg.skip_bad_rows, cfg.reward)
 
 
 def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
@@ -332,6 +331,16 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
         item_code, item_uniques = dense_codes(ev["item"])
         ts = ev["ts"].to_numpy().astype(np.int64)
         extra = {c: ev[c].to_numpy() for c in ("propensity", "category") if c in ev.columns}
+        if "propensity" in extra:
+            p = extra["propensity"]
+            bad_p = np.flatnonzero(~np.isfinite(p) | (p <= 0) | (p > 1))
+            if bad_p.size:
+                line = ev["_line"][int(bad_p[0])]
+                raise DataError(
+                    f"{src} {'row' if src.endswith(('.parquet', '.pq')) else 'line'} {line}: propensity "
+                    f"{float(p[bad_p[0]])!r} is not a probability in (0, 1] ({bad_p.size} such rows); fix the logging "
+                    "propensities or drop --propensity-col"
+                )
         order = _stable_order(user_code, ts)
         if order is not None:
             user_code, item_code, ts = user_code[order], item_code[order], ts[order]

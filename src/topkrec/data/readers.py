@@ -171,7 +171,8 @@ def read_delimited(
         hint = SKIP_HINT
         bad_col = next((n for n, _ in columns if str(bad["_problem"][0]).startswith(f"{n} '")), None)
         if hints and bad_col in hints:
-            hint = f"{hints[bad_col]}, or pass --skip-bad-rows to drop bad rows"
+            value = str(bad[bad_col][0]).strip()
+            hint = f"{hints[bad_col].replace('{value}', value)}, or pass --skip-bad-rows to drop bad rows"
         if header is False and bad["_line"][0] == 1 and bad.height == 1:
             hint = "the file must have no header line; " + hint
         raise DataError(f"{first}{more}; {hint}")
@@ -193,13 +194,17 @@ def _resolve(input_path: Path, names: list[str], what: str) -> Path:
     raise DataError(f"{input_path} holds no {' or '.join(names)} ({what}); pass the file itself as --input")
 
 
-def _behavior_hint(behaviors: tuple[str, ...]) -> dict[str, str]:
-    known = ",".join(f"{b}=…" for b in behaviors)
-    return {"behavior": f"give it a reward with --reward {known},NAME=… or fix the file"}
+Reward = tuple[tuple[str, float], ...]
 
 
-def read_tianchi(input_dir: Path, skip_bad_rows: bool, behaviors: tuple[str, ...]) -> RawLog:
+def _behavior_hint(reward: Reward) -> dict[str, str]:
+    known = ",".join(f"{b}={r:g}" for b, r in reward)
+    return {"behavior": f"give it a reward with --reward {known},{{value}}=1 or fix the file"}
+
+
+def read_tianchi(input_dir: Path, skip_bad_rows: bool, reward: Reward) -> RawLog:
     """Tianchi ECommAI: user.csv, item.csv, user_behavior.csv, headerless (DESIGN §1)."""
+    behaviors = tuple(b for b, _ in reward)
     if not input_dir.is_dir():
         raise DataError(f"--input {input_dir} must be a directory holding user.csv, item.csv and user_behavior.csv")
     need = "the tianchi format needs user.csv, item.csv and user_behavior.csv in --input"
@@ -211,7 +216,7 @@ def read_tianchi(input_dir: Path, skip_bad_rows: bool, behaviors: tuple[str, ...
         [("user", "int"), ("item", "int"), ("behavior", behaviors), ("ts", "int")],
         header=False,
         skip_bad_rows=skip_bad_rows,
-        hints=_behavior_hint(behaviors),
+        hints=_behavior_hint(reward),
     )
     users = read_delimited(
         user_path,
@@ -238,15 +243,16 @@ def read_tianchi(input_dir: Path, skip_bad_rows: bool, behaviors: tuple[str, ...
     )
 
 
-def read_taobao(input_path: Path, skip_bad_rows: bool, behaviors: tuple[str, ...]) -> RawLog:
+def read_taobao(input_path: Path, skip_bad_rows: bool, reward: Reward) -> RawLog:
     """Taobao UserBehavior.csv: user,item,category,behavior,ts, headerless."""
+    behaviors = tuple(b for b, _ in reward)
     path = _resolve(input_path, ["UserBehavior.csv"], "the taobao format reads UserBehavior.csv")
     ev = read_delimited(
         path,
         [("user", "int"), ("item", "int"), ("category", "int"), ("behavior", behaviors), ("ts", "int")],
         header=False,
         skip_bad_rows=skip_bad_rows,
-        hints=_behavior_hint(behaviors),
+        hints=_behavior_hint(reward),
     )
     return RawLog(events=ev.frame, files=[path], bad_rows=ev.bad_rows, first_bad=ev.first_bad)
 
@@ -315,8 +321,9 @@ class EventColumns:
     propensity: str | None = None
 
 
-def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, behaviors: tuple[str, ...]) -> RawLog:
+def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, reward: Reward) -> RawLog:
     """Any CSV (with header) or Parquet file, with a column mapping."""
+    behaviors = tuple(b for b, _ in reward)
     import polars as pl
 
     if not input_path.is_file():
@@ -340,7 +347,7 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, behav
     # Without a reward column the behaviour must be one the --reward map prices.
     kinds: dict[str, Kind] = {"user": "str", "item": "str", "ts": "int", "reward": "float", "propensity": "float"}
     kinds["behavior"] = "str" if cols.reward else behaviors
-    hints = _behavior_hint(behaviors) if not cols.reward else None
+    hints = _behavior_hint(reward) if not cols.reward else None
 
     if input_path.suffix.lower() in (".parquet", ".pq"):
         try:
@@ -377,7 +384,9 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, behav
                 f"{_kind_word(kinds[col])}"
             )
             if not skip_bad_rows:
-                hint = hints["behavior"] if hints and col == "behavior" else "fix the file"
+                hint = "fix the file"
+                if hints and col == "behavior":
+                    hint = hints["behavior"].replace("{value}", str(frame[col][i]))
                 raise DataError(f"{first}; {hint}, or pass --skip-bad-rows to drop bad rows")
         events = typed.filter(~bad_mask)
         return RawLog(events=events, files=[input_path], bad_rows=bad.height, first_bad=first)
