@@ -52,6 +52,7 @@ __all__ = [
     "SampledSoftmaxHead",
     "default_cutoffs",
     "log_uniform_log_q",
+    "negatives_logsumexp",
     "sampled_log_prob_estimate",
     "sampled_softmax_log_prob",
 ]
@@ -215,20 +216,93 @@ class SampledSoftmaxHead(ItemHead):
             logger.warning("sampled softmax: popularity proposal without item counts; sampling log-uniform ids")
         negatives = self._sample(state.device)  # (S,) shared by the batch
         inv_t = 1.0 / self.temperature
-        w_a = self.weight[actions]  # (B, d)
-        target = ((state * w_a).sum(dim=1) + self.bias[actions]) * inv_t  # (B,)
-        neg_logits = torch.addmm(self.bias[negatives], state, self.weight[negatives].t()) * inv_t  # (B, S)
-        hit = negatives[None, :] == actions[:, None]  # (B, S)
         log_q = self.proposal_log_q
-        train_logp = sampled_softmax_log_prob(target, neg_logits, log_q[actions], log_q[negatives], hit)
+        # Few passes over the (B, S) matrix (they dominate on CPU): 1/T and −log Q(n) ride in the addmm,
+        # accidental hits are masked in place on the rows that have one, and the surrogate, its
+        # gradient and the normaliser estimate all come from one logsumexp over the negatives.
+        neg_bias = self.bias[negatives] * inv_t - log_q[negatives]  # (S,)
+        hit_rows, hit_cols = _accidental_hits(actions, negatives)
+        # logsumexp_n (l_n − log Q(n)) over the negatives, hits excluded — (B,), fp32
+        lse_neg = negatives_logsumexp(state * inv_t, self.weight[negatives], neg_bias, hit_rows, hit_cols)
+        target = ((state * self.weight[actions]).sum(dim=1) + self.bias[actions]).float() * inv_t  # (B,) l_a
+        pos = target - log_q[actions]
+        train_logp = pos - torch.logaddexp(pos, lse_neg)  # = sampled_softmax_log_prob(...)
         if self.normaliser == "exact":
             logp = self.exact_log_prob(state, actions)
         else:
-            with torch.no_grad():
-                logp = sampled_log_prob_estimate(target.detach(), neg_logits.detach(), log_q[negatives], hit)
-                logp = logp.clamp_max(0.0)
+            with torch.no_grad():  # = sampled_log_prob_estimate(...): log Ẑ = logaddexp(l_a, lse − log S)
+                log_z = torch.logaddexp(target, lse_neg - math.log(self.negatives))
+                logp = (target - log_z).clamp_max(0.0)
         assert train_logp.shape == actions.shape and logp.shape == actions.shape
-        return HeadOutput(train_logp=train_logp, logp=logp.float())
+        return HeadOutput(train_logp=train_logp, logp=logp.detach().float())
+
+
+def _accidental_hits(actions: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) where negatives[col] == actions[row]; only rows whose action was sampled are compared."""
+    rows = torch.isin(actions, negatives).nonzero().squeeze(1)  # (R,)
+    r, c = (negatives[None, :] == actions[rows, None]).nonzero(as_tuple=True)
+    return rows[r], c
+
+
+class _NegativesLogSumExp(torch.autograd.Function):
+    """lse_b = logsumexp_n (s_b · w_n + c_n) over shared negatives, with (b, n) in ``hits`` excluded.
+
+    One (B, S) buffer: the forward turns the logits into the softmax in place and keeps it; the
+    backward scales it in place by the incoming gradient and does the two matmuls. Autograd's own
+    graph (addmm → masked logsumexp) makes about twice as many passes over (B, S), which dominate
+    a sampled-softmax step on CPU.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        state: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        hit_rows: torch.Tensor,
+        hit_cols: torch.Tensor,
+    ) -> torch.Tensor:
+        dtype = resolve_compute_dtype(state, None)
+        with torch.autocast(state.device.type, enabled=False):
+            s_c, w_c = state.to(dtype), weight.to(dtype)
+            if dtype == torch.float32:
+                probs = torch.addmm(bias.float(), s_c, w_c.t())  # (B, S)
+            else:
+                probs = (s_c @ w_c.t()).float().add_(bias.float())
+            probs.index_put_((hit_rows, hit_cols), torch.tensor(float("-inf"), device=probs.device))
+            row_max = probs.amax(dim=1, keepdim=True)
+            row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+            total = probs.sub_(row_max).exp_().sum(dim=1, keepdim=True)
+            lse = (row_max + total.log()).squeeze(1)
+            probs.div_(total.clamp_min(torch.finfo(torch.float32).tiny))  # softmax over the negatives
+        ctx.save_for_backward(s_c, w_c, probs)
+        ctx.dtypes = (state.dtype, weight.dtype, bias.dtype)
+        return lse
+
+    @staticmethod
+    def backward(ctx: Any, grad_lse: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        s_c, w_c, probs = ctx.saved_tensors
+        with torch.autocast(s_c.device.type, enabled=False):
+            coef = probs.mul_(grad_lse.float()[:, None]).to(s_c.dtype)  # ∂lse/∂logit = softmax (single use)
+            grad_state = (coef @ w_c).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+            grad_weight = (coef.t() @ s_c).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+            grad_bias = probs.sum(dim=0).to(ctx.dtypes[2]) if ctx.needs_input_grad[2] else None
+        return grad_state, grad_weight, grad_bias, None, None
+
+
+def negatives_logsumexp(
+    state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    hit_rows: torch.Tensor,
+    hit_cols: torch.Tensor,
+) -> torch.Tensor:
+    """(B,) fp32 logsumexp_n (state_b · weight_n + bias_n), excluding the (hit_rows, hit_cols) pairs.
+
+    state (B, d), weight (S, d) the negatives' rows, bias (S,); differentiable in all three.
+    """
+    lse: torch.Tensor = _NegativesLogSumExp.apply(state, weight, bias, hit_rows, hit_cols)
+    return lse
 
 
 def default_cutoffs(n_items: int) -> list[int]:

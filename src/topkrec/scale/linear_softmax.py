@@ -24,6 +24,7 @@ log-sum-exp, the softmax and every accumulation are fp32, and the returned log-p
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Literal
 
 import torch
@@ -52,10 +53,13 @@ _TRITON_OK: bool | None = None
 
 
 def triton_available() -> bool:
-    """True when Triton can be imported and CUDA is available (checked once)."""
+    """True when Triton can be imported and CUDA is available (checked once).
+
+    ``TOPKREC_NO_TRITON=1`` turns the kernels off (benchmarks compare against the PyTorch path with it).
+    """
     global _TRITON_OK
     if _TRITON_OK is None:
-        ok = torch.cuda.is_available()
+        ok = torch.cuda.is_available() and os.environ.get("TOPKREC_NO_TRITON", "") not in ("1", "true")
         if ok:
             try:
                 import triton  # noqa: F401
