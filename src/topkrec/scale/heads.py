@@ -220,11 +220,16 @@ class SampledSoftmaxHead(ItemHead):
         # Few passes over the (B, S) matrix (they dominate on CPU): 1/T and −log Q(n) ride in the addmm,
         # accidental hits are masked in place on the rows that have one, and the surrogate, its
         # gradient and the normaliser estimate all come from one logsumexp over the negatives.
-        neg_bias = self.bias[negatives] * inv_t - log_q[negatives]  # (S,)
+        # One gather of the rows used (actions, then negatives): its backward builds one dense (N, d)
+        # gradient instead of one per gather — at 1M items those zero-fills cost more than the maths.
+        used = torch.cat([actions, negatives])
+        w_used, b_used = self.weight[used], self.bias[used]
+        n_rows = actions.shape[0]
+        neg_bias = b_used[n_rows:] * inv_t - log_q[negatives]  # (S,)
         hit_rows, hit_cols = _accidental_hits(actions, negatives)
         # logsumexp_n (l_n − log Q(n)) over the negatives, hits excluded — (B,), fp32
-        lse_neg = negatives_logsumexp(state * inv_t, self.weight[negatives], neg_bias, hit_rows, hit_cols)
-        target = ((state * self.weight[actions]).sum(dim=1) + self.bias[actions]).float() * inv_t  # (B,) l_a
+        lse_neg = negatives_logsumexp(state * inv_t, w_used[n_rows:], neg_bias, hit_rows, hit_cols)
+        target = ((state * w_used[:n_rows]).sum(dim=1) + b_used[:n_rows]).float() * inv_t  # (B,) l_a
         pos = target - log_q[actions]
         train_logp = pos - torch.logaddexp(pos, lse_neg)  # = sampled_softmax_log_prob(...)
         if self.normaliser == "exact":
