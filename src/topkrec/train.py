@@ -225,6 +225,7 @@ def write_checkpoint(
     user_raw: Any,
     item_raw: Any,
     data_info: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
 ) -> None:
     """Replace ``out`` with a complete model directory + resume state, atomically."""
     import json
@@ -238,6 +239,8 @@ def write_checkpoint(
         write_json(tmp / OPTIMIZER_META_FILE, meta)
         atomic_write_bytes(tmp / RNG_FILE, save(_rng_tensors()))
         write_json(tmp / TRAINER_STATE_FILE, state.to_json())
+        for name, blob in (extra_files or {}).items():  # e.g. serving's user_histories.safetensors
+            atomic_write_bytes(tmp / name, blob)
         atomic_write_bytes(tmp / TRAIN_LOG_FILE, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
@@ -371,11 +374,15 @@ def train_agent(
     metrics = MetricsLogger(jsonl)
     metrics.history = history
     data_info = _data_info(dataset)
+    from topkrec.serve.histories import HISTORIES_FILE, UserHistories  # serving needs each user's history
+
+    extra_files = {HISTORIES_FILE: UserHistories.from_dataset(dataset).to_bytes()}
     autocast = torch.bfloat16 if (config.bf16 and device.type == "cuda") else None
 
     def checkpoint() -> None:
         write_checkpoint(
-            out, agent, optimizer, config, state, metrics.history, dataset.user_raw, dataset.item_raw, data_info
+            out, agent, optimizer, config, state, metrics.history, dataset.user_raw, dataset.item_raw, data_info,
+            extra_files,
         )
 
     total_steps = steps_per_epoch * config.epochs

@@ -62,13 +62,14 @@ class UserHistories:
         np.cumsum(counts, out=offsets[1:])
         return cls(items=items, offsets=offsets)
 
-    def save(self, path: Path) -> None:
+    def to_bytes(self) -> bytes:
+        """The safetensors file contents."""
         from safetensors.numpy import save
 
-        atomic_write_bytes(
-            Path(path),
-            save({"items": np.ascontiguousarray(self.items), "offsets": np.ascontiguousarray(self.offsets)}),
-        )
+        return save({"items": np.ascontiguousarray(self.items), "offsets": np.ascontiguousarray(self.offsets)})
+
+    def save(self, path: Path) -> None:
+        atomic_write_bytes(Path(path), self.to_bytes())
 
     @classmethod
     def load(cls, path: Path, n_users: int, n_items: int) -> UserHistories:
