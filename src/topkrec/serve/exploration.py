@@ -36,7 +36,7 @@ from topkrec.errors import TopkrecError
 _LOG_T_STEP = 0.3
 _MAX_NODES = 1024
 _TAIL_NATS = 40.0  # integrate until P(n-th arrival not yet happened) < e^-40
-_ROW_CHUNK_FLOATS = 4_000_000  # bound the (N, rows, Q, n) work arrays
+_ROW_CHUNK_FLOATS = 8_000_000  # bound the (N, rows, Q, n) work arrays (~64 MB)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def inclusion_probabilities(log_weights: np.ndarray, n: np.ndarray | int) -> np.
     if todo.size == 0:
         return out
     n_max = int(draws[todo].max())
-    per_row = 4 * (width + 1) * n_max * 128  # floats per row in the four (N, ·, Q, n) arrays, Q ≈ 128
+    per_row = (width + 1) * (n_max + 4) * 96  # floats per row in the (N, ·, Q, n) prefix and (N, ·, Q) arrays
     chunk = max(1, _ROW_CHUNK_FLOATS // per_row)
     for start in range(0, todo.size, chunk):
         sel = todo[start : start + chunk]
@@ -144,36 +144,37 @@ def _inclusion_exact(log_weights: np.ndarray, draws: np.ndarray) -> np.ndarray:
     wt = weights.T[:, :, None] * t[None, :, :]
     arrived = -np.expm1(-wt)
 
-    # Truncated count distributions (counts 0..n_max−1) of the candidates before j (prefix) and after j
-    # (suffix). Counts only grow, so dropping counts ≥ n_max keeps the low ones exact.
-    prefix = np.empty((width + 1, rows, n_nodes, n_max))
-    prefix[0] = 0.0
-    prefix[0, :, :, 0] = 1.0
+    # Truncated count distributions (counts 0..n_max−1) of the candidates before j (prefix, stored) and
+    # after j (suffix, rolling). Counts only grow, so dropping counts ≥ n_max keeps the low ones exact.
+    prefix = np.empty((width, rows, n_nodes, n_max))
+    current = np.zeros((rows, n_nodes, n_max))
+    current[:, :, 0] = 1.0
     for j in range(width):
+        prefix[j] = current
         p = arrived[j][:, :, None]
-        prev = prefix[j]
-        cur = prefix[j + 1]
-        np.multiply(prev, 1.0 - p, out=cur)
-        cur[:, :, 1:] += prev[:, :, :-1] * p
-    suffix = np.empty((width + 1, rows, n_nodes, n_max))
-    suffix[width] = 0.0
-    suffix[width, :, :, 0] = 1.0
-    for j in range(width - 1, -1, -1):
-        p = arrived[j][:, :, None]
-        prev = suffix[j + 1]
-        cur = suffix[j]
-        np.multiply(prev, 1.0 - p, out=cur)
-        cur[:, :, 1:] += prev[:, :, :-1] * p
+        nxt = current * (1.0 - p)
+        nxt[:, :, 1:] += current[:, :, :-1] * p
+        current = nxt
 
-    # Leave-one-out P(count_{−i} < n) = Σ_a prefix_i(a) · P(suffix_i ≤ n−1−a), with a per-row n.
-    before = prefix[:width]  # (N, R, Q, n_max): candidates < i
-    after_cdf = np.cumsum(suffix[1:], axis=-1)  # candidates > i, P(count ≤ c)
-    a = np.arange(n_max)
-    need = draws[:, None] - 1 - a[None, :]  # (R, n_max): the suffix count bound for each a
-    ok = need >= 0
-    idx = np.clip(need, 0, n_max - 1)
-    after_at = np.take_along_axis(after_cdf, np.broadcast_to(idx[None, :, None, :], after_cdf.shape), axis=-1)
-    fewer_than_n = (before * after_at * ok[None, :, None, :]).sum(axis=-1)  # (N, R, Q)
+    # Leave-one-out P(count_{−i} < n) = Σ_{a<n} prefix_i(a) · P(suffix_i ≤ n−1−a), computed while the
+    # suffix distribution rolls backwards, so no (N, R, Q, n) suffix array is ever stored.
+    same_n = bool(np.all(draws == n_max))
+    need = draws[:, None] - 1 - np.arange(n_max)[None, :]  # (R, n_max): suffix bound for each a
+    usable = (need >= 0)[:, None, :]
+    pick = np.broadcast_to(np.clip(need, 0, n_max - 1)[:, None, :], (rows, n_nodes, n_max))
+    fewer_than_n = np.empty((width, rows, n_nodes))
+    suffix = np.zeros((rows, n_nodes, n_max))
+    suffix[:, :, 0] = 1.0
+    for j in range(width - 1, -1, -1):
+        suffix_cdf = np.cumsum(suffix, axis=-1)
+        if same_n:
+            fewer_than_n[j] = np.einsum("rqa,rqa->rq", prefix[j], suffix_cdf[:, :, ::-1])
+        else:
+            fewer_than_n[j] = (prefix[j] * np.take_along_axis(suffix_cdf, pick, axis=-1) * usable).sum(axis=-1)
+        p = arrived[j][:, :, None]
+        nxt = suffix * (1.0 - p)
+        nxt[:, :, 1:] += suffix[:, :, :-1] * p
+        suffix = nxt
 
     # ∫ w e^{−w t} F(t) dt = ∫ t w e^{−w t} F(t) dx: Gauss–Legendre on [x_low, x_high] (the integrand is
     # analytic there) plus the head ∫₀^{t_low} w e^{−w t} dt = 1 − e^{−w t_low}, where F ≡ 1.
