@@ -48,11 +48,14 @@ class Tower(nn.Module):
         for emb in [self.id_embedding, *self.feature_embeddings]:
             nn.init.normal_(emb.weight, std=0.1)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(N,) int64 ids → (N, embed_size) unit vectors."""
+    def forward(self, ids: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) int64 ids → (N, embed_size) unit vectors.
+
+        ``codes`` (N, F) overrides the side-feature lookup (the benchmark's per-sample loader passes them).
+        """
         parts = [self.id_embedding(ids)]
         if self.feature_names:
-            codes = self.feature_codes[ids]  # (N, F)
+            codes = self.feature_codes[ids] if codes is None else codes  # (N, F)
             parts.extend(emb(codes[:, j]) for j, emb in enumerate(self.feature_embeddings))
         x = self.mlp(torch.cat(parts, dim=1))
         return F.normalize(x.float(), dim=1)

@@ -227,6 +227,16 @@ class PretrainTrainer:
         auc = roc_auc(torch.cat(pos_all).cpu().numpy(), torch.cat(neg_all).cpu().numpy())
         return (float(loss_sum) / n_rows if n_rows else None), auc
 
+    def popularity_auc(self) -> float | None:
+        """Eval AUC of the popularity baseline (score = the item's train count) on the same eval pairs and
+        negatives: what the towers must beat to have learned more than popularity."""
+        if len(self.eval_pairs) == 0:
+            return None
+        counts = torch.bincount(self.train_pairs.items, minlength=self.n_items).double()
+        pos = counts[self.eval_pairs.items].cpu().numpy()
+        neg = counts[self.eval_negatives].cpu().numpy()
+        return roc_auc(pos, neg)
+
     # ------------------------------------------------------------------ loop
     def fit(self, progress: bool = False, metrics_logger: MetricsLogger | None = None) -> PretrainResult:
         cfg = self.config
@@ -272,7 +282,11 @@ class PretrainTrainer:
             config=cfg,
             n_train_pairs=len(self.train_pairs),
             n_eval_pairs=len(self.eval_pairs),
-            extra={"unresolved_negatives": self.sampler.n_unresolved, "device": self.device.type},
+            extra={
+                "popularity_eval_auc": self.popularity_auc(),
+                "unresolved_negatives": self.sampler.n_unresolved,
+                "device": self.device.type,
+            },
         )
 
 
