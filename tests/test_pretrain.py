@@ -108,8 +108,8 @@ def test_planted_blocks_are_recovered(loss: str) -> None:
     assert result.eval_auc is not None and result.eval_auc > 0.95, [e.eval_auc for e in result.epochs]
     assert result.epochs[0].eval_auc is not None and result.epochs[0].eval_auc < 0.9  # it learned, not given
     assert result.epochs[-1].train_loss < result.epochs[0].train_loss
-    # every planted item is equally popular, so the popularity baseline is near chance here
-    assert abs(result.metrics()["popularity_eval_auc"] - 0.5) < 0.1
+    # planted items are about equally popular, so popularity cannot explain the result
+    assert result.metrics()["popularity_eval_auc"] < 0.6
     user_group = torch.arange(ds.n_users) // 25
     nearest = (result.user @ result.item[:-1].T).topk(5, dim=1).indices // 16  # (n_users, 5) groups
     assert torch.all(nearest == user_group[:, None])
