@@ -235,3 +235,44 @@ def test_random_garbage_never_gives_500(server: Server) -> None:
         for path in ("/recommend", "/recommend/batch"):
             r = server.post(path, body)
             assert r.status_code < 500, (path, body, r.text)
+
+
+@pytest.mark.slow
+def test_two_worker_processes_serve_and_share_the_impressions_log(tmp_path: Path) -> None:
+    model = make_random_model(tmp_path / "model", n_users=5, n_items=50, hist_num=2, seed=4)
+    log = tmp_path / "imp.jsonl"
+    port = free_port()
+    cmd = [sys.executable, "-m", "topkrec", "serve", "--model", str(model), "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen([*cmd, "--log-impressions", str(log), "--device", "cpu"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "server exited"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.3)
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(
+                pool.map(
+                    lambda i: (
+                        httpx.post(
+                            f"http://127.0.0.1:{port}/recommend", json={"user": f"u{i % 5}", "k": 3}, timeout=30
+                        ).status_code
+                    ),
+                    range(40),
+                )
+            )
+        assert codes == [200] * 40
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        assert len(rows) == 120 and len({r["request_id"] for r in rows}) == 40
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

@@ -169,6 +169,9 @@ def serve_command(
     max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1024, help="Largest request body."),
     max_history: int = typer.Option(1000, "--max-history", min=1, help="Longest history accepted per user."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (slower)."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, max=64, help="Server processes (each loads the model; requests are spread)."
+    ),
 ) -> None:
     """Serve the model over HTTP: POST /recommend, POST /recommend/batch, GET /health, GET /model, /docs."""
     import uvicorn
@@ -176,8 +179,35 @@ def serve_command(
     from topkrec.serve.app import ServeLimits, create_app
     from topkrec.serve.recommender import Recommender
 
-    rec = Recommender.load(model, device=device, dataset=dataset)
     limits = ServeLimits(max_body_bytes=max_body_bytes, max_history=max_history, max_micro_batch=max_batch)
+    if workers > 1:
+        import dataclasses
+        import os
+
+        from topkrec.serve.app import SERVE_CONFIG_ENV
+
+        Recommender.load(model, device=device, dataset=dataset)  # fail here, once, on a bad model dir
+        os.environ[SERVE_CONFIG_ENV] = json.dumps(
+            {
+                "model": str(model),
+                "device": device,
+                "dataset": str(dataset) if dataset else None,
+                "impressions": str(log_impressions) if log_impressions else None,
+                "limits": dataclasses.asdict(limits),
+            }
+        )
+        typer.echo(f"serving {model} with {workers} workers on http://{host}:{port} — docs at /docs", err=True)
+        uvicorn.run(
+            "topkrec.serve.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=access_log,
+        )
+        return
+    rec = Recommender.load(model, device=device, dataset=dataset)
     app = create_app(rec, limits=limits, impressions=log_impressions)
     typer.echo(f"serving {model} ({rec.n_items} items, {rec.device}) on http://{host}:{port} — docs at /docs", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=access_log)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -126,10 +127,11 @@ class ImpressionLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._file = self.path.open("a", encoding="utf-8")
+        # One O_APPEND write per batch: lines from several server processes never interleave.
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, users: list[Any], recs: list[Recommendation], explore: bool) -> None:
-        now = time.time()
+        now = int(time.time())
         lines = []
         for user, rec in zip(users, recs, strict=True):
             request_id = uuid.uuid4().hex
@@ -148,13 +150,17 @@ class ImpressionLog:
                 lines.append(json.dumps(row))
         if not lines:
             return
+        data = ("\n".join(lines) + "\n").encode()
         with self._lock:
-            self._file.write("\n".join(lines) + "\n")
-            self._file.flush()
+            if self._fd is None:
+                return
+            os.write(self._fd, data)
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 @dataclass
@@ -427,3 +433,19 @@ def create_app(recommender: Recommender, limits: ServeLimits | None = None, impr
 
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     return app
+
+
+SERVE_CONFIG_ENV = "TOPKREC_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """App factory for ``uvicorn --workers N`` (each worker process loads the model itself), configured
+    by the JSON in ``$TOPKREC_SERVE_CONFIG``: model, device, dataset, impressions and ServeLimits fields."""
+    raw = os.environ.get(SERVE_CONFIG_ENV)
+    if not raw:
+        raise TopkrecError(f"${SERVE_CONFIG_ENV} is not set; start the server with `topkrec serve`")
+    cfg = json.loads(raw)
+    rec = Recommender.load(cfg["model"], device=cfg.get("device", "auto"), dataset=cfg.get("dataset"))
+    limits = ServeLimits(**cfg.get("limits", {}))
+    impressions = cfg.get("impressions")
+    return create_app(rec, limits=limits, impressions=Path(impressions) if impressions else None)
