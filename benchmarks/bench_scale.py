@@ -293,6 +293,78 @@ def estimate_error(device: str, n_items: int, negatives: int, train_steps: int, 
     return out
 
 
+def synthetic_dataset(n_events: int, n_items: int, events_per_user: int = 50, seed: int = 2) -> Any:
+    """An in-memory prepared ``Dataset``: Zipf items, users of ``events_per_user`` events, last 20 % test."""
+    import numpy as np
+
+    from topkrec.data.dataset import Dataset
+
+    rng = np.random.default_rng(seed)
+    n_users = -(-n_events // events_per_user)
+    user = np.repeat(np.arange(n_users, dtype=np.int32), events_per_user)[:n_events]
+    pos = np.arange(n_events) - np.repeat(np.arange(n_users) * events_per_user, events_per_user)[:n_events]
+    item = np.floor(np.exp(rng.random(n_events) * math.log(n_items + 1.0))).astype(np.int32) - 1
+    item = np.clip(item, 0, n_items - 1)
+    reward = rng.choice(np.array([1.0, 2.0, 3.0], dtype=np.float32), size=n_events, p=[0.9, 0.07, 0.03])
+    return Dataset(
+        user=user,
+        item=item,
+        behavior=np.where(reward > 1.0, "buy", "pv").astype(object),
+        reward=reward,
+        ts=(pos * 60).astype(np.int64),
+        session=user.astype(np.int32),
+        is_test=pos >= int(0.8 * events_per_user),
+        returns=reward * 3.0,
+        n_users=n_users,
+        n_items=n_items,
+    )
+
+
+def eval_timing(device: str, n_events: int, n_items: int, chunk_elements: int, n_boot: int) -> dict[str, Any]:
+    """Seconds of ``evaluate_agents`` (one agent + popularity + β̂ baselines) on a synthetic held-out split."""
+    import torch
+
+    from topkrec.evaluate.evaluator import EvalConfig, evaluate_agents
+    from topkrec.policy.config import AgentConfig, TrainConfig
+    from topkrec.policy.model import Agent, LoadedAgent
+
+    t0 = time.perf_counter()
+    ds = synthetic_dataset(n_events, n_items)
+    build_s = time.perf_counter() - t0
+    dev = torch.device(device)
+    cfg = AgentConfig(n_users=ds.n_users, n_items=n_items, embed_dim=EMBED, hist_num=HIST, hidden=HIDDEN)
+    torch.manual_seed(0)
+    agent = LoadedAgent(
+        module=Agent(cfg).to(dev),
+        config=cfg,
+        train_config=TrainConfig(),
+        directory=Path("."),
+        user_raw=[str(i) for i in range(ds.n_users)],
+        item_raw=[str(i) for i in range(n_items)],
+    )
+    econf = EvalConfig(chunk_elements=chunk_elements, n_boot=n_boot)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    metrics = evaluate_agents({"topk": agent}, ds, econf, baselines=True)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {
+        "device": device,
+        "n_events": n_events,
+        "n_test_events": int(ds.is_test.sum()),
+        "n_items": n_items,
+        "chunk_elements": chunk_elements,
+        "rows_per_chunk": max(1, min(4096, chunk_elements // n_items)),
+        "n_boot": n_boot,
+        "models": sorted(metrics),
+        "seconds": round(seconds, 2),
+        "dataset_build_s": round(build_s, 2),
+        "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if dev.type == "cuda" else _peak_rss_gb(),
+    }
+
+
 def measure_peak_flops(device: str, dtype: str) -> float:
     """Best achieved FLOP/s of a large matmul in ``dtype`` on ``device`` (TF32 off for fp32)."""
     import torch
@@ -325,6 +397,8 @@ def worker_main(spec: str) -> None:
         print(json.dumps(run_case(Case(**payload))))
     elif kind == "error":
         print(json.dumps(estimate_error(**payload)))
+    elif kind == "eval":
+        print(json.dumps(eval_timing(**payload)))
     elif kind == "peak":
         print(json.dumps({"peak_flops": measure_peak_flops(**payload)}))
     else:
@@ -366,12 +440,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated case names to run (default: all)")
     p.add_argument("--budget", type=float, default=540.0, help="stop starting new cases after this many seconds")
     p.add_argument("--json-out", default="", help="also write the final JSON object to this file")
+    p.add_argument(
+        "--eval-events",
+        type=int,
+        default=0,
+        help="only time `evaluate` on a synthetic log of this many events (20 %% held out), then exit",
+    )
+    p.add_argument("--eval-items", type=int, default=160_000, help="catalogue of the evaluation timing")
+    p.add_argument(
+        "--eval-chunk-elements",
+        default="",
+        help="comma-separated EvalConfig.chunk_elements to time (default: 2^32 on cuda, then the library default)",
+    )
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker_main(args.worker)
         return 0
 
+    if args.eval_events:
+        return eval_main(args)
     start = time.perf_counter()
     items = [int(x) for x in args.items.split(",") if x]
     cases = plan(args.device, items, args.quick, args.negatives)
@@ -462,6 +550,48 @@ def main(argv: list[str] | None = None) -> int:
         "estimate_error": error,
         "skipped_over_budget": skipped,
         "wall_s": round(time.perf_counter() - start, 1),
+    }
+    line = json.dumps(out)
+    if args.json_out:
+        Path(args.json_out).write_text(line + "\n")
+    print(line, flush=True)
+    return 0
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    """Time ``evaluate_agents`` on the held-out split of a synthetic log; last line JSON."""
+    from topkrec.evaluate.evaluator import EvalConfig
+
+    if args.eval_chunk_elements:
+        chunks = [int(x) for x in args.eval_chunk_elements.split(",") if x]
+    else:
+        chunks = ([1 << 32] if args.device == "cuda" else []) + [EvalConfig().chunk_elements]
+    runs = []
+    for chunk in chunks:
+        payload = {
+            "kind": "eval",
+            "device": args.device,
+            "n_events": args.eval_events,
+            "n_items": args.eval_items,
+            "chunk_elements": chunk,
+            "n_boot": EvalConfig().n_boot,
+        }
+        r = run_worker(payload, timeout=args.budget)
+        r.setdefault("chunk_elements", chunk)
+        runs.append(r)
+        if "error" in r:
+            print(f"evaluate, chunk_elements {chunk}: FAILED {r['error']}", flush=True)
+        else:
+            print(
+                f"evaluate {r['n_test_events']} held-out events of a {r['n_events']}-event log, {r['n_items']} items, "
+                f"{r['rows_per_chunk']} rows per chunk: {r['seconds']:.1f} s (peak {r['peak_mem_gb']:.2f} GB)",
+                flush=True,
+            )
+    out = {
+        "benchmark": "scale_eval",
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device_name": device_name(args.device),
+        "results": runs,
     }
     line = json.dumps(out)
     if args.json_out:

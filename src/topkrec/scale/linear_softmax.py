@@ -69,6 +69,14 @@ def triton_available() -> bool:
     return _TRITON_OK
 
 
+def _disable_triton(err: Exception) -> None:
+    """A kernel failed to build or run (``impl="auto"``): warn once and use the PyTorch path from now on."""
+    global _TRITON_OK
+    if _TRITON_OK:
+        logger.warning("Triton softmax kernels failed (%r); using the chunked PyTorch path", err)
+    _TRITON_OK = False
+
+
 def default_chunk_size(batch_size: int, n_items: int, max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
     """Catalogue chunk so that a (B × chunk) fp32 buffer holds about ``max_elements`` values."""
     chunk = max(256, max_elements // max(1, batch_size))
@@ -145,8 +153,13 @@ def catalogue_logsumexp(
         if use_triton:
             from topkrec.scale import triton_softmax
 
-            with torch.autocast(hidden.device.type, enabled=False):
-                return triton_softmax.logsumexp_forward(hidden, weight.detach(), bias, dtype)
+            try:
+                with torch.autocast(hidden.device.type, enabled=False):
+                    return triton_softmax.logsumexp_forward(hidden, weight.detach(), bias, dtype)
+            except Exception as err:
+                if impl == "triton":
+                    raise
+                _disable_triton(err)
         return chunked_logsumexp(hidden, weight.detach(), bias, chunk_size, dtype)
 
 
@@ -214,19 +227,28 @@ class LinearLogSoftmaxGather(torch.autograd.Function):
         chunk_size: int,
         compute_dtype: torch.dtype,
         use_triton: bool,
+        strict: bool,
     ) -> torch.Tensor:
         with torch.autocast(hidden.device.type, enabled=False):
+            lse = None
             if use_triton:
                 from topkrec.scale import triton_softmax
 
-                lse = triton_softmax.logsumexp_forward(hidden, weight, bias, compute_dtype)
-            else:
+                try:
+                    lse = triton_softmax.logsumexp_forward(hidden, weight, bias, compute_dtype)
+                except Exception as err:
+                    if strict:
+                        raise
+                    _disable_triton(err)
+                    use_triton = False
+            if lse is None:
                 lse = _torch_forward(hidden, weight, bias, chunk_size, compute_dtype)
             logp = target_logits(hidden, weight, bias, actions, compute_dtype) - lse
         ctx.save_for_backward(hidden, weight, bias, actions, lse)
         ctx.chunk_size = chunk_size
         ctx.compute_dtype = compute_dtype
         ctx.use_triton = use_triton
+        ctx.strict = strict
         return logp
 
     @staticmethod
@@ -237,12 +259,19 @@ class LinearLogSoftmaxGather(torch.autograd.Function):
         acc = _acc_dtype(dtype)
         g = grad_logp.to(acc).contiguous()
         with torch.autocast(hidden.device.type, enabled=False):
+            grads = None
             if ctx.use_triton:
                 from topkrec.scale import triton_softmax
 
-                grad_h, grad_w, grad_b = triton_softmax.logsumexp_backward(hidden, weight, bias, lse, g, dtype, need)
-            else:
-                grad_h, grad_w, grad_b = _torch_backward(hidden, weight, bias, lse, g, ctx.chunk_size, dtype, need)
+                try:
+                    grads = triton_softmax.logsumexp_backward(hidden, weight, bias, lse, g, dtype, need)
+                except Exception as err:
+                    if ctx.strict:
+                        raise
+                    _disable_triton(err)
+            if grads is None:
+                grads = _torch_backward(hidden, weight, bias, lse, g, ctx.chunk_size, dtype, need)
+            grad_h, grad_w, grad_b = grads
             # The one-hot parts: +g_b at (b, a_b).
             if grad_h is not None:
                 grad_h += g[:, None] * weight[actions].to(dtype).to(acc)
@@ -253,7 +282,7 @@ class LinearLogSoftmaxGather(torch.autograd.Function):
             if grad_b is not None and bias is not None:
                 grad_b.index_add_(0, actions, g)
                 grad_b = grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def linear_log_softmax_gather(
@@ -297,7 +326,7 @@ def linear_log_softmax_gather(
         bias = bias / temperature if bias is not None else None
     chunk = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0])
     logp: torch.Tensor = LinearLogSoftmaxGather.apply(
-        hidden, weight, bias, actions.long(), int(chunk), dtype, bool(use_triton)
+        hidden, weight, bias, actions.long(), int(chunk), dtype, bool(use_triton), impl == "triton"
     )
     return logp
 
