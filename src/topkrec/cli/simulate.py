@@ -30,6 +30,13 @@ def ope(
         None, "--n-actions", help="N for --target uniform (default: the number of distinct actions in the log)."
     ),
     model: Path | None = typer.Option(None, "--model", help="A model directory from `topkrec train` as the target."),
+    user_col: str | None = typer.Option(
+        None, "--user-col", help="With --model: the user column; the state is the user + their earlier logged items."
+    ),
+    time_col: str | None = typer.Option(None, "--time-col", help="With --model: order each user's rows by this."),
+    target_k: int = typer.Option(
+        1, "--target-k", help="With --model: K draws per slate; the target probability is 1 − (1 − π)^K."
+    ),
     reward_hat_col: str | None = typer.Option(
         None, "--reward-hat-col", help="Reward-model prediction for the logged action (with --value-hat-col: DR)."
     ),
@@ -93,13 +100,12 @@ def ope(
         if reward_hat is None:
             reward_hat, value_hat = direct_method_uniform(data.action, data.reward, n)
     else:
-        try:
-            from topkrec.ope.model_target import model_target_prob
-        except ImportError as e:  # the agent area's model loader is not installed in this build
-            raise TopkrecError(f"--model is unavailable in this build ({e}); use --target-prob-col") from e
+        from topkrec.ope.model_target import model_target_prob
 
         assert model is not None
-        target_prob = model_target_prob(model, logs, action_col)
+        if user_col is None:
+            raise TopkrecError("--model needs --user-col (the state is the user and their earlier logged items)")
+        target_prob = model_target_prob(model, logs, action_col, user_col, time_col, k=target_k)
         target_name = f"model {model}"
     report = off_policy_report(
         data.reward,
@@ -151,6 +157,11 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Random seed (sequential: the first of --seeds seeds)."),
     seeds: int = typer.Option(3, "--seeds", help="Sequential: independent environments/logs/trainings."),
     quick: bool = typer.Option(False, "--quick", help="Sequential: a small preset that runs in well under a minute."),
+    interactions_only: bool = typer.Option(
+        False,
+        "--interactions-only",
+        help="Sequential: log only engagements (Taobao-style) instead of every shown item; state = engaged items.",
+    ),
 ) -> None:
     """Ground-truth simulations where the true value of every policy is known (DESIGN §5).
 
@@ -184,11 +195,14 @@ def simulate(
         except ImportError as e:
             raise TopkrecError(f"the sequential scenario is not available in this build ({e})") from e
 
+        from dataclasses import replace
+
         if seeds < 1:
             raise TopkrecError("--seeds must be at least 1")
         config_seq = (
             SequentialConfig.quick(seed=seed, n_seeds=seeds) if quick else SequentialConfig(seed=seed, n_seeds=seeds)
         )
+        config_seq = replace(config_seq, log_impressions=not interactions_only)
         result = run_sequential(config_seq, progress=STATE.progress)
     else:
         raise TopkrecError(f"unknown scenario {scenario!r}; use one of {', '.join((*STATELESS, 'sequential'))}")

@@ -1,0 +1,469 @@
+"""The ``sequential`` scenario: logs from a biased policy → prepare → train none/is/topk → roll out.
+
+For each seed:
+
+1. build a world (``environment.Environment``) and let the logging policy β run ``logged_sessions``
+   sessions per user, recording every shown item with its exact propensity α_β = 1 − (1 − β)^K;
+2. write those logs as an ``events`` CSV and run the library's ``prepare`` on them (the same code as
+   ``topkrec prepare --format events --event-col event --propensity-col propensity --no-dedupe``);
+3. train the agent with ``--correction none``, ``is`` and ``topk`` (``topkrec.train.train_agent``)
+   on the prepared dataset;
+4. roll every policy out in the same world from where the logs ended — fresh sessions, common random
+   numbers across policies — and take the mean total reward per session as its **true value**;
+5. estimate each trained policy's value from the logs alone (item-level IPS / capped IPS / SNIPS,
+   see ``item_level_estimates``) and report the error against the true value.
+
+The 95 % confidence interval of a true value is a t interval over the per-seed values (each seed is a
+new world, new logs and a new training run), so it covers training variance too.
+
+``none``/``is``/``topk`` are the trained π used as the paper's top-K policy (K independent draws
+from π, the policy the objective is about); ``*_greedy`` are the same models serving their K most
+probable items (``topkrec recommend``'s deterministic mode). Baselines: ``logging`` (β itself),
+``popularity`` (the K items most engaged with in the logs), ``behavior`` (the β̂ head of the
+``none`` model, sampled like π), ``uniform``, and ``oracle`` (the K items of highest true utility
+for the user's current taste: a reference point, not a learner).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from topkrec.simulate.environment import (
+    EnvConfig,
+    Environment,
+    LoggedEvents,
+    LoggingPolicyConfig,
+    RolloutResult,
+    SessionState,
+    inclusion_probability,
+    logging_policy_probs,
+    rollout,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SequentialConfig", "item_level_estimates", "prepare_logs", "run_sequential", "t_interval"]
+
+CORRECTION_NAMES: tuple[str, ...] = ("none", "is", "topk")
+REWARD_MAP: tuple[tuple[str, float], ...] = (("pv", 1.0), ("cart", 2.0), ("fav", 2.0), ("buy", 3.0), ("skip", 0.0))
+
+
+@dataclass(frozen=True)
+class SequentialConfig:
+    """Everything the ``sequential`` scenario does; saved in its result JSON."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    logging_policy: LoggingPolicyConfig = field(default_factory=LoggingPolicyConfig)
+    logged_sessions: int = 5
+    """Sessions per user recorded by the logging policy (the training logs)."""
+    log_impressions: bool = True
+    """Log every shown item (skipped ones as ``skip``, reward 0) — the agent's state is then the last
+    hist_num *shown* items. False logs only engagements, like Taobao-style interaction logs, and the
+    state is the last hist_num engaged items. Propensities are recorded either way."""
+    ope_sessions: int = 2
+    """Sessions per user of a held-out log of β, on which the off-policy estimates are computed."""
+    eval_sessions: int = 5
+    """Sessions per user rolled out to measure each policy's true value."""
+    n_seeds: int = 3
+    """Independent worlds / logs / trainings; the CI is over these."""
+    seed: int = 0
+    """Seed of the first world; seed i uses seed + i."""
+    epochs: int = 8
+    batch_size: int = 256
+    lr: float = 3e-3
+    hidden: int = 64
+    embed_dim: int = 16
+    hist_num: int = 10
+    encoder: str = "concat"
+    cap: float | None = math.exp(3.0)
+    """Importance-weight cap during training (the paper's e³)."""
+    ope_cap: float = math.exp(3.0)
+    """Cap of the capped IPS estimate."""
+    n_boot: int = 200
+    threads: int = 1
+    """Torch intra-op threads while the scenario runs (small models: one thread avoids contention)."""
+
+    @classmethod
+    def quick(cls, seed: int = 0, n_seeds: int = 3) -> SequentialConfig:
+        """A small preset for tests: well under a minute on 2 cores."""
+        return cls(
+            env=EnvConfig(n_users=120, n_items=80, slate_size=4, max_len=12),
+            logged_sessions=2,
+            eval_sessions=3,
+            n_seeds=n_seeds,
+            seed=seed,
+            epochs=3,
+            n_boot=50,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# 0.975 quantiles of Student's t with n − 1 degrees of freedom, by n
+_T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262, 11: 2.228}
+
+
+def t_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95 % t confidence interval of ``values`` (one value gives a zero-width interval)."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, mean, mean
+    q = _T975.get(values.size, 1.96 + 2.5 / values.size)  # beyond 11, within 0.01 of the exact quantile
+    half = q * float(values.std(ddof=1)) / math.sqrt(values.size)
+    return mean, mean - half, mean + half
+
+
+def prepare_logs(csv_path: Path, out_dir: Path):  # -> topkrec.data.dataset.Dataset
+    """Run the library's ``prepare`` on an environment log (events format) and load the dataset."""
+    from topkrec.data.dataset import Dataset
+    from topkrec.data.prepare import PrepareConfig, prepare
+    from topkrec.data.readers import EventColumns
+    from topkrec.io import atomic_dir
+
+    cfg = PrepareConfig(
+        format="events",
+        sampling=None,
+        dedupe=False,  # an item shown twice to a user is two impressions, not a duplicate
+        test_size=0.0,  # the true value is measured by rollouts, not on a held-out split
+        reward=REWARD_MAP,
+        columns=EventColumns(user="user", item="item", time="ts", event="event", propensity="propensity"),
+    )
+    prepared, warnings = prepare(csv_path, cfg)
+    for w in warnings:
+        logger.warning("prepare: %s", w)
+    with atomic_dir(out_dir, force=True) as tmp:
+        prepared.save(tmp)
+    return Dataset.load(out_dir)
+
+
+class _IdMaps:
+    """Environment ids ↔ dataset indices (the dataset orders items by frequency)."""
+
+    def __init__(self, dataset: Any, n_env_items: int, n_env_users: int) -> None:
+        self.n_items = int(dataset.n_items)
+        self.pad = int(dataset.pad_index)
+        self.item_env = np.array([int(x) for x in dataset.item_raw], dtype=np.int64)  # dataset index → env id
+        self.item_ds = np.full(n_env_items, self.pad, dtype=np.int64)  # env id → dataset index (pad if unseen)
+        self.item_ds[self.item_env] = np.arange(self.n_items)
+        self.user_ds = np.full(n_env_users, -1, dtype=np.int64)  # env user → dataset index (−1 = unknown)
+        self.user_ds[np.array([int(x) for x in dataset.user_raw], dtype=np.int64)] = np.arange(dataset.n_users)
+
+    def history(self, env_history: np.ndarray) -> np.ndarray:
+        return np.where(env_history >= 0, self.item_ds[np.maximum(env_history, 0)], self.pad)
+
+
+def _agent_probs(module: Any, maps: _IdMaps, state: SessionState, head: str, n_env_items: int) -> np.ndarray:
+    """Per-draw probabilities (B, I_env) of the agent's π (or β̂) head for the sessions in ``state``."""
+    import torch
+
+    with torch.no_grad():
+        user = torch.as_tensor(maps.user_ds[state.users])
+        hist = torch.as_tensor(maps.history(state.history))
+        s = module.encode(user, hist)
+        logits = getattr(module, head).logits(s).float()
+        probs = torch.softmax(logits, dim=-1).double().numpy()
+    out = np.zeros((state.users.shape[0], n_env_items))
+    out[:, maps.item_env] = probs
+    return out
+
+
+def item_level_estimates(
+    module: Any,
+    maps: _IdMaps,
+    log: LoggedEvents,
+    k: int,
+    cap: float,
+    n_boot: int,
+    seed: int,
+    head: str = "policy_head",
+) -> dict[str, Any]:
+    """Value per session of the agent's K-draw policy, estimated from a log of the logging policy.
+
+    The log is a *held-out* one (fresh sessions of β, not the training logs: a policy evaluated on the
+    rows it was fitted to looks better than it is). Each row is a shown item with reward r and the
+    recorded inclusion probability α_β; with α_π = 1 − (1 − π(item|s))^K from the model on the
+    row's state, the item-level IPS estimate of a session's total reward is Σ_rows r·α_π/α_β (Li et
+    al. 2018's item model, without positions). It ignores that the target policy would lead to other
+    states (no product of weights over a session) and that in the choice model the items of a slate
+    compete for one engagement, so it is biased here; the scenario measures by how much. Capped IPS
+    caps each weight at ``cap``; SNIPS rescales the weights to mean 1 over rows. Intervals: bootstrap
+    over sessions.
+    """
+    import torch
+
+    from topkrec.ope import BootstrapResult
+
+    n = log.item.shape[0]
+    probs = np.zeros(n)
+    item_ds = maps.item_ds[log.item]
+    known = item_ds != maps.pad  # items never logged in training cannot be drawn by π
+    with torch.no_grad():
+        for start in range(0, n, 4096):
+            sl = slice(start, min(start + 4096, n))
+            user = torch.as_tensor(maps.user_ds[log.user[sl]])
+            hist = torch.as_tensor(maps.history(log.history[sl]))
+            logp = torch.log_softmax(getattr(module, head).logits(module.encode(user, hist)).float(), dim=-1)
+            action = torch.as_tensor(np.where(known[sl], item_ds[sl], 0))
+            probs[sl] = logp.gather(1, action[:, None]).squeeze(1).exp().double().numpy()
+    probs = np.where(known, probs, 0.0)
+    alpha_p = inclusion_probability(probs, k)
+    w = alpha_p / log.propensity
+    ses = log.session
+    n_ses = log.n_sessions  # sessions that left no row count as zero reward
+    reward = log.reward
+    per_session = {
+        "ips": np.bincount(ses, weights=w * reward, minlength=n_ses),
+        "capped_ips": np.bincount(ses, weights=np.minimum(w, cap) * reward, minlength=n_ses),
+    }
+    w_sum = np.bincount(ses, weights=w, minlength=n_ses)
+    rows_per = np.bincount(ses, minlength=n_ses).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    boot = rng.integers(0, n_ses, size=(n_boot, n_ses))
+    out: dict[str, Any] = {}
+    for name, values in per_session.items():
+        lo, hi = np.quantile(values[boot].mean(axis=1), [0.025, 0.975])
+        out[name] = BootstrapResult(float(values.mean()), float(lo), float(hi)).as_dict()
+    # SNIPS: Σ w r / Σ w per row, times the mean rows per session
+    snips_value = float(per_session["ips"].sum() / w_sum.sum() * rows_per.mean())
+    boot_snips = per_session["ips"][boot].sum(axis=1) / w_sum[boot].sum(axis=1) * rows_per[boot].mean(axis=1)
+    lo, hi = np.quantile(boot_snips, [0.025, 0.975])
+    out["snips"] = BootstrapResult(snips_value, float(lo), float(hi)).as_dict()
+    out["ess"] = float(w.sum() ** 2 / max(float((w * w).sum()), 1e-300))
+    out["n_rows"] = int(n)
+    out["capped_frac"] = float((w > cap).mean())
+    return out
+
+
+def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -> dict[str, Any]:
+    from topkrec.policy.config import AgentConfig, TrainConfig
+    from topkrec.train import train_agent
+
+    t0 = time.perf_counter()
+    env_cfg = replace(config.env, seed=seed)
+    env = Environment(env_cfg)
+    k = env_cfg.slate_size
+    lp = config.logging_policy
+
+    def logging_policy(state: SessionState) -> np.ndarray:
+        return logging_policy_probs(env, lp, state.last_engaged)
+
+    logged = rollout(
+        env,
+        logging_policy,
+        config.logged_sessions,
+        np.random.default_rng([seed, 2]),
+        hist_len=config.hist_num,
+        record=True,
+        impressions=config.log_impressions,
+    )
+    assert logged.log is not None
+    csv = work / f"seed{seed}_logs.csv"
+    logged.log.write(csv)
+    dataset = prepare_logs(csv, work / f"seed{seed}_data")
+    timings = {"log": time.perf_counter() - t0}
+
+    models: dict[str, Any] = {}
+    train_diag: dict[str, dict[str, float]] = {}
+    for corr in CORRECTION_NAMES:
+        t = time.perf_counter()
+        agent_cfg = AgentConfig(
+            n_users=dataset.n_users,
+            n_items=dataset.n_items,
+            embed_dim=config.embed_dim,
+            hist_num=config.hist_num,
+            hidden=config.hidden,
+            encoder=config.encoder,
+            trainable_embeddings=True,
+        )
+        train_cfg = TrainConfig(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            correction=corr,
+            k=k,
+            cap=config.cap,
+            seed=seed,
+            device="cpu",
+            log_every=10**9,
+        )
+        result = train_agent(
+            dataset, work / f"seed{seed}_{corr}", agent_cfg, train_cfg, embeddings=None, force=True, progress=progress
+        )
+        module = result.agent.eval()
+        models[corr] = module
+        last = result.history[-1] if result.history else {}
+        train_diag[corr] = {k_: float(v) for k_, v in last.items() if isinstance(v, int | float)}
+        timings[f"train_{corr}"] = time.perf_counter() - t
+
+    maps = _IdMaps(dataset, env_cfg.n_items, env_cfg.n_users)
+    popular_env = maps.item_env[np.argsort(-np.bincount(dataset.item[dataset.reward > 0], minlength=dataset.n_items))]
+
+    def agent_policy(module: Any, head: str = "policy_head"):
+        return lambda state: _agent_probs(module, maps, state, head, env_cfg.n_items)
+
+    def agent_greedy(module: Any):
+        def choose(state: SessionState) -> np.ndarray:  # top-K of π: the serving default
+            probs = _agent_probs(module, maps, state, "policy_head", env_cfg.n_items)
+            return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+        return choose
+
+    def popularity(state: SessionState) -> np.ndarray:
+        return np.tile(popular_env[:k], (state.users.shape[0], 1))
+
+    def uniform(state: SessionState) -> np.ndarray:
+        return np.full((state.users.shape[0], env_cfg.n_items), 1.0 / env_cfg.n_items)
+
+    def oracle(state: SessionState) -> np.ndarray:
+        util = env_cfg.taste_scale * state.taste @ env.item_vec.T + env_cfg.pop_weight * env.item_logpop
+        return np.argsort(-util, axis=1)[:, :k]
+
+    policies: dict[str, tuple[Any, bool]] = {
+        "none": (agent_policy(models["none"]), False),
+        "is": (agent_policy(models["is"]), False),
+        "topk": (agent_policy(models["topk"]), False),
+        "none_greedy": (agent_greedy(models["none"]), True),
+        "is_greedy": (agent_greedy(models["is"]), True),
+        "topk_greedy": (agent_greedy(models["topk"]), True),
+        "logging": (logging_policy, False),
+        "behavior": (agent_policy(models["none"], "behavior_head"), False),
+        "popularity": (popularity, True),
+        "uniform": (uniform, False),
+        "oracle": (oracle, True),
+    }
+    values: dict[str, dict[str, Any]] = {}
+    for name, (fn, deterministic) in policies.items():
+        t = time.perf_counter()
+        res: RolloutResult = rollout(
+            env,
+            fn,
+            config.eval_sessions,
+            np.random.default_rng([seed, 3]),  # common random numbers across policies
+            history=logged.history,
+            last_engaged=logged.last_engaged,
+            hist_len=config.hist_num,
+            deterministic=deterministic,
+            impressions=config.log_impressions,
+        )
+        ret = res.session_return
+        values[name] = {
+            "value": res.value,
+            "se": float(ret.std(ddof=1) / math.sqrt(ret.size)),
+            "mean_session_length": float(res.session_length.mean()),
+            "engagements_per_session": float(res.engagements.mean()),
+        }
+        timings[f"rollout_{name}"] = time.perf_counter() - t
+    held_out = rollout(
+        env,
+        logging_policy,
+        config.ope_sessions,
+        np.random.default_rng([seed, 4]),
+        history=logged.history,
+        last_engaged=logged.last_engaged,
+        hist_len=config.hist_num,
+        record=True,
+        impressions=config.log_impressions,
+    ).log
+    assert held_out is not None
+    estimates: dict[str, dict[str, Any]] = {}
+    for name in CORRECTION_NAMES:
+        estimates[name] = item_level_estimates(models[name], maps, held_out, k, config.ope_cap, config.n_boot, seed)
+    estimates["behavior"] = item_level_estimates(
+        models["none"], maps, held_out, k, config.ope_cap, config.n_boot, seed, head="behavior_head"
+    )
+    # sanity: the logging policy's own estimate (weights exactly 1) is the held-out log's mean return
+    ones = np.bincount(held_out.session, weights=held_out.reward, minlength=held_out.n_sessions)
+    estimates["logging"] = {
+        e: {"value": float(ones.mean()), "ci_low": float(ones.mean()), "ci_high": float(ones.mean())}
+        for e in ("ips", "capped_ips", "snips")
+    }
+    logged_value = float(logged.session_return.mean())
+    return {
+        "seed": seed,
+        "values": values,
+        "estimates": estimates,
+        "logged_value": logged_value,
+        "n_log_rows": int(logged.log.item.shape[0]),
+        "n_sessions_logged": int(logged.session_return.shape[0]),
+        "dataset": dataset.summary(),
+        "train_diagnostics": train_diag,
+        "timings_s": timings,
+    }
+
+
+def run_sequential(
+    config: SequentialConfig | None = None, progress: bool = False, work_dir: Path | None = None
+) -> dict:
+    """Run every seed and aggregate: the DESIGN §9 ``simulate --json`` dict for ``sequential``."""
+    from topkrec.progress import progress_bar
+
+    config = config or SequentialConfig()
+    if config.n_seeds < 1:
+        raise ValueError("n_seeds must be >= 1")
+    import torch
+
+    t0 = time.perf_counter()
+    per_seed: list[dict[str, Any]] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, config.threads))
+    try:
+        with tempfile.TemporaryDirectory(prefix="topkrec-sequential-") as tmp:
+            work = Path(work_dir) if work_dir is not None else Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            with progress_bar(config.n_seeds, "sequential: seeds", enabled=progress) as bar:
+                for i in range(config.n_seeds):
+                    per_seed.append(_run_seed(config, config.seed + i, work, progress=False))
+                    bar.update(1)
+    finally:
+        torch.set_num_threads(threads)
+    names = list(per_seed[0]["values"])
+    policies: dict[str, dict[str, Any]] = {}
+    for name in names:
+        seed_values = np.array([s["values"][name]["value"] for s in per_seed])
+        mean, lo, hi = t_interval(seed_values)
+        entry: dict[str, Any] = {
+            "true_value": mean,
+            "ci_low": lo,
+            "ci_high": hi,
+            "per_seed": seed_values.tolist(),
+            "mean_session_length": float(np.mean([s["values"][name]["mean_session_length"] for s in per_seed])),
+            "engagements_per_session": float(np.mean([s["values"][name]["engagements_per_session"] for s in per_seed])),
+        }
+        if name in per_seed[0]["estimates"]:
+            est: dict[str, Any] = {}
+            for e in ("ips", "capped_ips", "snips"):
+                vals = np.array([s["estimates"][name][e]["value"] for s in per_seed])
+                m, elo, ehi = t_interval(vals)
+                est[e] = {
+                    "value": m,
+                    "ci_low": elo,
+                    "ci_high": ehi,
+                    "per_seed": vals.tolist(),
+                    "error": m - mean,
+                    "abs_error_per_seed": np.abs(vals - seed_values).tolist(),
+                }
+            est["ess"] = float(np.mean([s["estimates"][name].get("ess", np.nan) for s in per_seed]))
+            entry["estimates"] = est
+        policies[name] = entry
+    logged = np.array([s["logged_value"] for s in per_seed])
+    m, lo, hi = t_interval(logged)
+    return {
+        "scenario": "sequential",
+        "value_unit": "total reward per session (pv 1, cart 2, fav 2, buy 3)",
+        "policies": policies,
+        "logged_value": {"value": m, "ci_low": lo, "ci_high": hi},
+        "ordering": sorted(CORRECTION_NAMES, key=lambda n: -policies[n]["true_value"]),
+        "config": config.to_json(),
+        "seeds": per_seed,
+        "elapsed_s": time.perf_counter() - t0,
+    }
