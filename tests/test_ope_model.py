@@ -30,7 +30,9 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("opemodel")
     env = Environment(EnvConfig(n_users=40, n_items=30, slate_size=3, max_len=5, seed=1))
     lp = LoggingPolicyConfig()
-    res = rollout(env, lambda s: logging_policy_probs(env, lp, s.last_engaged), 2, np.random.default_rng(0), record=True)
+    res = rollout(
+        env, lambda s: logging_policy_probs(env, lp, s.last_engaged), 2, np.random.default_rng(0), record=True
+    )
     assert res.log is not None
     csv = tmp / "logs.csv"
     res.log.write(csv)
