@@ -110,6 +110,11 @@ def plan(device: str, items: list[int], quick: bool, negatives: int) -> list[Cas
                     warmup=warm,
                 ),
             ]
+    if device == "cuda":
+        # Most important first, so a time budget drops the least important: the goal figures (full, both
+        # sizes), their baselines, then the PyTorch comparison and the sampled variants.
+        order = ["full", "baseline", "full_torch", "sampled_estimate", "sampled_exact"]
+        cases.sort(key=lambda c: (order.index(c.name), c.n_items))
     return cases
 
 
@@ -458,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(args.worker)
         return 0
 
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print(json.dumps({"benchmark": "scale", "error": "--device cuda but CUDA is not available", "results": []}))
+            return 2
     if args.eval_events:
         return eval_main(args)
     start = time.perf_counter()
@@ -481,10 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header, flush=True)
     for case in cases:
-        if time.perf_counter() - start > args.budget:
+        elapsed = time.perf_counter() - start
+        if elapsed > args.budget:
             skipped.append(f"{case.name}@{case.n_items}")
             continue
-        r = run_worker({"kind": "case", **asdict(case)}, timeout=per_case_timeout)
+        timeout = min(per_case_timeout, max(20.0, args.budget + 45.0 - elapsed))
+        r = run_worker({"kind": "case", **asdict(case)}, timeout=timeout)
         if "error" in r:
             print(f"{case.name:<17}{case.softmax:<9}{case.n_items:>9}  FAILED: {r['error']}", flush=True)
             results.append({**_case_keys(case), "error": r["error"]})
@@ -493,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         r["roofline_fraction"] = r["transitions_per_s"] * r["flops_per_transition"] / peak if peak > 0 else None
         r["peak_flops"] = peak
         results.append(r)
+        if args.json_out:  # partial results survive an outer timeout
+            partial = {"benchmark": "scale", "partial": True, "results": results}
+            Path(args.json_out).write_text(json.dumps(partial) + "\n")
         roof = r["roofline_fraction"] if r["roofline_fraction"] is not None else float("nan")
         print(
             f"{case.name:<17}{case.softmax:<9}{case.n_items:>9}{case.batch_size:>7}{case.dtype:>6}"
@@ -550,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         "estimate_error": error,
         "skipped_over_budget": skipped,
         "wall_s": round(time.perf_counter() - start, 1),
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     line = json.dumps(out)
     if args.json_out:

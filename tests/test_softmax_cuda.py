@@ -54,7 +54,7 @@ def test_fp32_matches_reference(b, n, d, bias, impl):
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-5)
     tensors = (hidden, weight, b_)
     for got, want in zip(_grads(out, grad_out, tensors), _grads(ref, grad_out, tensors), strict=True):
-        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got.double(), want.double(), atol=1e-5, rtol=1e-4)
 
 
 def test_triton_bf16_matches_reference_on_rounded_inputs():

@@ -42,6 +42,7 @@ def _configs(include_fp32_friendly: bool = True) -> list[triton.Config]:
         triton.Config({"BLOCK_B": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_B": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_B": 128, "BLOCK_N": 64}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_B": 256, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     ]
     if include_fp32_friendly:
         cfgs.append(triton.Config({"BLOCK_B": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2))
