@@ -182,6 +182,7 @@ def main() -> None:
     ap.add_argument("--explore-users", type=int, default=500)
     ap.add_argument("--explore", action="store_true", help="Also measure HTTP with exploration at max clients.")
     ap.add_argument("--workers", type=int, default=1, help="Server processes (topkrec serve --workers).")
+    ap.add_argument("--threads", type=int, default=0, help="Torch threads per server process (0 = default).")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto: for the server and batch scoring.")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -199,7 +200,7 @@ def main() -> None:
 
         port = free_port()
         cmd = [sys.executable, "-m", "topkrec", "serve", "--model", str(model), "--port", str(port)]
-        cmd += ["--device", args.device, "--workers", str(args.workers)]
+        cmd += ["--device", args.device, "--workers", str(args.workers), "--threads", str(args.threads)]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         http: list[dict[str, float]] = []
         try:
@@ -233,6 +234,7 @@ def main() -> None:
         "n_users": args.users,
         "cpu_count": os.cpu_count(),
         "workers": args.workers,
+        "server_threads": args.threads,
         "http": http,
         "health_baseline": health,
         "recommend_vs_health": round(at_top["requests_per_s"] / max(health["requests_per_s"], 1e-9), 3),

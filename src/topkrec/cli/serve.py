@@ -172,6 +172,9 @@ def serve_command(
     workers: int = typer.Option(
         1, "--workers", min=1, max=64, help="Server processes (each loads the model; requests are spread)."
     ),
+    threads: int = typer.Option(
+        0, "--threads", min=0, max=256, help="Torch intra-op threads per process (0 = torch's default)."
+    ),
 ) -> None:
     """Serve the model over HTTP: POST /recommend, POST /recommend/batch, GET /health, GET /model, /docs."""
     import uvicorn
@@ -180,6 +183,10 @@ def serve_command(
     from topkrec.serve.recommender import Recommender
 
     limits = ServeLimits(max_body_bytes=max_body_bytes, max_history=max_history, max_micro_batch=max_batch)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     if workers > 1:
         import dataclasses
         import os
@@ -194,6 +201,7 @@ def serve_command(
                 "dataset": str(dataset) if dataset else None,
                 "impressions": str(log_impressions) if log_impressions else None,
                 "limits": dataclasses.asdict(limits),
+                "threads": threads,
             }
         )
         typer.echo(f"serving {model} with {workers} workers on http://{host}:{port} — docs at /docs", err=True)

@@ -445,6 +445,10 @@ def app_from_env() -> FastAPI:
     if not raw:
         raise TopkrecError(f"${SERVE_CONFIG_ENV} is not set; start the server with `topkrec serve`")
     cfg = json.loads(raw)
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg["threads"]))
     rec = Recommender.load(cfg["model"], device=cfg.get("device", "auto"), dataset=cfg.get("dataset"))
     limits = ServeLimits(**cfg.get("limits", {}))
     impressions = cfg.get("impressions")
