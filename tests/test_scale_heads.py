@@ -15,8 +15,10 @@ from topkrec.scale.heads import (
     SampledSoftmaxHead,
     default_cutoffs,
     log_uniform_log_q,
+    sampled_head_options,
     sampled_log_prob_estimate,
     sampled_softmax_log_prob,
+    set_proposal_counts,
 )
 
 
@@ -182,3 +184,11 @@ def test_heads_reject_bad_shapes():
         head(torch.randn(3, 4), torch.zeros(2, dtype=torch.long))
     with pytest.raises(TopkrecError):
         AdaptiveSoftmaxHead(4, 20, cutoffs=[5, 5])
+
+
+def test_helpers_build_options_and_hand_counts_to_popularity_heads():
+    opts = sampled_head_options(64, "popularity", "estimate")
+    heads = [make_head("sampled", 4, 6, **opts), make_head("sampled", 4, 6), make_head("full", 4, 6)]
+    assert set_proposal_counts(heads, torch.tensor([5.0, 4, 3, 2, 1, 0])) == 1
+    assert bool(heads[0].proposal_from_counts) and not bool(heads[1].proposal_from_counts)
+    torch.testing.assert_close(heads[0].proposal_log_q.exp().sum(), torch.tensor(1.0))
