@@ -173,6 +173,18 @@ def test_size_limits(server: Server) -> None:
     r = server.post("/recommend", {"history": ["i1"] * 60})  # > --max-history 50
     assert r.status_code == 400 and "at most 50" in r.json()["error"]
 
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while streaming
+        yield b'{"history": ['
+        for _ in range(6000):
+            yield b'"i1",'
+        yield b'"i2"]}'
+
+    r = server.client.post("/recommend", content=chunked(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "exceeds" in r.json()["error"]
+    r = server.client.post("/recommend", content=b'{"user": "u1"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["error"]
+    assert server.client.get("/nope").json() == {"error": "Not Found"}
+
 
 def test_batch_endpoint(server: Server, local: Recommender) -> None:
     users = ["u1", "u2", None, "ghost"]

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from starlette.exceptions import HTTPException
 
 from topkrec.errors import TopkrecError
 from topkrec.serve.recommender import MAX_K, MAX_M, Recommendation, Recommender, RecommendOptions
@@ -291,7 +292,8 @@ class BodySizeLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     too_big = True
-                    return {"type": "http.disconnect"}
+                    # FastAPI re-raises HTTPExceptions met while reading the body, so this becomes a 413.
+                    raise HTTPException(413, f"request body exceeds {self.max_bytes} bytes")
             return message
 
         started = False
@@ -368,12 +370,20 @@ def create_app(recommender: Recommender, limits: ServeLimits | None = None, impr
         lifespan=lifespan,
     )
     app.state.batcher = batcher
-    errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 413, 422)}
+    errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 413, 415, 422)}
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if content_type and "json" not in content_type.split(";")[0].lower():
+            message = f"the body must be JSON sent as Content-Type: application/json, not {content_type}"
+            return _json({"error": message}, 415)
         message, detail = _describe_validation(list(exc.errors()))
         return _json({"error": message, "detail": detail}, 422)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(TopkrecError)
     async def _user_error(_: Request, exc: TopkrecError) -> JSONResponse:
