@@ -48,21 +48,21 @@ def plot_sequential(result: dict[str, Any], out_dir: Path) -> list[Path]:
     plt = _pyplot()
     policies = result["policies"]
     names = list(policies)
-    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2.5, 3.4))
+    fig, ax = plt.subplots(figsize=(0.85 * len(names) + 2.0, 3.6))
     xs = range(len(names))
     values = [policies[n]["true_value"] for n in names]
     lows = [policies[n]["true_value"] - policies[n]["ci_low"] for n in names]
     highs = [policies[n]["ci_high"] - policies[n]["true_value"] for n in names]
     ax.bar(xs, values, yerr=[lows, highs], capsize=4, color="tab:blue", alpha=0.8, label="true value (rollouts)")
-    markers = {"ips": "o", "capped_ips": "s", "snips": "^"}
-    for est, marker in markers.items():
-        pts = [(i, policies[n].get("estimates", {}).get(est)) for i, n in enumerate(names)]
-        pts = [(i, v["value"]) for i, v in pts if v]
+    markers = {"ips": ("o", -0.22), "capped_ips": ("s", 0.0), "snips": ("^", 0.22)}
+    for est, (marker, dx) in markers.items():
+        pts = [(i + dx, policies[n].get("estimates", {}).get(est)) for i, n in enumerate(names)]
+        pts = [(x, v["value"]) for x, v in pts if v]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, color="k", zorder=3, label=est)
     ax.set_xticks(list(xs))
-    ax.set_xticklabels(names, rotation=20)
-    ax.set_ylabel(f"mean {result.get('value_unit', 'return per session')}")
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("mean reward per session")
     ax.set_title(f"{result['scenario']}: true value vs off-policy estimates", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()

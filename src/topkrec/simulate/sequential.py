@@ -186,6 +186,7 @@ def item_level_estimates(
     n_boot: int,
     seed: int,
     head: str = "policy_head",
+    greedy: bool = False,
 ) -> dict[str, Any]:
     """Value per session of the agent's K-draw policy, estimated from a log of the logging policy.
 
@@ -197,7 +198,7 @@ def item_level_estimates(
     states (no product of weights over a session) and that in the choice model the items of a slate
     compete for one engagement, so it is biased here; the scenario measures by how much. Capped IPS
     caps each weight at ``cap``; SNIPS rescales the weights to mean 1 over rows. Intervals: bootstrap
-    over sessions.
+    over sessions. ``greedy``: the target serves its K most probable items, so α_π is 1 or 0.
     """
     import torch
 
@@ -214,9 +215,13 @@ def item_level_estimates(
             hist = torch.as_tensor(maps.history(log.history[sl]))
             logp = torch.log_softmax(getattr(module, head).logits(module.encode(user, hist)).float(), dim=-1)
             action = torch.as_tensor(np.where(known[sl], item_ds[sl], 0))
-            probs[sl] = logp.gather(1, action[:, None]).squeeze(1).exp().double().numpy()
+            chosen = logp.gather(1, action[:, None])
+            if greedy:  # in the top K ⇔ fewer than K items score higher
+                probs[sl] = ((logp > chosen).sum(dim=1) < k).double().numpy()
+            else:
+                probs[sl] = chosen.squeeze(1).exp().double().numpy()
     probs = np.where(known, probs, 0.0)
-    alpha_p = inclusion_probability(probs, k)
+    alpha_p = probs if greedy else inclusion_probability(probs, k)
     w = alpha_p / log.propensity
     ses = log.session
     n_ses = log.n_sessions  # sessions that left no row count as zero reward
@@ -378,6 +383,10 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
     estimates: dict[str, dict[str, Any]] = {}
     for name in CORRECTION_NAMES:
         estimates[name] = item_level_estimates(models[name], maps, held_out, k, config.ope_cap, config.n_boot, seed)
+    for name in CORRECTION_NAMES:
+        estimates[f"{name}_greedy"] = item_level_estimates(
+            models[name], maps, held_out, k, config.ope_cap, config.n_boot, seed, greedy=True
+        )
     estimates["behavior"] = item_level_estimates(
         models["none"], maps, held_out, k, config.ope_cap, config.n_boot, seed, head="behavior_head"
     )
@@ -452,7 +461,8 @@ def run_sequential(
                     "error": m - mean,
                     "abs_error_per_seed": np.abs(vals - seed_values).tolist(),
                 }
-            est["ess"] = float(np.mean([s["estimates"][name].get("ess", np.nan) for s in per_seed]))
+            if all("ess" in s["estimates"][name] for s in per_seed):
+                est["ess"] = float(np.mean([s["estimates"][name]["ess"] for s in per_seed]))
             entry["estimates"] = est
         policies[name] = entry
     logged = np.array([s["logged_value"] for s in per_seed])
