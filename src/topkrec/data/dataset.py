@@ -201,8 +201,9 @@ def write_dataset_dir(
     n_users, n_items = users.height, items.height
     d = Path(d)
     (d / "maps").mkdir(parents=True, exist_ok=True)
+    # zstd level 1: as small as the default level at 5 M events, and a third faster to write.
     events.select([*EVENT_COLUMNS, *[c for c in events.columns if c not in EVENT_COLUMNS]]).write_parquet(
-        d / "events.parquet"
+        d / "events.parquet", compression="zstd", compression_level=1
     )
     users.write_parquet(d / "users.parquet")
     items.write_parquet(d / "items.parquet")

@@ -177,7 +177,7 @@ def generate(cfg: SynthConfig) -> SynthLogs:
     # Total events log-uniform in [min, max]; views are ~88 % of them.
     log_n = rng.uniform(np.log(cfg.min_events), np.log(cfg.max_events + 1), size=n_users)
     n_total = np.clip(np.exp(log_n).astype(np.int64), cfg.min_events, cfg.max_events)
-    n_views = np.maximum(1, np.round(n_total * 0.88).astype(np.int64))
+    n_views = np.maximum(cfg.min_events, np.round(n_total * 0.88).astype(np.int64))
     max_views = int(n_views.max())
 
     views = np.full((n_users, max_views), -1, dtype=np.int64)
