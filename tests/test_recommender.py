@@ -240,6 +240,10 @@ def test_batch_argument_errors(rec: Recommender) -> None:
         rec.recommend_batch(["u1"], [["i1"], ["i2"]])
     with pytest.raises(TopkrecError, match="give users"):
         rec.recommend_batch()
+    with pytest.raises(TopkrecError, match="not a string"):
+        rec.recommend_batch("u1")
+    with pytest.raises(TopkrecError, match="list of item ids"):
+        rec.recommend(history="i1,i2")
 
 
 @pytest.mark.cuda

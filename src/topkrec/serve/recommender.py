@@ -302,6 +302,8 @@ class Recommender:
         for r, raw_hist in enumerate(histories):
             if not raw_hist:
                 continue
+            if isinstance(raw_hist, str | bytes):
+                raise TopkrecError(f"history must be a list of item ids, not the string {str(raw_hist)[:40]!r}")
             given_list: list[int] = []
             for raw_item in raw_hist:
                 i = item_index.get(str(raw_item))
@@ -399,6 +401,8 @@ class Recommender:
 
 
 def _batch_length(users: Sequence[Any] | None, histories: Sequence[Any] | None) -> int:
+    if isinstance(users, str | bytes) or isinstance(histories, str | bytes):
+        raise TopkrecError("users and histories must be lists (one entry per user), not a string")
     if users is None and histories is None:
         raise TopkrecError("give users, histories or both")
     if users is not None and histories is not None and len(users) != len(histories):
