@@ -250,10 +250,18 @@ def test_batch_argument_errors(rec: Recommender) -> None:
 def test_cpu_equals_gpu(model_dir: Path) -> None:
     cpu = Recommender.load(model_dir, device="cpu")
     gpu = Recommender.load(model_dir, device="cuda")
+    assert gpu.device.type == "cuda"
     users = [f"u{u}" for u in range(N_USERS)]
+    same_lists = 0
     for a, b in zip(cpu.recommend_batch(users, k=10), gpu.recommend_batch(users, k=10), strict=True):
-        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-3, atol=2e-3)
         assert len(set(a.items) & set(b.items)) >= 9  # near-ties may swap at the cut
-    a = cpu.recommend(user="u1", k=10, explore=True, m=50, seed=0)
-    b = gpu.recommend(user="u1", k=10, explore=True, m=50, seed=0)
-    np.testing.assert_allclose(a.propensities, b.propensities, rtol=1e-3, atol=1e-5)
+        same_lists += a.items == b.items
+    assert same_lists >= N_USERS - 3
+    for u in range(5):
+        a = cpu.recommend(user=f"u{u}", k=10, explore=True, m=50, seed=u)
+        b = gpu.recommend(user=f"u{u}", k=10, explore=True, m=50, seed=u)
+        shared = {i: p for i, p in zip(a.items, a.propensities, strict=True)}
+        common = [(shared[i], p) for i, p in zip(b.items, b.propensities, strict=True) if i in shared]
+        assert len(common) >= 8
+        np.testing.assert_allclose([c[0] for c in common], [c[1] for c in common], rtol=1e-2, atol=1e-4)
