@@ -118,16 +118,29 @@ def test_planted_blocks_are_recovered(loss: str) -> None:
     assert torch.allclose(result.user.norm(dim=1), torch.ones(ds.n_users), atol=1e-4)
 
 
-@pytest.mark.parametrize("loss", ["cosine", "bce", "softmax"])
-def test_every_parameter_changes_after_one_big_step(loss: str) -> None:
+@pytest.mark.parametrize(("loss", "sparse"), [("cosine", True), ("bce", True), ("softmax", True), ("cosine", False)])
+def test_every_parameter_changes_after_one_big_step(loss: str, sparse: bool) -> None:
     ds = planted_block_dataset(n_groups=2, users_per_group=8, items_per_group=8, events_per_user=8)
-    trainer = PretrainTrainer(ds, PretrainConfig(loss=loss, lr=0.5, batch_size=64, neg_items=4))
+    cfg = PretrainConfig(loss=loss, lr=0.5, batch_size=64, neg_items=4, sparse_embeddings=sparse)
+    trainer = PretrainTrainer(ds, cfg)
+    assert len(trainer.optimizers) == (2 if sparse else 1)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     assert len(before) >= 10  # id + feature embeddings, linears, batch norms, both towers
     idx = trainer.batches()[0]
     trainer.step(trainer.train_pairs.users[idx], trainer.train_pairs.items[idx])
     unchanged = [n for n, p in trainer.model.named_parameters() if torch.equal(p, before[n])]
     assert unchanged == []
+
+
+def test_sparse_step_moves_only_the_batch_rows() -> None:
+    ds = planted_block_dataset(n_groups=2, users_per_group=8, items_per_group=8, events_per_user=8)
+    trainer = PretrainTrainer(ds, PretrainConfig(lr=0.1, batch_size=8))
+    before = trainer.model.user_tower.id_embedding.weight.detach().clone()
+    idx = trainer.batches()[0]
+    users = trainer.train_pairs.users[idx]
+    trainer.step(users, trainer.train_pairs.items[idx])
+    moved = (trainer.model.user_tower.id_embedding.weight != before).any(dim=1)
+    assert torch.equal(moved.nonzero().ravel(), torch.unique(users))
 
 
 def test_same_seed_same_embeddings_other_seed_differs() -> None:

@@ -27,6 +27,9 @@ def pretrain_command(
     neg_items: int = typer.Option(1, "--neg-items", help="Random unconsumed negatives per positive."),
     temperature: float = typer.Option(0.1, "--temperature", help="Logit = cos / temperature (bce, softmax)."),
     no_batch_norm: bool = typer.Option(False, "--no-batch-norm", help="Turn batch norm in the towers off."),
+    dense_embeddings: bool = typer.Option(
+        False, "--dense-embeddings", help="Dense embedding gradients + Adam instead of sparse rows + SparseAdam."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling and negative sampling."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     export_npy: bool = typer.Option(
@@ -59,6 +62,7 @@ def pretrain_command(
         loss=loss,
         neg_items=neg_items,
         batch_norm=not no_batch_norm,
+        sparse_embeddings=not dense_embeddings,
         temperature=temperature,
         seed=seed,
     )

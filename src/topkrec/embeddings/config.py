@@ -38,7 +38,10 @@ class PretrainConfig:
     temperature: float = 0.1
     """Logits are cos / temperature for ``bce`` and ``softmax`` (a cosine alone spans only [-1, 1])."""
     weight_decay: float = 0.0
-    """Adam weight decay."""
+    """Adam weight decay (dense layers only when ``sparse_embeddings``)."""
+    sparse_embeddings: bool = True
+    """Id and feature tables get sparse gradients updated by ``SparseAdam`` (lazy Adam: only the rows in the
+    batch move), so a step costs O(batch), not O(catalogue); False = dense ``nn.Embedding`` + Adam."""
     seed: int = 0
     """Seeds initialisation, shuffling and negative sampling: same seed, same embeddings (on one device)."""
 

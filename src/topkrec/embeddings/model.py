@@ -23,9 +23,11 @@ class Tower(nn.Module):
     def __init__(self, n_ids: int, feature_codes: dict[str, np.ndarray], config: PretrainConfig) -> None:
         super().__init__()
         self.feature_names = sorted(feature_codes)
-        self.id_embedding = nn.Embedding(n_ids, config.id_dim)
+        sparse = config.sparse_embeddings
+        self.id_embedding = nn.Embedding(n_ids, config.id_dim, sparse=sparse)
         self.feature_embeddings = nn.ModuleList(
-            nn.Embedding(int(feature_codes[name].max(initial=0)) + 1, config.feature_dim) for name in self.feature_names
+            nn.Embedding(int(feature_codes[name].max(initial=0)) + 1, config.feature_dim, sparse=sparse)
+            for name in self.feature_names
         )
         codes = (
             np.stack([feature_codes[n].astype(np.int64) for n in self.feature_names], axis=1)

@@ -105,6 +105,17 @@ class PretrainResult:
         }
 
 
+def make_optimizers(model: torch.nn.Module, config: PretrainConfig) -> list[torch.optim.Optimizer]:
+    """Adam for the dense layers; SparseAdam for the embedding tables when they have sparse gradients."""
+    sparse = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=config.lr, weight_decay=config.weight_decay)]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=config.lr))
+    return optimizers
+
+
 class PretrainTrainer:
     """Owns the model, optimizer, data tensors and samplers; ``step`` is one training step on a batch.
 
@@ -130,7 +141,7 @@ class PretrainTrainer:
             self.model = TwoTower(
                 dataset.n_users, dataset.n_items, dataset.user_features, dataset.item_features, config
             ).to(dev)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizers = make_optimizers(self.model, config)
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(config.seed)
         self.sampler = NegativeSampler(
@@ -178,10 +189,18 @@ class PretrainTrainer:
         self.model.train()
         negatives = None if self.config.loss == "softmax" else self.sampler.sample(users, self.config.neg_items)
         loss = self.batch_loss(users, items, negatives)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         loss.backward()
-        self.optimizer.step()
+        self.optimizer_step()
         return loss.detach()
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def optimizer_step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
 
     def batches(self) -> list[torch.Tensor]:
         """Index tensors of one shuffled epoch; a trailing batch of one row is dropped (batch norm)."""
