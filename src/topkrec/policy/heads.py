@@ -91,8 +91,8 @@ def make_head(kind: str, in_dim: int, n_items: int, **opts: Any) -> ItemHead:
 class _LinearLogSoftmaxGather(torch.autograd.Function):
     """log softmax(state Wᵀ + b)[b, a_b] with one (B, N) buffer and no autograd graph over it.
 
-    Forward keeps the logits; backward turns them in place into softmax and then into
-    g·(onehot − softmax), followed by the two matmuls. The unfused autograd graph allocates about
+    Forward keeps exp(logits − row max); backward turns it in place into −g·softmax, adds g at the
+    logged action, and runs the two matmuls. The backward may run once (no ``retain_graph``). The unfused autograd graph allocates about
     four (B, N) tensors and makes twice as many passes over them; on CPU those passes cost about as
     much as the matmuls themselves.
     """
@@ -110,18 +110,26 @@ class _LinearLogSoftmaxGather(torch.autograd.Function):
         if inv_temperature != 1.0:
             logits.mul_(inv_temperature)
         logits = logits.float()
-        lse = torch.logsumexp(logits, dim=1)  # (B,)
-        logp = logits.gather(1, actions[:, None]).squeeze(1) - lse
-        ctx.save_for_backward(state, weight, logits, lse, actions)
+        row_max = logits.amax(dim=1, keepdim=True)  # (B, 1)
+        target = logits.gather(1, actions[:, None]).squeeze(1)
+        # Keep exp(logits − max) (the unnormalised softmax) instead of the logits: the backward then
+        # needs one pass (scale by −g/Σ) instead of three (− lse, exp, × −g).
+        unnormalised = logits.sub_(row_max).exp_()
+        sum_exp = unnormalised.sum(dim=1)  # (B,)
+        logp = target - row_max.squeeze(1) - torch.log(sum_exp)
+        ctx.save_for_backward(state, weight, unnormalised, sum_exp, actions)
         ctx.inv_temperature = inv_temperature
         return logp
 
     @staticmethod
     def backward(ctx: Any, grad_logp: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        state, weight, logits, lse, actions = ctx.saved_tensors
+        if getattr(ctx, "backward_done", False):
+            raise RuntimeError("the fused full-softmax head supports one backward pass (no retain_graph)")
+        ctx.backward_done = True
+        state, weight, unnormalised, sum_exp, actions = ctx.saved_tensors
         g = grad_logp.float() * ctx.inv_temperature  # (B,)
-        # d logp / d logits = onehot(a) − softmax; scaled by g per row.
-        grad = logits.sub_(lse[:, None]).exp_().mul_(-g[:, None])
+        # d logp / d logits = onehot(a) − softmax; scaled by g per row. In place: the buffer is ours.
+        grad = unnormalised.mul_((-g / sum_exp)[:, None])
         grad.scatter_add_(1, actions[:, None], g[:, None])
         grad = grad.to(weight.dtype)
         grad_state = grad_weight = grad_bias = None
