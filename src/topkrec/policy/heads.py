@@ -92,9 +92,9 @@ class _LinearLogSoftmaxGather(torch.autograd.Function):
     """log softmax(state Wᵀ + b)[b, a_b] with one (B, N) buffer and no autograd graph over it.
 
     Forward keeps exp(logits − row max); backward turns it in place into −g·softmax, adds g at the
-    logged action, and runs the two matmuls. The backward may run once (no ``retain_graph``). The unfused autograd graph allocates about
-    four (B, N) tensors and makes twice as many passes over them; on CPU those passes cost about as
-    much as the matmuls themselves.
+    logged action, and runs the two matmuls. The backward may run once (no ``retain_graph``). The
+    unfused autograd graph allocates about four (B, N) tensors and makes twice as many passes over
+    them; on CPU those passes cost about as much as the matmuls themselves.
     """
 
     @staticmethod
