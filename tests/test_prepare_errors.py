@@ -117,7 +117,7 @@ def test_unknown_behavior(raw: Path, tmp_path: Path) -> None:
 def test_empty_result_after_filtering(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     r = prepare_cli("--format", "tianchi", "--input", raw, "--out", out, "--sample-short", "0", "--sample-long", "0")
-    assert_clean_failure(r, out, "no events left after sampling")
+    assert_clean_failure(r, out, "no events left after sampling (kept 0 of", "--no-sample")
     (raw / "user_behavior.csv").write_text("")
     r = prepare_cli("--format", "tianchi", "--input", raw, "--out", out, "--no-sample")
     assert_clean_failure(r, out, "user_behavior.csv", "no events")

@@ -363,8 +363,14 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
             keep &= chosen[user_code]
         n_kept = int(keep.sum())
         if n_kept == 0:
-            what = "sampling (no user has 5 < n ≤ 200 events; pass --no-sample)" if cfg.sampling else "filtering"
-            raise DataError(f"{src}: no events left after {what}")
+            if sampling_info is not None:
+                sh, lo = sampling_info["short"], sampling_info["long"]
+                raise DataError(
+                    f"{src}: no events left after sampling (kept {sh['kept']} of {sh['available']} users with "
+                    f"5 < n ≤ 50 events and {lo['kept']} of {lo['available']} with 50 < n ≤ 200); raise "
+                    "--sample-short/--sample-long or pass --no-sample"
+                )
+            raise DataError(f"{src}: no events left after filtering")
         user_code, item_code, ts = user_code[keep], item_code[keep], ts[keep]
         beh_code, reward = beh_code[keep], reward_all[keep]
         extra = {k: v[keep] for k, v in extra.items()}
