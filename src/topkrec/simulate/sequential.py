@@ -187,6 +187,7 @@ def item_level_estimates(
     seed: int,
     head: str = "policy_head",
     greedy: bool = False,
+    all_shown: bool = True,
 ) -> dict[str, Any]:
     """Value per session of the agent's K-draw policy, estimated from a log of the logging policy.
 
@@ -197,8 +198,11 @@ def item_level_estimates(
     al. 2018's item model, without positions). It ignores that the target policy would lead to other
     states (no product of weights over a session) and that in the choice model the items of a slate
     compete for one engagement, so it is biased here; the scenario measures by how much. Capped IPS
-    caps each weight at ``cap``; SNIPS rescales the weights to mean 1 over rows. Intervals: bootstrap
-    over sessions. ``greedy``: the target serves its K most probable items, so α_π is 1 or 0.
+    caps each weight at ``cap``. SNIPS uses Σ_rows w as a control variate: over the rows of one logged
+    step its expectation is m(s) = Σ_i α_π(i|s), the number of distinct items the target would show,
+    known exactly from the model; so V̂ = IPS · Σ_steps m(s) / Σ_rows w. It needs every shown item in the
+    log (``all_shown``), so it is left out for interaction-only logs. Intervals: bootstrap over
+    sessions. ``greedy``: the target serves its K most probable items, so α_π is 1 or 0.
     """
     import torch
 
@@ -206,6 +210,7 @@ def item_level_estimates(
 
     n = log.item.shape[0]
     probs = np.zeros(n)
+    expected_shown = np.zeros(n)  # m(s) of each row's state
     item_ds = maps.item_ds[log.item]
     known = item_ds != maps.pad  # items never logged in training cannot be drawn by π
     with torch.no_grad():
@@ -218,8 +223,11 @@ def item_level_estimates(
             chosen = logp.gather(1, action[:, None])
             if greedy:  # in the top K ⇔ fewer than K items score higher
                 probs[sl] = ((logp > chosen).sum(dim=1) < k).double().numpy()
+                expected_shown[sl] = min(k, logp.shape[1])
             else:
                 probs[sl] = chosen.squeeze(1).exp().double().numpy()
+                alpha_all = -torch.expm1(k * torch.log1p(-logp.double().exp().clamp(max=1.0 - 1e-15)))
+                expected_shown[sl] = alpha_all.sum(dim=1).numpy()
     probs = np.where(known, probs, 0.0)
     alpha_p = probs if greedy else inclusion_probability(probs, k)
     w = alpha_p / log.propensity
@@ -230,19 +238,27 @@ def item_level_estimates(
         "ips": np.bincount(ses, weights=w * reward, minlength=n_ses),
         "capped_ips": np.bincount(ses, weights=np.minimum(w, cap) * reward, minlength=n_ses),
     }
-    w_sum = np.bincount(ses, weights=w, minlength=n_ses)
-    rows_per = np.bincount(ses, minlength=n_ses).astype(np.float64)
     rng = np.random.default_rng(seed)
     boot = rng.integers(0, n_ses, size=(n_boot, n_ses))
     out: dict[str, Any] = {}
     for name, values in per_session.items():
         lo, hi = np.quantile(values[boot].mean(axis=1), [0.025, 0.975])
         out[name] = BootstrapResult(float(values.mean()), float(lo), float(hi)).as_dict()
-    # SNIPS: Σ w r / Σ w per row, times the mean rows per session
-    snips_value = float(per_session["ips"].sum() / w_sum.sum() * rows_per.mean())
-    boot_snips = per_session["ips"][boot].sum(axis=1) / w_sum[boot].sum(axis=1) * rows_per[boot].mean(axis=1)
-    lo, hi = np.quantile(boot_snips, [0.025, 0.975])
-    out["snips"] = BootstrapResult(snips_value, float(lo), float(hi)).as_dict()
+    if all_shown:
+        # rows of one step share its state: spread m(s) over them so each step counts it once
+        _, step, step_rows = np.unique(
+            log.session.astype(np.int64) * (1 << 32) + (log.ts - log.ts.min()), return_inverse=True, return_counts=True
+        )
+        control = np.bincount(ses, weights=expected_shown / step_rows[step], minlength=n_ses)
+        w_sum = np.bincount(ses, weights=w, minlength=n_ses)
+
+        def snips(idx: np.ndarray) -> np.ndarray:
+            ips_part = per_session["ips"][idx].sum(axis=-1)
+            return ips_part * control[idx].sum(axis=-1) / np.maximum(w_sum[idx].sum(axis=-1), 1e-300) / n_ses
+
+        lo, hi = np.quantile(snips(boot), [0.025, 0.975])
+        out["snips"] = BootstrapResult(float(snips(np.arange(n_ses))), float(lo), float(hi)).as_dict()
+        out["control_ratio"] = float(w_sum.sum() / control.sum())  # ≈ 1 when the propensities are right
     out["ess"] = float(w.sum() ** 2 / max(float((w * w).sum()), 1e-300))
     out["n_rows"] = int(n)
     out["capped_frac"] = float((w > cap).mean())
@@ -381,15 +397,17 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
     ).log
     assert held_out is not None
     estimates: dict[str, dict[str, Any]] = {}
+    common: dict[str, Any] = {
+        "k": k,
+        "cap": config.ope_cap,
+        "n_boot": config.n_boot,
+        "seed": seed,
+        "all_shown": config.log_impressions,
+    }
     for name in CORRECTION_NAMES:
-        estimates[name] = item_level_estimates(models[name], maps, held_out, k, config.ope_cap, config.n_boot, seed)
-    for name in CORRECTION_NAMES:
-        estimates[f"{name}_greedy"] = item_level_estimates(
-            models[name], maps, held_out, k, config.ope_cap, config.n_boot, seed, greedy=True
-        )
-    estimates["behavior"] = item_level_estimates(
-        models["none"], maps, held_out, k, config.ope_cap, config.n_boot, seed, head="behavior_head"
-    )
+        estimates[name] = item_level_estimates(models[name], maps, held_out, **common)
+        estimates[f"{name}_greedy"] = item_level_estimates(models[name], maps, held_out, greedy=True, **common)
+    estimates["behavior"] = item_level_estimates(models["none"], maps, held_out, head="behavior_head", **common)
     # sanity: the logging policy's own estimate (weights exactly 1) is the held-out log's mean return
     ones = np.bincount(held_out.session, weights=held_out.reward, minlength=held_out.n_sessions)
     estimates["logging"] = {
@@ -451,6 +469,8 @@ def run_sequential(
         if name in per_seed[0]["estimates"]:
             est: dict[str, Any] = {}
             for e in ("ips", "capped_ips", "snips"):
+                if not all(e in s["estimates"][name] for s in per_seed):
+                    continue
                 vals = np.array([s["estimates"][name][e]["value"] for s in per_seed])
                 m, elo, ehi = t_interval(vals)
                 est[e] = {
