@@ -121,6 +121,24 @@ def request_bodies(n_users: int, n_items: int, count: int, seed: int, explore: b
     return bodies
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` and its direct children (uvicorn workers), from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid = int(fields[1])
+        if int(entry) == pid or ppid == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def wait_healthy(port: int, proc: subprocess.Popen, timeout: float) -> None:
     import urllib.request
 
@@ -140,21 +158,24 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float) -> None:
 def batch_scoring(model: Path, n_users: int, count: int, explore_count: int, device: str) -> dict[str, float]:
     import torch
 
-    from topkrec.serve.recommender import Recommender
+    from topkrec.serve.recommender import Recommender, recommend_in_chunks
 
     rec = Recommender.load(model, device=device)
     rng = np.random.default_rng(1)
     users = [f"u{int(u)}" for u in rng.integers(n_users, size=count)]
+    workers = 1 if rec.device.type == "cuda" else (os.cpu_count() or 1)
+    if workers > 1:
+        torch.set_num_threads(1)  # as `topkrec recommend --users` does: threads over chunks
     rec.recommend_batch(users[:256], k=10)  # warm-up
-    t0 = time.perf_counter()
-    for start in range(0, count, 4096):
-        rec.recommend_batch(users[start : start + 4096], k=10)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in recommend_in_chunks(rec, users, chunk_size=1024, workers=workers, k=10):
+        pass
     if rec.device.type == "cuda":
         torch.cuda.synchronize()
-    det = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    det, det_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     rec.recommend_batch(users[:explore_count], k=10, explore=True, m=200, k_prime=5, seed=0)
-    exp = time.perf_counter() - t0
+    exp, exp_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     for u in users[:200]:
         rec.recommend(user=u, k=10)
@@ -165,7 +186,13 @@ def batch_scoring(model: Path, n_users: int, count: int, explore_count: int, dev
         "batch_explore_users": explore_count,
         "batch_explore_users_per_s": round(explore_count / exp, 1),
         "inprocess_single_ms": round(single * 1000, 3),
+        # CPU time actually consumed (all threads): on a shared machine wall time counts the waits for a
+        # core; users per CPU-second is what one fully available core would do (an estimate, see docs).
+        "batch_cpu_ms_per_user": round(det_cpu / count * 1000, 4),
+        "batch_users_per_cpu_s": round(count / max(det_cpu, 1e-9), 1),
+        "batch_explore_cpu_ms_per_user": round(exp_cpu / explore_count * 1000, 3),
         "torch_threads": torch.get_num_threads(),
+        "batch_threads": workers,
         "device": str(rec.device),
     }
 
@@ -208,11 +235,19 @@ def main() -> None:
             bodies = request_bodies(args.users, args.items, 4096, seed=0, explore=False)
             drive(port, 4, "POST", "/recommend", bodies, 1.0, 500)  # warm-up
             for clients in levels:
+                cpu0 = process_tree_cpu_s(proc.pid)
                 res = drive(port, clients, "POST", "/recommend", bodies, args.duration, args.max_requests)
+                cpu = process_tree_cpu_s(proc.pid) - cpu0
+                res["server_cpu_ms_per_request"] = round(cpu / max(res["requests"], 1) * 1000, 3)
+                res["server_cpu_s"] = round(cpu, 2)
                 http.append(res)
                 print(f"POST /recommend: {res}", file=sys.stderr)
             top = max(levels)
+            cpu0 = process_tree_cpu_s(proc.pid)
             health = drive(port, top, "GET", "/health", [], min(args.duration, 3.0), args.max_requests)
+            health["server_cpu_ms_per_request"] = round(
+                (process_tree_cpu_s(proc.pid) - cpu0) / max(health["requests"], 1) * 1000, 3
+            )
             print(f"GET /health (baseline): {health}", file=sys.stderr)
             explore_res = None
             if args.explore:
@@ -237,6 +272,7 @@ def main() -> None:
         "server_threads": args.threads,
         "http": http,
         "health_baseline": health,
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "recommend_vs_health": round(at_top["requests_per_s"] / max(health["requests_per_s"], 1e-9), 3),
         "http_explore": explore_res,
         **batch,

@@ -10,7 +10,7 @@ import typer
 
 from topkrec.errors import TopkrecError
 
-_BATCH_CHUNK = 4096  # users scored per recommend_batch call in --users mode
+_BATCH_CHUNK = 1024  # users per recommend_batch call in --users mode (chunks are spread over threads)
 
 
 def _split_ids(text: str) -> list[str]:
@@ -86,6 +86,9 @@ def recommend_command(
         None, "--dataset", help="Dataset dir to take known users' histories from (if the model dir lacks them)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    threads: int = typer.Option(
+        0, "--threads", min=0, max=256, help="Batch mode: scoring threads (0 = one per CPU core)."
+    ),
 ) -> None:
     """Recommend items for one user (--user and/or --history) or many (--users FILE --out FILE)."""
     from topkrec.cli.common import STATE
@@ -121,20 +124,26 @@ def recommend_command(
             typer.echo(f"{rank:>4}  {item:<20} {score:>10.4f} {prop:>10.4f}")
         return
 
+    import os
+
     from topkrec.progress import progress_bar
+    from topkrec.serve.recommender import recommend_in_chunks
 
     assert out is not None
     user_ids, histories = _read_users_file(users)
     rows: dict[str, list[Any]] = {"user": [], "rank": [], "item": [], "score": [], "propensity": []}
     n_unknown = 0
+    workers = threads or (os.cpu_count() or 1)
+    if workers > 1 and rec.device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(1)  # parallel over chunks instead: no oversubscription, no spin-waits
+    chunks = recommend_in_chunks(rec, user_ids, histories, chunk_size=_BATCH_CHUNK, workers=workers, **kwargs)
     with progress_bar(len(user_ids), "recommend", enabled=STATE.progress) as bar:
-        for start in range(0, len(user_ids), _BATCH_CHUNK):
-            chunk_users = user_ids[start : start + _BATCH_CHUNK]
-            chunk_hist = histories[start : start + _BATCH_CHUNK] if histories is not None else None
-            chunk_kwargs = dict(kwargs)
-            if seed is not None:  # one reproducible stream per chunk
-                chunk_kwargs["seed"] = seed + start
-            results = rec.recommend_batch(chunk_users, chunk_hist, **chunk_kwargs)
+        start = 0
+        for results in chunks:
+            chunk_users = user_ids[start : start + len(results)]
+            start += len(results)
             for u, r in zip(chunk_users, results, strict=True):
                 n_unknown += not r.user_known
                 n = len(r.items)
@@ -143,7 +152,7 @@ def recommend_command(
                 rows["item"].extend(r.items)
                 rows["score"].extend(r.scores)
                 rows["propensity"].extend(r.propensities)
-            bar.update(len(chunk_users))
+            bar.update(len(results))
     _write_table(out, rows)
     summary = {"users": len(user_ids), "unknown_users": n_unknown, "rows": len(rows["item"]), "out": str(out)}
     typer.echo(

