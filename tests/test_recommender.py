@@ -265,3 +265,18 @@ def test_cpu_equals_gpu(model_dir: Path) -> None:
         common = [(shared[i], p) for i, p in zip(b.items, b.propensities, strict=True) if i in shared]
         assert len(common) >= 8
         np.testing.assert_allclose([c[0] for c in common], [c[1] for c in common], rtol=1e-2, atol=1e-4)
+
+
+def test_recommend_in_chunks_matches_batch_and_ignores_thread_count(rec: Recommender) -> None:
+    from topkrec.serve.recommender import recommend_in_chunks
+
+    users = [f"u{u % N_USERS}" for u in range(50)] + ["ghost"]
+    whole = rec.recommend_batch(users, k=6)
+    one = [r for chunk in recommend_in_chunks(rec, users, chunk_size=7, workers=1, k=6) for r in chunk]
+    two = [r for chunk in recommend_in_chunks(rec, users, chunk_size=7, workers=2, k=6) for r in chunk]
+    assert [r.items for r in one] == [r.items for r in two] == [r.items for r in whole]
+    kw = dict(k=6, explore=True, m=30, seed=4)
+    a = [r for c in recommend_in_chunks(rec, users, chunk_size=7, workers=1, **kw) for r in c]
+    b = [r for c in recommend_in_chunks(rec, users, chunk_size=7, workers=3, **kw) for r in c]
+    assert a == b
+    assert a[7:14] == rec.recommend_batch(users[7:14], k=6, explore=True, m=30, seed=4 + 7)
