@@ -263,6 +263,54 @@ def _sample_users(
     return chosen, info
 
 
+def chronological_split(user: np.ndarray, test_size: float) -> tuple[np.ndarray, int]:
+    """Test mask for user-contiguous, time-ordered events: the last ⌈test_size·n⌉ events of each user
+    with n > 3 events (scikit-learn's rule; the 1e-9 keeps 0.2·15 = 3.0000000000000004 at 3).
+    Also returns the number of users with test events."""
+    n = user.size
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    n_test = np.where(lengths > 3, np.ceil(test_size * lengths - 1e-9), 0).astype(np.int64)
+    pos = np.arange(n) - np.repeat(starts, lengths)
+    return pos >= np.repeat(lengths - n_test, lengths), int((n_test > 0).sum())
+
+
+def items_by_train_frequency(item_code: np.ndarray, is_test: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Item index of every event (0 = most frequent in train, ties by raw id; n_items = OOV for items
+    never in train), and the raw-id code of each index."""
+    train_counts = np.bincount(item_code[~is_test], minlength=n_codes)
+    in_train = np.flatnonzero(train_counts > 0)
+    by_freq = in_train[np.lexsort((in_train, -train_counts[in_train]))]
+    index_of_code = np.full(n_codes, by_freq.size, dtype=np.int64)
+    index_of_code[by_freq] = np.arange(by_freq.size)
+    return index_of_code[item_code], by_freq
+
+
+def sessions(user: np.ndarray, ts: np.ndarray, is_test: np.ndarray, mode: str, gap: int) -> np.ndarray:
+    """Global session index, non-decreasing in event order. A new session starts at each user's first
+    event, at their first test event (so train returns never see test rewards) and, in ``interval``
+    mode, after more than ``gap`` seconds of inactivity."""
+    new_session = np.r_[True, (user[1:] != user[:-1]) | (is_test[1:] & ~is_test[:-1])]
+    if mode == "interval":
+        new_session[1:] |= np.diff(ts) > gap
+    return np.cumsum(new_session) - 1
+
+
+def feature_table(key: str, raw_ids: pl.Series, features: pl.DataFrame | None) -> pl.DataFrame:
+    """One row per index (``key`` = 0..n-1, in the order of ``raw_ids``) with the features of
+    ``features`` (keyed by raw id in column ``key``) coded 1-based, 0 = unknown; ``age`` is bucketed."""
+    import polars as pl
+
+    table = pl.DataFrame({key: np.arange(raw_ids.len(), dtype=np.int32), "_raw": raw_ids})
+    if features is None:
+        return table.drop("_raw")
+    joined = table.join(features.rename({key: "_raw"}), on="_raw", how="left", maintain_order="left")
+    cols = [c for c in features.columns if c != key]
+    return joined.select(
+        key, *[(_age_bucket(pl.col(c)) if c == "age" else _feature_code(pl.col(c))).alias(c) for c in cols]
+    )
+
+
 # ---------------------------------------------------------------------------------------- main
 def read_raw(input_path: Path, cfg: PrepareConfig) -> RawLog:
     """Read the raw files of ``cfg.format`` (a clear DataError for anything missing or malformed)."""
@@ -384,45 +432,19 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
         user_raw = user_uniques.filter(pl.Series(present_users))
         n_users = int(present_users.sum())
         n = user.size
-        starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
-        lengths = np.diff(np.r_[starts, n])
-        n_test_per_user = np.where(lengths > 3, np.ceil(cfg.test_size * lengths - 1e-9), 0).astype(np.int64)
-        pos = np.arange(n) - np.repeat(starts, lengths)
-        is_test = pos >= np.repeat(lengths - n_test_per_user, lengths)
-
-        # ---------------------------------------------------------------- items by train frequency
-        train_counts = np.bincount(item_code[~is_test], minlength=item_uniques.len())
-        in_train = np.flatnonzero(train_counts > 0)
-        by_freq = in_train[np.lexsort((in_train, -train_counts[in_train]))]  # ties: raw id order
+        is_test, users_in_test = chronological_split(user, cfg.test_size)
+        item, by_freq = items_by_train_frequency(item_code, is_test, item_uniques.len())
         n_items = int(by_freq.size)
         if n_items == 0:
             raise DataError(f"{src}: no training events left (every user is in test); lower --test-size")
-        item_index_of_code = np.full(item_uniques.len(), n_items, dtype=np.int64)  # OOV = n_items
-        item_index_of_code[by_freq] = np.arange(n_items)
-        item = item_index_of_code[item_code]
         item_raw = item_uniques.gather(by_freq)
-
-        # ---------------------------------------------------------------- sessions, returns
-        new_session = np.r_[True, (user[1:] != user[:-1]) | (is_test[1:] & ~is_test[:-1])]
-        if cfg.session == "interval":
-            new_session[1:] |= np.diff(ts) > cfg.session_gap
-        session = np.cumsum(new_session) - 1
+        session = sessions(user, ts, is_test, cfg.session, cfg.session_gap)
         returns = discounted_returns(reward, session, cfg.gamma)
         timings["split_ids_sessions_returns"] = time.perf_counter() - t
 
         # ---------------------------------------------------------------- features
         t = time.perf_counter()
-        users_df = pl.DataFrame({"user": np.arange(n_users, dtype=np.int32), "_raw": user_raw})
-        if raw.user_features is not None:
-            uf = raw.user_features.rename({"user": "_raw"})
-            joined = users_df.join(uf, on="_raw", how="left", maintain_order="left")
-            cols = [c for c in uf.columns if c != "_raw"]
-            users_df = joined.select(
-                "user", *[(_age_bucket(pl.col(c)) if c == "age" else _feature_code(pl.col(c))).alias(c) for c in cols]
-            )
-        else:
-            users_df = users_df.drop("_raw")
-        items_df = pl.DataFrame({"item": np.arange(n_items, dtype=np.int32), "_raw": item_raw})
+        users_df = feature_table("user", user_raw, raw.user_features)
         item_features = raw.item_features
         if "category" in extra:  # Taobao: the category comes with each event; take the item's first
             zeros = np.zeros_like(item_code)
@@ -430,13 +452,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
             item_features = pl.DataFrame(
                 {"item": item_uniques.gather(item_code[first]), "category": extra["category"][first]}
             )
-        if item_features is not None:
-            itf = item_features.rename({"item": "_raw"})
-            joined = items_df.join(itf, on="_raw", how="left", maintain_order="left")
-            cols = [c for c in itf.columns if c != "_raw"]
-            items_df = joined.select("item", *[_feature_code(pl.col(c)).alias(c) for c in cols])
-        else:
-            items_df = items_df.drop("_raw")
+        items_df = feature_table("item", item_raw, item_features)
 
         # ---------------------------------------------------------------- frames, summary, meta
         label_series = pl.Series("behavior", labels, dtype=pl.String)
@@ -466,7 +482,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
             "n_raw_events": n_raw,
             "n_duplicates_dropped": n_duplicates,
             "n_bad_rows_skipped": raw.bad_rows,
-            "n_users_in_test": int((n_test_per_user > 0).sum()),
+            "n_users_in_test": users_in_test,
         }
         timings["features_frames"] = time.perf_counter() - t
         meta: dict[str, Any] = {
