@@ -80,13 +80,20 @@ def test_negative_sampler_never_returns_consumed_items() -> None:
     items = torch.tensor([0, 1, 2, 3, 4, 0, 5])  # user 0 consumed all but item 5
     keys = consumed_keys(users, items, n_items)
     assert torch.equal(keys, torch.sort(keys).values)
-    sampler = NegativeSampler(keys, n_items, torch.Generator().manual_seed(0), max_rounds=200)
+    sampler = NegativeSampler(keys, n_items, torch.Generator().manual_seed(0), max_rounds=300)
     negs = sampler.sample(torch.tensor([0, 1] * 50), 3)
     assert negs.shape == (100, 3)
     assert torch.all(negs[0::2] == 5)
     assert not torch.isin(negs[1::2], torch.tensor([0, 5])).any()
     assert not is_consumed(pair_keys(torch.tensor([0, 1] * 50)[:, None].expand(-1, 3), negs, n_items), keys).any()
     assert sampler.n_unresolved == 0
+
+
+def test_negative_sampler_counts_what_it_cannot_resolve() -> None:
+    keys = consumed_keys(torch.zeros(3, dtype=torch.long), torch.arange(3), 3)  # user 0 consumed every item
+    sampler = NegativeSampler(keys, 3, torch.Generator().manual_seed(0), max_rounds=3)
+    assert sampler.sample(torch.zeros(4, dtype=torch.long), 2).shape == (4, 2)
+    assert sampler.n_unresolved == 8
 
 
 def test_positive_pairs_drop_oov_and_duplicates() -> None:
@@ -186,6 +193,10 @@ def test_cuda_run_keeps_data_on_device_and_learns() -> None:
     trainer = PretrainTrainer(ds, PretrainConfig(**FAST), device="cuda")
     assert trainer.train_pairs.users.is_cuda and trainer.sampler.sorted_keys.is_cuda
     assert trainer.model.item_tower.feature_codes.is_cuda
+    users = trainer.train_pairs.users[:512]
+    negs = trainer.sampler.sample(users, 4)  # the sync-free CUDA path
+    keys = pair_keys(users[:, None].expand(-1, 4), negs, ds.n_items)
+    assert negs.is_cuda and not is_consumed(keys, trainer.sampler.sorted_keys).any()
     result = trainer.fit()
     assert result.eval_auc is not None and result.eval_auc > 0.95
     assert not result.user.is_cuda

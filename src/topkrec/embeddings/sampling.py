@@ -33,28 +33,38 @@ def is_consumed(keys: torch.Tensor, sorted_keys: torch.Tensor) -> torch.Tensor:
 
 
 class NegativeSampler:
-    """Draws (B, k) items uniformly from [0, n_items) excluding each user's consumed items."""
+    """Draws (B, k) items uniformly from [0, n_items) excluding each user's consumed items.
+
+    Collisions are redrawn for at most ``max_rounds`` rounds. On CPU the loop stops as soon as none is
+    left; on CUDA it runs the fixed number of rounds with ``torch.where`` so a step never waits for the
+    host (a collision survives all rounds with probability p^(rounds+1), p = the user's consumed share).
+    """
 
     def __init__(
-        self, sorted_keys: torch.Tensor, n_items: int, generator: torch.Generator, max_rounds: int = 10
+        self, sorted_keys: torch.Tensor, n_items: int, generator: torch.Generator, max_rounds: int = 6
     ) -> None:
         self.sorted_keys = sorted_keys
         self.n_items = n_items
         self.generator = generator
         self.max_rounds = max_rounds
-        self.n_unresolved = 0  # collisions left after max_rounds (kept as negatives), for diagnostics
+        self._unresolved = torch.zeros((), dtype=torch.long, device=sorted_keys.device)
+
+    @property
+    def n_unresolved(self) -> int:
+        """Consumed items kept as negatives after ``max_rounds`` (users who consumed nearly everything)."""
+        return int(self._unresolved)
 
     def sample(self, users: torch.Tensor, k: int) -> torch.Tensor:
         """(B,) users → (B, k) int64 negative items."""
         shape = (users.shape[0], k)
-        items = torch.randint(0, self.n_items, shape, generator=self.generator, device=users.device)
+        device = users.device
+        items = torch.randint(0, self.n_items, shape, generator=self.generator, device=device)
         users_k = users.long()[:, None].expand(shape)
         for _ in range(self.max_rounds):
             hit = is_consumed(pair_keys(users_k, items, self.n_items), self.sorted_keys)
-            n_hit = int(hit.sum())
-            if n_hit == 0:
+            if device.type == "cpu" and not bool(hit.any()):
                 return items
-            items[hit] = torch.randint(0, self.n_items, (n_hit,), generator=self.generator, device=users.device)
-        hit = is_consumed(pair_keys(users_k, items, self.n_items), self.sorted_keys)
-        self.n_unresolved += int(hit.sum())
+            fresh = torch.randint(0, self.n_items, shape, generator=self.generator, device=device)
+            items = torch.where(hit, fresh, items)
+        self._unresolved += is_consumed(pair_keys(users_k, items, self.n_items), self.sorted_keys).sum()
         return items
