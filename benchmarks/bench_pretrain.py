@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = resolve_device(args.device)  # fail fast, before building the data
 
     if args.data is not None:
         dataset = Dataset.load(args.data)
@@ -148,7 +149,6 @@ def main() -> None:
     else:
         dataset = planted_block_dataset(n_groups=2000, users_per_group=40, items_per_group=80, events_per_user=20)
         source = "planted_block_dataset(2000 groups × 40 users × 80 items, 20 events/user)"
-    device = resolve_device(args.device)
     config = PretrainConfig(batch_size=args.batch_size)  # reference defaults: cosine, 1 negative, lr 5e-4
     dense_config = PretrainConfig(batch_size=args.batch_size, sparse_embeddings=False)
     users, items = positive_pairs(dataset, test=False)
