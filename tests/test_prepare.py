@@ -243,6 +243,21 @@ def test_events_csv_with_string_ids_and_propensity(tmp_path: Path) -> None:
     assert ds2.ts[0] == 1704067200 and ds2.n_users == 2
 
 
+def test_events_csv_quoted_fields_and_datetime_strings(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text(
+        "uid,sku,when,kind,note\n"
+        'u1,a,2024-01-01 10:00:00,pv,"x, y"\n'
+        "u1,b,2024-01-01 11:30:00,buy,\n"
+        "u2,a,2024-01-02 00:00:00,cart,z\n"
+    )
+    cols = EventColumns(user="uid", item="sku", time="when", event="kind")
+    ds = run(path, tmp_path / "ds", PrepareConfig(format="events", columns=cols))
+    assert ds.ts.tolist() == [1704103200, 1704108600, 1704153600]
+    assert ds.session.tolist() == [0, 1, 2]  # 90 minutes apart: a new session
+    assert ds.reward.tolist() == [1.0, 3.0, 2.0]
+
+
 def test_cli_synth_then_prepare_default_out_of_the_box(tmp_path: Path) -> None:
     raw, out = tmp_path / "raw", tmp_path / "ds"
     py = [sys.executable, "-m", "topkrec"]

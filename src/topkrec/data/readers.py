@@ -87,6 +87,7 @@ def read_delimited(
     skip_bad_rows: bool,
     separator: str = ",",
     hints: dict[str, str] | None = None,
+    quote_char: str | None = None,
 ) -> _Table:
     """Read a delimited text file whose columns are exactly ``columns`` (in order), typed.
 
@@ -107,7 +108,7 @@ def read_delimited(
             skip_rows=1 if header else 0,
             schema={n: _dtype(k) for n, k in columns},
             separator=separator,
-            quote_char=None,
+            quote_char=quote_char,
         )
         if sum(frame[n].null_count() for n in names) == 0:
             return _Table(frame.with_row_index("_line", offset=offset), 0, None)
@@ -115,7 +116,8 @@ def read_delimited(
         return _Table(pl.DataFrame(schema={"_line": pl.UInt32, **{n: _dtype(k) for n, k in columns}}), 0, None)
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.ShapeError):
         pass  # a value that does not parse, or a ragged row: the diagnostic path names it
-    # Diagnostic path: one string per line, count fields, parse what has the right shape.
+    # Diagnostic path: one string per line, count fields, parse what has the right shape. (It splits on
+    # every separator, so in a quoted CSV a quoted field holding the separator counts as extra fields.)
     try:
         lines = pl.read_csv(
             path,
@@ -356,52 +358,75 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
             raise DataError(f"{input_path}: cannot read Parquet ({str(e).splitlines()[0]})") from e
         _check_columns(input_path, frame.columns, want)
         frame = frame.select([pl.col(src).alias(dst) for src, dst in rename.items()]).with_row_index("_line", offset=1)
-        if frame.schema["ts"].is_temporal():
-            frame = frame.with_columns(pl.col("ts").dt.epoch("s"))
-        casts = []
-        for name in frame.columns:
-            if name == "_line":
-                continue
-            kind = kinds[name]
-            if name in ("user", "item"):
-                dtype = pl.Int64() if frame.schema[name].is_integer() else pl.String()
-                casts.append(pl.col(name).cast(dtype, strict=False))
-            elif name == "behavior":
-                casts.append(_cast_expr(name, kind).cast(pl.String) if isinstance(kind, tuple) else pl.col(name))
-                frame = frame.with_columns(pl.col(name).cast(pl.String))
-            else:
-                casts.append(pl.col(name).cast(_dtype(kind), strict=False))
-        typed = frame.with_columns(casts)
-        bad_mask = pl.any_horizontal([pl.col(c).is_null() for c in typed.columns])
-        bad = typed.with_row_index("_i").filter(bad_mask)
-        first = None
-        if bad.height:
-            i = int(bad["_i"][0])
-            col = next(c for c in typed.columns if typed[c][i] is None)
-            src = next(s for s, d in rename.items() if d == col)
-            first = (
-                f"{input_path} row {i + 1}: column {src!r} value {frame[col][i]!r} is missing or not "
-                f"{_kind_word(kinds[col])}"
-            )
-            if not skip_bad_rows:
-                hint = "fix the file"
-                if hints and col == "behavior":
-                    hint = hints["behavior"].replace("{value}", str(frame[col][i]))
-                raise DataError(f"{first}; {hint}, or pass --skip-bad-rows to drop bad rows")
-        events = typed.filter(~bad_mask)
-        return RawLog(events=events, files=[input_path], bad_rows=bad.height, first_bad=first)
+        return _typed_events(frame, input_path, "row", rename, kinds, hints, skip_bad_rows)
 
     have = _header(input_path)
     _check_columns(input_path, have, want)
-    spec: list[tuple[str, Kind]] = []
-    for c in have:
-        dst = rename.get(c)
-        spec.append((dst if dst else f"_unused_{len(spec)}", kinds[dst] if dst else "str"))
-    table = read_delimited(input_path, spec, header=True, skip_bad_rows=skip_bad_rows, hints=hints)
-    events = table.frame.select("_line", *[n for n, _ in spec if not n.startswith("_unused_")])
-    # Integer ids stay integers (faster, and sorted numerically); anything else stays text.
-    for idcol in ("user", "item"):
-        as_int = events[idcol].cast(pl.Int64, strict=False)
-        if as_int.null_count() == 0:
-            events = events.with_columns(as_int.alias(idcol))
-    return RawLog(events=events, files=[input_path], bad_rows=table.bad_rows, first_bad=table.first_bad)
+    try:
+        frame = pl.read_csv(input_path, infer_schema=False, columns=list(rename), quote_char='"')
+    except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.ShapeError):
+        # Ragged rows: the line-level reader names the first one (or drops them with --skip-bad-rows).
+        spec: list[tuple[str, Kind]] = [(rename.get(c, f"_unused_{i}"), "str") for i, c in enumerate(have)]
+        table = read_delimited(input_path, spec, header=True, skip_bad_rows=skip_bad_rows, quote_char='"')
+        frame = table.frame.select("_line", *[n for n, _ in spec if not n.startswith("_unused_")])
+        log = _typed_events(frame, input_path, "line", rename, kinds, hints, skip_bad_rows)
+        log.bad_rows += table.bad_rows
+        log.first_bad = table.first_bad or log.first_bad
+        return log
+    frame = frame.rename(rename).with_row_index("_line", offset=2)
+    return _typed_events(frame, input_path, "line", rename, kinds, hints, skip_bad_rows)
+
+
+def _typed_events(
+    frame: pl.DataFrame,
+    path: Path,
+    where: str,
+    rename: dict[str, str],
+    kinds: dict[str, Kind],
+    hints: dict[str, str] | None,
+    skip_bad_rows: bool,
+) -> RawLog:
+    """Cast the mapped columns of an ``events`` log to their kinds; a missing or unparsable value is
+    an error naming the row (or dropped with ``skip_bad_rows``)."""
+    import polars as pl
+
+    if frame.schema["ts"].is_temporal():
+        frame = frame.with_columns(pl.col("ts").dt.epoch("s"))
+    elif frame.schema["ts"] == pl.String and frame.height:
+        as_int = frame["ts"].cast(pl.Int64, strict=False)
+        if as_int.null_count() == frame.height:  # not numbers at all: try date-times
+            as_time = frame["ts"].str.to_datetime(strict=False)
+            if as_time.null_count() < frame.height:
+                frame = frame.with_columns(as_time.dt.epoch("s").alias("ts"))
+    casts = []
+    for name in frame.columns:
+        if name == "_line":
+            continue
+        kind = kinds[name]
+        if name in ("user", "item"):  # integer ids stay integers (sorted numerically), others text
+            as_int = frame[name].cast(pl.Int64, strict=False)
+            ints = frame.schema[name].is_integer() or as_int.null_count() == frame[name].null_count()
+            casts.append(pl.col(name).cast(pl.Int64() if ints else pl.String(), strict=False))
+        elif name == "behavior":
+            frame = frame.with_columns(pl.col(name).cast(pl.String))
+            casts.append(_cast_expr(name, kind).cast(pl.String) if isinstance(kind, tuple) else pl.col(name))
+        else:
+            casts.append(pl.col(name).cast(_dtype(kind), strict=False))
+    typed = frame.with_columns(casts)
+    bad_mask = pl.any_horizontal([pl.col(c).is_null() for c in typed.columns])
+    bad = typed.with_row_index("_i").filter(bad_mask)
+    first = None
+    if bad.height:
+        i = int(bad["_i"][0])
+        col = next(c for c in typed.columns if typed[c][i] is None)
+        src = next(s for s, d in rename.items() if d == col)
+        first = (
+            f"{path} {where} {frame['_line'][i]}: column {src!r} value {frame[col][i]!r} is missing or not "
+            f"{_kind_word(kinds[col])}"
+        )
+        if not skip_bad_rows:
+            hint = "fix the file"
+            if hints and col == "behavior":
+                hint = hints["behavior"].replace("{value}", str(frame[col][i]))
+            raise DataError(f"{first}; {hint}, or pass --skip-bad-rows to drop bad rows")
+    return RawLog(events=typed.filter(~bad_mask), files=[path], bad_rows=bad.height, first_bad=first)
