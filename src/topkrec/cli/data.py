@@ -16,9 +16,10 @@ def synth(
 ) -> None:
     """Write synthetic behaviour logs in the Tianchi raw format (headerless CSVs).
 
-    Power-law item popularity, category/shop/brand hierarchy, user tastes, sessions split by gaps
-    over an hour, a hidden item-to-item structure, behaviours near pv 88 % / cart 6 % / fav 3 % /
-    buy 3 %. Prepare them with `topkrec prepare --format tianchi --input OUT --out DATASET`.
+    Power-law popularity, category/shop/brand, user tastes, sessions split
+    by gaps over an hour, a hidden item-to-item structure, behaviours near
+    pv 88 / cart 6 / fav 3 / buy 3 %.
+    Then: topkrec prepare --format tianchi --input OUT --out DATASET
     """
     import numpy as np
 
@@ -87,8 +88,9 @@ def prepare(
 ) -> None:
     """Prepare raw logs into a dataset directory (events.parquet, users/items, maps, meta.json, summary.json).
 
-    Dedupe, reference user sampling (tianchi), feature join and age buckets, chronological per-user
-    split, frequency-ordered ids, sessions, rewards and discounted returns — all columnar.
+    Steps: dedupe; reference user sampling (tianchi); features and age
+    buckets; chronological per-user split; frequency-ordered ids; sessions;
+    rewards and returns.
     """
     import json
 

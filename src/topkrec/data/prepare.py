@@ -338,6 +338,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
         raw = read_raw(Path(input_path), cfg)
         hashes = {str(p.name): pool.submit(_sha256, p) for p in raw.files}
         timings["read"] = time.perf_counter() - t
+        logger.info("prepare: %s took %.2f s", "read", timings["read"])
         ev = raw.events
         src = str(raw.files[0])
         if raw.bad_rows:
@@ -395,6 +396,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
             beh_code, reward_all = beh_code[order], reward_all[order]
             extra = {k: v[order] for k, v in extra.items()}
         timings["order"] = time.perf_counter() - t
+        logger.info("prepare: %s took %.2f s", "order", timings["order"])
         t = time.perf_counter()
         keep = (
             _first_occurrences(user_code, item_code, beh_code, item_uniques.len(), len(labels))
@@ -423,6 +425,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
         beh_code, reward = beh_code[keep], reward_all[keep]
         extra = {k: v[keep] for k, v in extra.items()}
         timings["dedupe_sample"] = time.perf_counter() - t
+        logger.info("prepare: %s took %.2f s", "dedupe_sample", timings["dedupe_sample"])
 
         # ---------------------------------------------------------------- users, split
         t = time.perf_counter()
@@ -441,6 +444,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
         session = sessions(user, ts, is_test, cfg.session, cfg.session_gap)
         returns = discounted_returns(reward, session, cfg.gamma)
         timings["split_ids_sessions_returns"] = time.perf_counter() - t
+        logger.info("prepare: %s took %.2f s", "split_ids_sessions_returns", timings["split_ids_sessions_returns"])
 
         # ---------------------------------------------------------------- features
         t = time.perf_counter()
@@ -485,6 +489,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
             "n_users_in_test": users_in_test,
         }
         timings["features_frames"] = time.perf_counter() - t
+        logger.info("prepare: %s took %.2f s", "features_frames", timings["features_frames"])
         meta: dict[str, Any] = {
             "source_format": cfg.format,
             "input": str(Path(input_path).resolve()),
