@@ -11,7 +11,7 @@ Cases (each runs in its own subprocess, so its peak memory is its own):
 - ``full``: the library's full softmax (on CUDA: the tiled Triton kernels, bf16 autocast, batch 4096;
   on CPU: the fused one-buffer backward);
 - ``full_torch`` (CUDA only): the same step without Triton (one (B × N) buffer), to show what the
-  kernels buy in the same run;
+  kernels buy in the same run; ``full_b16k`` (CUDA only): ``full`` at batch 16 384;
 - ``sampled`` with ``normaliser=exact`` (log π of the logged action exact: a no-grad pass over the
   catalogue per head) and ``normaliser=estimate`` (importance-sampled normaliser, no extra pass).
 
@@ -67,8 +67,9 @@ class Case:
     threads: int = 0  # CPU intra-op threads; 0 = torch default
 
 
-def plan(device: str, items: list[int], quick: bool, negatives: int) -> list[Case]:
+def plan(device: str, items: list[int], quick: bool, negatives: int, estimate_batch: int = 0) -> list[Case]:
     cases: list[Case] = []
+    est_b = estimate_batch or (8192 if device == "cpu" else 16384)
     secs = 3.0 if quick else (6.0 if device == "cpu" else 5.0)
     for n in items:
         sampled_exact = {"negatives": negatives, "normaliser": "exact"}
@@ -79,13 +80,14 @@ def plan(device: str, items: list[int], quick: bool, negatives: int) -> list[Cas
                 Case("baseline", device, "full", n, 128, "fp32", True, plain, seconds=secs, min_steps=2),
                 Case("full", device, "full", n, 256, "fp32", seconds=secs, min_steps=2),
                 Case("sampled_exact", device, "sampled", n, 512, "fp32", head_options=sampled_exact, seconds=secs),
-                Case("sampled_estimate", device, "sampled", n, 8192, "fp32", head_options=sampled_est, seconds=secs),
+                Case("sampled_estimate", device, "sampled", n, est_b, "fp32", head_options=sampled_est, seconds=secs),
             ]
         else:
             warm = 3
             cases += [
                 Case("baseline", device, "full", n, 128, "fp32", True, plain, seconds=secs, warmup=warm),
                 Case("full", device, "full", n, 4096, "bf16", seconds=secs, warmup=warm),
+                Case("full_b16k", device, "full", n, 16384, "bf16", seconds=secs, warmup=warm),
                 Case("full_torch", device, "full", n, 4096, "bf16", no_triton=True, seconds=secs, warmup=warm),
                 Case(
                     "sampled_exact",
@@ -103,7 +105,7 @@ def plan(device: str, items: list[int], quick: bool, negatives: int) -> list[Cas
                     device,
                     "sampled",
                     n,
-                    16384,
+                    est_b,
                     "bf16",
                     head_options=sampled_est,
                     seconds=secs,
@@ -113,7 +115,7 @@ def plan(device: str, items: list[int], quick: bool, negatives: int) -> list[Cas
     if device == "cuda":
         # Most important first, so a time budget drops the least important: the goal figures (full, both
         # sizes), their baselines, then the PyTorch comparison and the sampled variants.
-        order = ["full", "baseline", "full_torch", "sampled_estimate", "sampled_exact"]
+        order = ["full", "baseline", "full_torch", "full_b16k", "sampled_estimate", "sampled_exact"]
         cases.sort(key=lambda c: (order.index(c.name), c.n_items))
     return cases
 
@@ -440,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--items", default="160000,1000000", help="comma-separated catalogue sizes")
     p.add_argument("--negatives", type=int, default=1024, help="shared negatives of the sampled softmax")
+    p.add_argument(
+        "--estimate-batch", type=int, default=0, help="batch of sampled_estimate (default 8192 on cpu, 16384 on cuda)"
+    )
     p.add_argument("--error-items", type=int, default=100_000, help="catalogue of the estimate-error check (0: skip)")
     p.add_argument("--quick", action="store_true", help="shorter measurements (smoke test)")
     p.add_argument("--only", default="", help="comma-separated case names to run (default: all)")
@@ -473,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         return eval_main(args)
     start = time.perf_counter()
     items = [int(x) for x in args.items.split(",") if x]
-    cases = plan(args.device, items, args.quick, args.negatives)
+    cases = plan(args.device, items, args.quick, args.negatives, args.estimate_batch)
     if args.only:
         keep = set(args.only.split(","))
         cases = [c for c in cases if c.name in keep]
