@@ -37,16 +37,14 @@ _INTERPRET_CONFIG = {"BLOCK_B": 32, "BLOCK_N": 64}
 _SPLIT_ALIGN = 256
 
 
-def _configs(include_fp32_friendly: bool = True) -> list[triton.Config]:
-    cfgs = [
+def _configs() -> list[triton.Config]:
+    # Few configs: each one is compiled per kernel and dtype on first use (about a second each).
+    return [
         triton.Config({"BLOCK_B": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_B": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_B": 128, "BLOCK_N": 64}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_B": 256, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     ]
-    if include_fp32_friendly:
-        cfgs.append(triton.Config({"BLOCK_B": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2))
-    return cfgs
 
 
 @triton.autotune(configs=_configs(), key=["n_rows", "n_cols", "BLOCK_D", "PRECISION"])
