@@ -190,12 +190,9 @@ def simulate(
             raise TopkrecError("--steps and --batch-size must be at least 1 and --lr positive")
         result = run_scenario(scenario, config)
     elif scenario == "sequential":
-        try:
-            from topkrec.simulate.sequential import SequentialConfig, run_sequential
-        except ImportError as e:
-            raise TopkrecError(f"the sequential scenario is not available in this build ({e})") from e
-
         from dataclasses import replace
+
+        from topkrec.simulate.sequential import SequentialConfig, run_sequential
 
         if seeds < 1:
             raise TopkrecError("--seeds must be at least 1")
