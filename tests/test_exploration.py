@@ -142,6 +142,29 @@ def test_temperature_flattens_and_sharpens() -> None:
     assert s.items[0, 0] == 2
 
 
+@pytest.mark.parametrize(
+    ("logits", "temperature", "expected"),
+    [
+        # one item carries all the mass; the floored rest are drawn uniformly: 1, then 2 of 4
+        (np.array([0.0, -1000.0, -1000.0, -1000.0, -1000.0]), 1.0, [1.0, 0.5, 0.5, 0.5, 0.5]),
+        # T → 0: exploration becomes top-K by logit
+        (np.array([3.0, 2.0, 1.0, 0.5, 0.0]), 1e-6, [1.0, 1.0, 1.0, 0.0, 0.0]),
+    ],
+)
+def test_extreme_temperatures_and_gaps_report_what_is_run(
+    logits: np.ndarray, temperature: float, expected: list[float]
+) -> None:
+    config = ExplorationConfig(k=3, m=5, k_prime=0, temperature=temperature)
+    runs = 4000
+    s = boltzmann_explore(np.tile(logits, (runs, 1)), config, rng=0)
+    props = np.zeros(5)
+    props[s.items.ravel()] = s.propensities.ravel()
+    np.testing.assert_allclose(props[props > 0], np.array(expected)[props > 0], atol=1e-5)
+    freq = np.bincount(s.items.ravel(), minlength=5) / runs
+    np.testing.assert_allclose(freq, expected, atol=0.04)
+    assert np.all(np.isfinite(s.propensities)) and np.all(s.propensities[s.valid] > 0)
+
+
 def test_sampling_without_replacement_first_draw_is_softmax() -> None:
     log_w = np.log(np.array([[0.5, 0.3, 0.2]]))
     draws = sample_without_replacement(np.repeat(log_w, 20_000, axis=0), 2, np.random.default_rng(1))
@@ -163,3 +186,12 @@ def test_sampling_without_replacement_first_draw_is_softmax() -> None:
 def test_invalid_settings_are_user_errors(config: ExplorationConfig) -> None:
     with pytest.raises(TopkrecError):
         boltzmann_explore(np.zeros(10), config, rng=0)
+
+
+def test_weights_thousands_of_nats_apart_are_exact() -> None:
+    """No underflow: the quadrature follows each candidate's own window in log-time."""
+    log_w = np.array([[0.0, -1000.0, -1000.5, -3000.0, -3001.0, -9000.0]])
+    got = inclusion_probabilities(log_w, 4)[0]
+    # tiers are drawn in order: 0, then {1, 2} both, then one of {3, 4} by their ratio e^1 : 1
+    p3 = np.e / (1 + np.e)
+    np.testing.assert_allclose(got, [1.0, 1.0, 1.0, p3, 1 - p3, 0.0], atol=1e-6)

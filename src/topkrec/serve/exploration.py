@@ -34,7 +34,9 @@ from topkrec.errors import TopkrecError
 
 # Trapezoid step in log-time and bounds of the integration grid (see module docstring).
 _LOG_T_STEP = 0.3
-_MAX_NODES = 1024
+_MAX_NODES = 4096
+LOG_WEIGHT_CLAMP = -1e12
+"""Lowest log-weight relative to the row's largest (keeps log w + log t exact in float64)."""
 _TAIL_NATS = 40.0  # integrate until P(n-th arrival not yet happened) < e^-40
 _ROW_CHUNK_FLOATS = 8_000_000  # bound the (N, rows, Q, n) work arrays (~64 MB)
 
@@ -111,38 +113,54 @@ def inclusion_probabilities(log_weights: np.ndarray, n: np.ndarray | int) -> np.
 
 
 def _inclusion_exact(log_weights: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """Rows where 0 < n < #drawable. (R, N) log-weights, (R,) draws → (R, N) probabilities."""
-    rows, width = log_weights.shape
-    # Normalised weights (sum 1). Floor so the grid end stays finite; floored weights contribute ~0.
-    shifted = log_weights - log_weights.max(axis=1, keepdims=True)
-    weights = np.exp(np.maximum(shifted, -700.0))
-    weights[~np.isfinite(log_weights)] = 0.0
-    weights /= weights.sum(axis=1, keepdims=True)
-    n_max = int(draws.max())
+    """Rows where 0 < n < #drawable. (R, N) log-weights, (R,) draws → (R, N) probabilities.
 
-    # Upper end of the grid: once the top (n+1) candidates have all arrived, every leave-one-out count
-    # is ≥ n; P(not all arrived) ≤ (n+1)·exp(−w_(n+1) t).
-    ordered = -np.sort(-weights, axis=1)
-    w_next = ordered[np.arange(rows), draws]  # (R,) the (n+1)-th largest weight
-    w_next = np.maximum(w_next, 1e-300)
-    t_high = (np.log(draws + 1.0) + _TAIL_NATS) / w_next
+    Everything is computed from log-weights (u = log w + log t), so weights e^−1000 apart are no
+    problem: the quadrature covers the union of each candidate's own window in log-time (its arrival
+    density e^{u − e^u} is < e^−30 outside u ∈ [−30, 4.5]), clipped to [t_low, t_high].
+    """
+    rows, width = log_weights.shape
+    finite = np.isfinite(log_weights)
+    shifted = np.where(finite, log_weights - np.max(np.where(finite, log_weights, -np.inf), axis=1, keepdims=True), 0)
+    # Normalise (Σ w = 1, needed by the lower bound below) in log space.
+    log_total = np.log(np.sum(np.where(finite, np.exp(shifted), 0.0), axis=1, keepdims=True))
+    log_w = np.where(finite, shifted - log_total, -np.inf)  # (R, N)
+
+    # Upper end: once the top (n+1) candidates have all arrived, every leave-one-out count is ≥ n;
+    # P(not all arrived) ≤ (n+1)·exp(−w_(n+1) t) = e^−40 at t_high.
+    ordered = -np.sort(-log_w, axis=1)
+    log_w_next = ordered[np.arange(rows), draws]  # (R,) log of the (n+1)-th largest weight
+    x_high = np.log(np.log(draws + 1.0) + _TAIL_NATS) - log_w_next
     # Lower end: Σ_j p_j(t) ≤ t (weights sum to 1), so by the Chernoff bound for sums of independent
     # Bernoullis P(count ≥ n) ≤ (e t / n)^n < e^−40 below t_low = (n/e)·e^{−40/n}; there F ≡ 1 and the
     # integral is exactly 1 − e^{−w t_low}.
-    t_low = (draws / math.e) * np.exp(-_TAIL_NATS / draws)
-    x_low = np.log(t_low)
-    x_high = np.maximum(np.log(t_high), x_low + 1.0)
-    # The n-th arrival time concentrates as n grows (relative width ~ 1/√n): shrink the step with it.
-    step_target = _LOG_T_STEP / math.sqrt(max(1.0, n_max / 4.0))
-    n_nodes = int(min(_MAX_NODES, max(16, math.ceil(float((x_high - x_low).max()) / step_target))))
-    nodes, node_weights = _gauss_legendre(n_nodes)
-    half = (x_high - x_low) / 2.0  # (R,)
-    x = (x_low + half)[:, None] + half[:, None] * nodes[None, :]  # (R, Q)
-    t = np.exp(x)  # (R, Q)
+    x_low = np.log(draws / math.e) - _TAIL_NATS / draws
+    x_high = np.maximum(x_high, x_low + 1.0)
+    # Candidates that have not arrived by t_high except with probability < e^−40 neither move the counts
+    # nor get drawn: leave them out of the quadrature; their probability is at most e^{log w + x_high}.
+    negligible = log_w + x_high[:, None] < -_TAIL_NATS
+    keep = ~np.all(negligible | ~finite, axis=0)
+    if not keep.all():
+        prob = np.where(finite, np.exp(np.minimum(log_w + x_high[:, None], 0.0)), 0.0)
+        prob[:, keep] = _inclusion_on_grid(log_w[:, keep], draws, x_low, x_high)
+        return prob
+    return _inclusion_on_grid(log_w, draws, x_low, x_high)
 
-    # p_j(t) = P(T_j < t) = 1 − e^{−w_j t}: (N, R, Q)
-    wt = weights.T[:, :, None] * t[None, :, :]
-    arrived = -np.expm1(-wt)
+
+def _inclusion_on_grid(log_w: np.ndarray, draws: np.ndarray, x_low: np.ndarray, x_high: np.ndarray) -> np.ndarray:
+    """The leave-one-out counts and the integral, for normalised log-weights (R, N) and the bounds."""
+    rows, width = log_w.shape
+    finite = np.isfinite(log_w)
+    n_max = int(draws.max())
+    # The n-th arrival time concentrates as n grows (relative width ~ 1/√n): shrink the step with it.
+    step = _LOG_T_STEP / math.sqrt(max(1.0, n_max / 4.0))
+    x, node_w = _quadrature_grid(log_w, x_low, x_high, step)  # (R, Q) nodes and weights (0 for padding)
+    n_nodes = x.shape[1]
+
+    # u = log(w_j t); p_j(t) = P(T_j < t) = 1 − e^{−e^u}: (N, R, Q)
+    with np.errstate(over="ignore"):
+        u = log_w.T[:, :, None] + x[None, :, :]
+        arrived = -np.expm1(-np.exp(u))
 
     # Truncated count distributions (counts 0..n_max−1) of the candidates before j (prefix, stored) and
     # after j (suffix, rolling). Counts only grow, so dropping counts ≥ n_max keeps the low ones exact.
@@ -176,20 +194,84 @@ def _inclusion_exact(log_weights: np.ndarray, draws: np.ndarray) -> np.ndarray:
         nxt[:, :, 1:] += suffix[:, :, :-1] * p
         suffix = nxt
 
-    # ∫ w e^{−w t} F(t) dt = ∫ t w e^{−w t} F(t) dx: Gauss–Legendre on [x_low, x_high] (the integrand is
-    # analytic there) plus the head ∫₀^{t_low} w e^{−w t} dt = 1 − e^{−w t_low}, where F ≡ 1.
-    density = wt * np.exp(-wt) * fewer_than_n  # (N, R, Q)
-    body = (density * node_weights).sum(axis=-1) * half[None, :]  # (N, R)
-    head = -np.expm1(-weights.T * t_low[None, :])
+    # ∫ w e^{−w t} F(t) dt = ∫ e^{u − e^u} F dx: Gauss–Legendre on the windows inside [x_low, x_high] (the
+    # integrand is analytic) plus the head ∫₀^{t_low} w e^{−w t} dt = 1 − e^{−w t_low}, where F ≡ 1.
+    with np.errstate(over="ignore"):
+        density = np.exp(u - np.exp(u)) * fewer_than_n  # (N, R, Q)
+    body = (density * node_w[None, :, :]).sum(axis=-1)  # (N, R)
+    with np.errstate(over="ignore"):
+        head = -np.expm1(-np.exp(log_w.T + x_low[None, :]))
     prob = (body + head).T
-    prob[weights == 0.0] = 0.0
+    prob[~finite] = 0.0
     return np.clip(prob, 0.0, 1.0)
+
+
+def _quadrature_grid(
+    log_w: np.ndarray, x_low: np.ndarray, x_high: np.ndarray, step: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Legendre nodes (R, Q) and weights (R, Q) over the union of the candidates' windows
+    [−log w − 30, −log w + 4.5] ∩ [x_low, x_high], with about one node per ``step``; rows are padded
+    with zero-weight nodes to a common Q."""
+    rows = log_w.shape[0]
+    per_row: list[tuple[np.ndarray, np.ndarray]] = []
+    for r in range(rows):
+        centres = -log_w[r][np.isfinite(log_w[r])]
+        lo = np.maximum(centres - 30.0, x_low[r])
+        hi = np.minimum(centres + 4.5, x_high[r])
+        keep = hi > lo
+        intervals = _merge(np.sort(lo[keep]), hi[keep][np.argsort(lo[keep])])
+        if not intervals:
+            intervals = [(float(x_low[r]), float(x_high[r]))]
+        total = sum(b - a for a, b in intervals)
+        scale = max(1.0, total / step / _MAX_NODES)  # too wide: coarser steps rather than unbounded cost
+        xs, ws = [], []
+        for a, b in intervals:
+            n_nodes = max(8, math.ceil((b - a) / (step * scale)))
+            nodes, weights = _gauss_legendre(n_nodes)
+            half = (b - a) / 2.0
+            xs.append(a + half + half * nodes)
+            ws.append(half * weights)
+        per_row.append((np.concatenate(xs), np.concatenate(ws)))
+    width = max(x.shape[0] for x, _ in per_row)
+    x = np.empty((rows, width))
+    w = np.zeros((rows, width))
+    for r, (xr, wr) in enumerate(per_row):
+        x[r, : xr.shape[0]] = xr
+        x[r, xr.shape[0] :] = x_low[r]
+        w[r, : wr.shape[0]] = wr
+    return x, w
+
+
+def _merge(lo: np.ndarray, hi: np.ndarray) -> list[tuple[float, float]]:
+    """Union of intervals [lo_i, hi_i] sorted by lo."""
+    out: list[tuple[float, float]] = []
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 @functools.lru_cache(maxsize=64)
 def _gauss_legendre(n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
     return nodes, weights
+
+
+def sampling_log_weights(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """(B, N) logits → log-weights (z − max z) / T, ``-inf`` kept for blocked entries.
+
+    Values are clamped at ``LOG_WEIGHT_CLAMP`` (only reached when T is below ~1e-12 of the logit gaps),
+    in sampling and in the propensities alike, so what is reported is exactly what is run.
+    """
+    finite = np.isfinite(logits)
+    row_max = np.max(np.where(finite, logits, -np.inf), axis=1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = (np.where(finite, logits, 0.0) - row_max) / temperature
+    scaled = np.nan_to_num(scaled, nan=0.0, neginf=LOG_WEIGHT_CLAMP)
+    return np.where(finite, np.maximum(scaled, LOG_WEIGHT_CLAMP), -np.inf)
 
 
 def sample_without_replacement(log_weights: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -239,7 +321,7 @@ def explore_candidates(
     rest_logits = cand_logits[:, k_prime:]
     if n_draw > 0 and rest_logits.shape[1] > 0:
         rest_items = cand_items[:, k_prime:]
-        log_w = rest_logits / config.temperature
+        log_w = sampling_log_weights(rest_logits, config.temperature)
         take = min(n_draw, rest_logits.shape[1])
         drawn = sample_without_replacement(log_w, take, rng)  # (B, take)
         draws_per_row = np.minimum(n_draw, np.maximum(n_avail - k_prime, 0))
