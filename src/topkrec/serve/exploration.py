@@ -13,10 +13,12 @@ from the exponential-race representation of successive sampling: give each candi
 time T_j ~ Exp(w_j); the order of arrival is exactly the order of drawing without replacement by
 weight. The count of other arrivals before t is Poisson-binomial with p_j(t) = 1 − e^{−w_j t}; its
 leave-one-out CDF below ``n`` is computed exactly (prefix and suffix products of truncated count
-polynomials, no unstable deconvolution), and the integral by the trapezoid rule in ``x = log t``,
-over [t_low, t_high] by Gauss–Legendre in ``x = log t`` (the integrand is analytic there, so the
-rule converges geometrically), with t_low and t_high chosen from tail bounds so that everything
-outside is exact to e^−40. Accuracy ~1e-9 or better against brute-force enumeration (tests).
+polynomials, no unstable deconvolution), and the integral by Gauss–Legendre in ``x = log t`` (the
+integrand is analytic, so the rule converges geometrically) over the union of each candidate's own
+window in log-time, inside [t_low, t_high] chosen from tail bounds so that everything outside is
+exact to e^−40. All of it works on log-weights, so weights thousands of nats apart (tiny
+temperatures) are handled exactly. Accuracy ~1e-9 against brute-force enumeration (tests); cost
+about 2 CPU-ms per user for M = 200, K = 10, K′ = 5, vectorised over a batch.
 
 Sampling itself uses the Gumbel-top-n trick (the same distribution as successive sampling), seeded
 through a ``numpy.random.Generator`` so a seed gives identical slates.
