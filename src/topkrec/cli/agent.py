@@ -30,9 +30,19 @@ def _agent_config(dataset: Any, embeddings: Any, **kw: Any) -> Any:
     embed_dim = embeddings.embed_size if embeddings is not None else kw.pop("embed_dim")
     kw.pop("embed_dim", None)
     head_options = {"temperature": temperature} if temperature != 1.0 else {}
+    head_options.update(kw.pop("extra_head_options", None) or {})  # --softmax sampled options (topkrec.scale)
     return AgentConfig(
         n_users=dataset.n_users, n_items=dataset.n_items, embed_dim=embed_dim, head_options=head_options, **kw
     )
+
+
+def _sampled_options(softmax: str, negatives: int, sampled_logp: str) -> dict[str, Any] | None:
+    """head_options of ``--softmax sampled`` (log-uniform proposal over frequency-ordered ids)."""
+    if softmax != "sampled":
+        return None
+    from topkrec.scale.heads import sampled_head_options
+
+    return sampled_head_options(negatives=negatives, normaliser=sampled_logp)
 
 
 def _load_inputs(data: Path, embeddings_dir: Path | None, gamma: float | None) -> tuple[Any, Any]:
@@ -67,6 +77,10 @@ def train_command(
     no_cap: bool = typer.Option(False, "--no-cap", help="Do not cap importance weights."),
     snis: bool = typer.Option(False, "--snis", help="Self-normalise importance weights per batch."),
     softmax: str = typer.Option("full", "--softmax", help="Head kind: full (or sampled/adaptive when available)."),
+    negatives: int = typer.Option(1024, "--negatives", help="--softmax sampled: shared negatives per batch."),
+    sampled_logp: str = typer.Option(
+        "exact", "--sampled-logp", help="--softmax sampled: log π for w and λ_K, exact (catalogue pass) | estimate."
+    ),
     encoder: str = typer.Option("concat", "--encoder", help="State encoder: concat | mean | gru | cfn."),
     hidden: int = typer.Option(64, "--hidden", help="State width."),
     hist_num: int = typer.Option(10, "--hist-num", help="Items of history in the state."),
@@ -117,6 +131,7 @@ def train_command(
         encoder=encoder,
         softmax=softmax,
         temperature=temperature,
+        extra_head_options=_sampled_options(softmax, negatives, sampled_logp),
         trainable_embeddings=trainable_embeddings,
     )
     result = train_agent(
