@@ -19,6 +19,7 @@ Matmuls take bf16 (or fp32, then exact IEEE products) inputs with fp32 accumulat
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -190,7 +191,12 @@ def _launch(kernel: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":  # TRITON_INTERPRET=1 runs the kernels on CPU tensors
         return 4
-    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_sms(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
 
 
 def _splits(n_rows: int, n_cols: int, device: torch.device) -> tuple[int, int]:
