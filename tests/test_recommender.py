@@ -18,10 +18,15 @@ from topkrec.serve.synthetic import make_random_model
 N_USERS, N_ITEMS, HIST = 40, 300, 5
 
 
-@pytest.fixture(scope="module", params=["concat", "gru"])
+@pytest.fixture(
+    scope="module", params=[("concat", "full"), ("gru", "full"), ("mean", "sampled"), ("cfn", "adaptive")], ids=str
+)
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("model") / request.param
-    return make_random_model(out, n_users=N_USERS, n_items=N_ITEMS, hist_num=HIST, encoder=request.param, seed=3)
+    encoder, softmax = request.param
+    out = tmp_path_factory.mktemp("model") / f"{encoder}-{softmax}"
+    return make_random_model(
+        out, n_users=N_USERS, n_items=N_ITEMS, hist_num=HIST, encoder=encoder, softmax=softmax, seed=3
+    )
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ def make_random_model(
     hidden: int = 64,
     embed_dim: int = 32,
     encoder: str = "concat",
+    softmax: str = "full",
     mean_events: int = 20,
     seed: int = 0,
     force: bool = False,
@@ -40,15 +41,23 @@ def make_random_model(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     config = AgentConfig(
-        n_users=n_users, n_items=n_items, embed_dim=embed_dim, hist_num=hist_num, hidden=hidden, encoder=encoder
+        n_users=n_users,
+        n_items=n_items,
+        embed_dim=embed_dim,
+        hist_num=hist_num,
+        hidden=hidden,
+        encoder=encoder,
+        softmax=softmax,
     )
     agent = Agent(
         config,
         user_init=torch.randn(n_users, embed_dim) / embed_dim**0.5,
         item_init=torch.randn(n_items + 1, embed_dim) / embed_dim**0.5,
     )
-    with torch.no_grad():  # a spread of item biases, like popularity, so top-K is not a coin toss
-        agent.policy_head.bias.copy_(torch.randn(n_items) * 0.5)  # type: ignore[operator]
+    bias = getattr(agent.policy_head, "bias", None)
+    if isinstance(bias, torch.Tensor) and bias.shape == (n_items,):
+        with torch.no_grad():  # a spread of item biases, like popularity, so top-K is not a coin toss
+            bias.copy_(torch.randn(n_items) * 0.5)
     lengths = rng.integers(1, 2 * mean_events + 1, size=n_users)
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
