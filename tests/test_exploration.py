@@ -181,6 +181,7 @@ def test_sampling_without_replacement_first_draw_is_softmax() -> None:
         ExplorationConfig(k=5, k_prime=6),
         ExplorationConfig(k=5, temperature=0.0),
         ExplorationConfig(k=5, temperature=float("nan")),
+        ExplorationConfig(k=1000, m=10_000, k_prime=0),  # exact propensities would cost too much
     ],
 )
 def test_invalid_settings_are_user_errors(config: ExplorationConfig) -> None:

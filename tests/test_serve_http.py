@@ -186,6 +186,14 @@ def test_size_limits(server: Server) -> None:
     assert server.client.get("/nope").json() == {"error": "Not Found"}
 
 
+def test_exploration_too_costly_for_exact_propensities_is_refused(server: Server) -> None:
+    r = server.post("/recommend", {"user": "u1", "explore": True, "k": 1000, "m": 10000, "k_prime": 0})
+    assert r.status_code == 400 and "lower m" in r.json()["error"]
+    body = {"users": ["u1"] * 1000, "explore": True, "k": 100, "m": 400, "k_prime": 50}
+    r = server.post("/recommend/batch", body)
+    assert r.status_code == 400 and "fewer rows" in r.json()["error"]
+
+
 def test_batch_endpoint(server: Server, local: Recommender) -> None:
     users = ["u1", "u2", None, "ghost"]
     histories = [None, ["i3"], ["i4", "i5"], None]

@@ -51,6 +51,8 @@ class ServeLimits:
     max_batch_rows: int = 1_000
     max_micro_batch: int = 64
     """Most /recommend requests scored together by the worker."""
+    max_explore_work: int = 2_000_000
+    """Largest rows × (m − k′)·(k − k′) of one /recommend/batch request with exploration (its cost)."""
 
 
 class _Options(BaseModel):
@@ -411,6 +413,15 @@ def create_app(recommender: Recommender, limits: ServeLimits | None = None, impr
         for i, h in enumerate(body.histories or []):
             _check_history(h, f"histories[{i}]")
         opts = body.options()
+        if opts.explore:
+            from topkrec.serve.exploration import ExplorationConfig
+
+            work = n * ExplorationConfig(opts.k, opts.m, opts.k_prime, opts.temperature).work()
+            if work > limits.max_explore_work:
+                raise TopkrecError(
+                    f"exploring {n} rows with m={opts.m}, k={opts.k} is {work} units of work, more than "
+                    f"{limits.max_explore_work}; send fewer rows per request or lower m or k − k_prime"
+                )
         recs = recommender.recommend_batch(
             body.users,
             body.histories,

@@ -39,6 +39,8 @@ _LOG_T_STEP = 0.3
 _MAX_NODES = 4096
 LOG_WEIGHT_CLAMP = -1e12
 """Lowest log-weight relative to the row's largest (keeps log w + log t exact in float64)."""
+MAX_EXPLORE_WORK = 50_000
+"""Largest (M − K′)·(K − K′) accepted: the propensities cost O((M − K′)·(K − K′)·nodes) per user."""
 _TAIL_NATS = 40.0  # integrate until P(n-th arrival not yet happened) < e^-40
 _ROW_CHUNK_FLOATS = 8_000_000  # bound the (N, rows, Q, n) work arrays (~64 MB)
 
@@ -69,6 +71,16 @@ class ExplorationConfig:
             raise TopkrecError(f"k_prime must be between 0 and k ({self.k}), got {kp}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise TopkrecError(f"temperature must be a positive number, got {self.temperature}")
+        if self.work() > MAX_EXPLORE_WORK:
+            raise TopkrecError(
+                f"exploration with m={self.m}, k={self.k}, k_prime={kp} needs (m − k′)·(k − k′) = {self.work()} "
+                f"steps per user for its exact propensities, more than {MAX_EXPLORE_WORK}; lower m or k − k′"
+            )
+
+    def work(self) -> int:
+        """(M − K′)·(K − K′): the size of the exact propensity computation per user."""
+        kp = self.resolved_k_prime()
+        return max(self.m - kp, 0) * max(self.k - kp, 0)
 
 
 @dataclass(frozen=True)
@@ -157,8 +169,24 @@ def _inclusion_on_grid(log_w: np.ndarray, draws: np.ndarray, x_low: np.ndarray, 
     # The n-th arrival time concentrates as n grows (relative width ~ 1/√n): shrink the step with it.
     step = _LOG_T_STEP / math.sqrt(max(1.0, n_max / 4.0))
     x, node_w = _quadrature_grid(log_w, x_low, x_high, step)  # (R, Q) nodes and weights (0 for padding)
-    n_nodes = x.shape[1]
+    # The quadrature nodes are independent: take them a slice at a time so the (N, R, Q, n) prefix
+    # array stays within _ROW_CHUNK_FLOATS however large N, Q and n get.
+    node_chunk = max(1, _ROW_CHUNK_FLOATS // max(1, width * rows * (n_max + 4)))
+    body = np.zeros((width, rows))
+    for q0 in range(0, x.shape[1], node_chunk):
+        body += _integrate_nodes(log_w, draws, x[:, q0 : q0 + node_chunk], node_w[:, q0 : q0 + node_chunk])
+    with np.errstate(over="ignore"):
+        head = -np.expm1(-np.exp(log_w.T + x_low[None, :]))
+    prob = (body + head).T
+    prob[~finite] = 0.0
+    return np.clip(prob, 0.0, 1.0)
 
+
+def _integrate_nodes(log_w: np.ndarray, draws: np.ndarray, x: np.ndarray, node_w: np.ndarray) -> np.ndarray:
+    """Σ_q node_w · e^{u − e^u} · P(count_{−i} < n) at the nodes ``x`` (R, Q): (N, R)."""
+    rows, width = log_w.shape
+    n_nodes = x.shape[1]
+    n_max = int(draws.max())
     # u = log(w_j t); p_j(t) = P(T_j < t) = 1 − e^{−e^u}: (N, R, Q)
     with np.errstate(over="ignore"):
         u = log_w.T[:, :, None] + x[None, :, :]
@@ -197,15 +225,10 @@ def _inclusion_on_grid(log_w: np.ndarray, draws: np.ndarray, x_low: np.ndarray, 
         suffix = nxt
 
     # ∫ w e^{−w t} F(t) dt = ∫ e^{u − e^u} F dx: Gauss–Legendre on the windows inside [x_low, x_high] (the
-    # integrand is analytic) plus the head ∫₀^{t_low} w e^{−w t} dt = 1 − e^{−w t_low}, where F ≡ 1.
+    # integrand is analytic) plus, in the caller, the head where F ≡ 1.
     with np.errstate(over="ignore"):
         density = np.exp(u - np.exp(u)) * fewer_than_n  # (N, R, Q)
-    body = (density * node_w[None, :, :]).sum(axis=-1)  # (N, R)
-    with np.errstate(over="ignore"):
-        head = -np.expm1(-np.exp(log_w.T + x_low[None, :]))
-    prob = (body + head).T
-    prob[~finite] = 0.0
-    return np.clip(prob, 0.0, 1.0)
+    return (density * node_w[None, :, :]).sum(axis=-1)
 
 
 def _quadrature_grid(
