@@ -188,17 +188,30 @@ class MicroBatcher:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
     async def submit(self, request: RecommendRequest) -> Recommendation:
+        if not self.alive:
+            raise RuntimeError("the scorer thread is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Recommendation] = loop.create_future()
         self._queue.put(_Job(request, future, loop))
         return await future
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # never leave requests waiting on a dead scorer
+            logger.exception("the scorer thread stopped")
+            raise
+
+    def _loop(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -438,14 +451,15 @@ def create_app(recommender: Recommender, limits: ServeLimits | None = None, impr
         return _json({"results": [r.to_dict() for r in recs]})
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        """Liveness: the model is loaded and the scorer is running."""
-        return {
-            "status": "ok",
+    def health() -> JSONResponse:
+        """Liveness: the model is loaded and the scorer is running (503 otherwise)."""
+        body = {
+            "status": "ok" if batcher.alive else "scorer stopped",
             "n_items": recommender.n_items,
             "requests_scored": batcher.requests,
             "batches": batcher.batches,
         }
+        return _json(body, 200 if batcher.alive else 503)
 
     @app.get("/model")
     def model() -> dict[str, Any]:
