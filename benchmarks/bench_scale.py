@@ -69,7 +69,7 @@ class Case:
 
 def plan(device: str, items: list[int], quick: bool, negatives: int, estimate_batch: int = 0) -> list[Case]:
     cases: list[Case] = []
-    est_b = estimate_batch or (8192 if device == "cpu" else 16384)
+    est_b = estimate_batch or (32768 if device == "cpu" else 16384)
     secs = 3.0 if quick else (6.0 if device == "cpu" else 5.0)
     for n in items:
         sampled_exact = {"negatives": negatives, "normaliser": "exact"}
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items", default="160000,1000000", help="comma-separated catalogue sizes")
     p.add_argument("--negatives", type=int, default=1024, help="shared negatives of the sampled softmax")
     p.add_argument(
-        "--estimate-batch", type=int, default=0, help="batch of sampled_estimate (default 8192 on cpu, 16384 on cuda)"
+        "--estimate-batch", type=int, default=0, help="batch of sampled_estimate (default 32768 on cpu, 16384 on cuda)"
     )
     p.add_argument("--error-items", type=int, default=100_000, help="catalogue of the estimate-error check (0: skip)")
     p.add_argument("--quick", action="store_true", help="shorter measurements (smoke test)")
