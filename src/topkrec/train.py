@@ -46,7 +46,18 @@ TRAINER_STATE_FILE = "trainer_state.json"
 TRAIN_LOG_FILE = "train_log.jsonl"
 
 # Settings that must not change between an interrupted run and its --resume.
-RESUME_LOCKED = ("batch_size", "lr", "behavior_lr", "weight_decay", "correction", "k", "cap", "snis", "seed")
+RESUME_LOCKED = (
+    "batch_size",
+    "lr",
+    "behavior_lr",
+    "weight_decay",
+    "correction",
+    "k",
+    "cap",
+    "snis",
+    "seed",
+    "bias_init",
+)
 
 __all__ = [
     "StepOutput",
@@ -357,6 +368,8 @@ def train_agent(
             agent.user_embedding.weight.normal_(0.0, 0.1)
             agent.item_embedding.weight.normal_(0.0, 0.1)
             agent.item_embedding.weight[agent_config.pad_index].zero_()
+    if initial_agent is None:
+        init_output_bias(agent, dataset, config.bias_init)
     agent.to(device)
     agent.train()
     optimizer = build_optimizer(agent, config)
@@ -381,7 +394,15 @@ def train_agent(
 
     def checkpoint() -> None:
         write_checkpoint(
-            out, agent, optimizer, config, state, metrics.history, dataset.user_raw, dataset.item_raw, data_info,
+            out,
+            agent,
+            optimizer,
+            config,
+            state,
+            metrics.history,
+            dataset.user_raw,
+            dataset.item_raw,
+            data_info,
             extra_files,
         )
 
@@ -434,6 +455,25 @@ def train_agent(
         checkpoint()
         raise
     return TrainResult(agent, state, metrics.history, out, time.perf_counter() - t0)
+
+
+def init_output_bias(agent: Agent, dataset: Dataset, kind: str) -> None:
+    """Set the heads' output biases to the log prior (log train count), so π and β̂ start as popularity.
+
+    Only heads with a per-item ``bias`` parameter are touched (the full softmax); others keep their init.
+    """
+    if kind == "zero":
+        return
+    if kind != "popularity":
+        raise TopkrecError(f"unknown bias init {kind!r}; use popularity or zero")
+    counts = torch.as_tensor(item_popularity(dataset), dtype=torch.float32)
+    log_prior = torch.log(counts + 1.0)
+    log_prior -= log_prior.mean()
+    with torch.no_grad():
+        for head in (agent.policy_head, agent.behavior_head):
+            bias = getattr(head, "bias", None)
+            if isinstance(bias, torch.Tensor) and tuple(bias.shape) == (dataset.n_items,):
+                bias.copy_(log_prior.to(bias.device))
 
 
 def _accumulate(sums: dict[str, list[float]], step: StepOutput) -> None:

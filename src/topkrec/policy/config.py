@@ -64,6 +64,9 @@ class TrainConfig:
     """Importance-weight cap c in min(π/β̂, c); None = no cap. The paper's production cap is e^3."""
     snis: bool = False
     """Divide the importance weights by their batch mean (self-normalised IS)."""
+    bias_init: str = "popularity"
+    """Initial output biases of π and β̂: "popularity" = log of each item's train count (the log prior, so
+    both heads start as the popularity policy), or "zero"."""
     seed: int = 0
     device: str = "auto"
     bf16: bool = True
