@@ -46,9 +46,7 @@ def make_dataset(n_users: int, n_items: int, n_events: int, seed: int = 0) -> Da
     p = 1.0 / ranks
     item = rng.choice(n_items, size=n_events, p=p / p.sum()).astype(np.int32)
     ts = np.arange(n_events, dtype=np.int64) * 60
-    session = (np.cumsum(np.r_[True, (user[1:] != user[:-1]) | (rng.random(n_events - 1) < 0.08)]) - 1).astype(
-        np.int32
-    )
+    session = (np.cumsum(np.r_[True, (user[1:] != user[:-1]) | (rng.random(n_events - 1) < 0.08)]) - 1).astype(np.int32)
     reward = rng.choice([1.0, 2.0, 3.0], size=n_events, p=[0.9, 0.07, 0.03]).astype(np.float32)
     return Dataset(
         user=user,
@@ -104,9 +102,14 @@ class ReferenceNet(nn.Module):
         return self.pi(s), self.beta(s.detach())
 
 
-def run_reference(ds: Dataset, steps: int, batch: int, seed: int) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_reference(ds: Dataset, steps: int, batch: int, seed: int, device: torch.device) -> float:
     torch.manual_seed(seed)
-    net = ReferenceNet(ds.n_users, ds.n_items)
+    net = ReferenceNet(ds.n_users, ds.n_items).to(device)
     opt_pi = torch.optim.Adam(list(net.fc.parameters()) + list(net.pi.parameters()), lr=1e-5)
     opt_beta = torch.optim.Adam(net.beta.parameters(), lr=1e-5)
     loader = torch.utils.data.DataLoader(ReferenceDataset(ds, 10), batch_size=batch, shuffle=True, drop_last=True)
@@ -115,8 +118,9 @@ def run_reference(ds: Dataset, steps: int, batch: int, seed: int) -> float:
     t0 = 0.0
     for i in range(steps + 2):  # two warm-up steps
         if i == 2:
+            sync(device)
             t0 = time.perf_counter()
-        b = next(it)
+        b = {k: v.to(device) for k, v in next(it).items()}
         pi_logits, beta_logits = net(b["user"], b["history"])
         log_pi = F.log_softmax(pi_logits, 1).gather(1, b["action"][:, None]).squeeze(1)
         log_beta = F.log_softmax(beta_logits, 1).gather(1, b["action"][:, None]).squeeze(1)
@@ -128,46 +132,55 @@ def run_reference(ds: Dataset, steps: int, batch: int, seed: int) -> float:
         opt_pi.step()
         opt_beta.step()
         done += batch if i >= 2 else 0
+    sync(device)
     return done / (time.perf_counter() - t0)
 
 
-def run_ours(ds: Dataset, steps: int, batch: int, seed: int) -> float:
+def run_ours(ds: Dataset, steps: int, batch: int, seed: int, device: torch.device) -> float:
     torch.manual_seed(seed)
-    agent = Agent(AgentConfig(ds.n_users, ds.n_items))
-    cfg = TrainConfig(batch_size=batch, correction="topk", device="cpu")
+    agent = Agent(AgentConfig(ds.n_users, ds.n_items)).to(device)
+    cfg = TrainConfig(batch_size=batch, correction="topk", device=device.type)
     opt = build_optimizer(agent, cfg)
-    tr = build_transitions(ds, "train", 10)
+    tr = build_transitions(ds, "train", 10, device)
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(tr), generator=gen)
+    perm = torch.randperm(len(tr), generator=gen).to(device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
     t0 = 0.0
     done = 0
     for i in range(steps + 2):
         if i == 2:
+            sync(device)
             t0 = time.perf_counter()
-        train_step(agent, opt, tr.batch(perm[i * batch : (i + 1) * batch]), cfg)
+        train_step(agent, opt, tr.batch(perm[i * batch : (i + 1) * batch]), cfg, autocast)
         done += batch if i >= 2 else 0
+    sync(device)
     return done / (time.perf_counter() - t0)
 
 
-def matmul_rate(shape: tuple[int, int, int], reps: int) -> float:
+def matmul_rate(shape: tuple[int, int, int], reps: int, device: torch.device) -> float:
     m, k, n = shape
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
     torch.mm(a, b)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         torch.mm(a, b)
+    sync(device)
     return 2.0 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
 
-def head_matmul_rate(batch: int, hidden: int, n_items: int, reps: int) -> float:
+def head_matmul_rate(batch: int, hidden: int, n_items: int, reps: int, device: torch.device) -> float:
     """GFLOP/s of the three GEMM shapes a head needs: forward, grad of W, grad of the state."""
-    s, w, g = torch.randn(batch, hidden), torch.randn(n_items, hidden), torch.randn(batch, n_items)
+    s = torch.randn(batch, hidden, device=device)
+    w, g = torch.randn(n_items, hidden, device=device), torch.randn(batch, n_items, device=device)
     s @ w.t()
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         s @ w.t()
         g.t() @ s
         g @ w
+    sync(device)
     return 3 * 2.0 * batch * hidden * n_items * reps / (time.perf_counter() - t0) / 1e9
 
 
@@ -180,16 +193,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (ours uses bf16 autocast on cuda; fp32 matmul rate)")
     args = ap.parse_args()
+    device = torch.device(args.device)
     ds = make_dataset(args.users, args.items, args.events, args.seed)
     h, n, b = 64, args.items, args.batch_size
     flops = 10 * h * n + 3 * 2 * (32 * 11) * h  # heads (see docstring) + encoder forward/backward
     ours, ref, square, head = [], [], [], []
     for r in range(args.rounds):
-        ours.append(run_ours(ds, args.steps, b, args.seed))
-        ref.append(run_reference(ds, args.steps, b, args.seed))
-        square.append(matmul_rate((1024, 1024, 1024), 5))
-        head.append(head_matmul_rate(b, h, n, 5))
+        ours.append(run_ours(ds, args.steps, b, args.seed, device))
+        ref.append(run_reference(ds, args.steps, b, args.seed, device))
+        square.append(matmul_rate((1024, 1024, 1024), 5, device))
+        head.append(head_matmul_rate(b, h, n, 5, device))
         print(
             f"round {r + 1}: ours {ours[-1]:.0f}/s, reference {ref[-1]:.0f}/s, "
             f"matmul {square[-1]:.1f} GFLOP/s (square), {head[-1]:.1f} GFLOP/s (head shapes)",
@@ -200,6 +215,7 @@ def main() -> None:
         "benchmark": "train",
         "n_items": n,
         "batch_size": b,
+        "device": device.type,
         "threads": torch.get_num_threads(),
         "flops_per_transition": flops,
         "ours_transitions_per_s": round(best_ours, 1),

@@ -136,3 +136,17 @@ def test_metrics_logged_with_namespaced_keys(tiny, tmp_path) -> None:
     ):
         assert key in keys
     assert (tmp_path / "m" / "train_log.jsonl").read_text().count("\n") == len(res.history)
+
+
+@pytest.mark.cuda
+def test_cuda_training_matches_cpu_and_bf16_is_finite(tiny, tmp_path) -> None:
+    acfg = AgentConfig(tiny.n_users, tiny.n_items, embed_dim=8, hidden=16)
+    runs = {}
+    for name, device, bf16 in (("cpu", "cpu", False), ("cuda", "cuda", False), ("bf16", "cuda", True)):
+        losses: list[float] = []
+        cfg = TrainConfig(device=device, bf16=bf16, lr=3e-3, batch_size=32, epochs=1, seed=2)
+        train_agent(tiny, tmp_path / name, acfg, cfg, on_step=lambda s, o, acc=losses: acc.append(o.policy_loss))
+        runs[name] = losses
+    assert runs["cpu"] == pytest.approx(runs["cuda"], rel=1e-3, abs=1e-4)
+    assert all(torch.isfinite(torch.tensor(runs["bf16"])))
+    assert runs["bf16"][0] == pytest.approx(runs["cpu"][0], rel=0.05)
