@@ -34,7 +34,7 @@ tail -n 2 "$OUT/pytest_cuda_pretrain.log" | sed 's/^/    /' >> "$SUMMARY"
 
 # 2. Step throughput on CUDA at the reference dataset's size (80 000 users × 160 000 items).
 step bench_pretrain 100 "$OUT/bench_pretrain_cuda.log" \
-  "$PY" benchmarks/bench_pretrain.py --device cuda --size reference --seconds 20 --rounds 2
+  "$PY" benchmarks/bench_pretrain.py --device cuda --size reference --seconds 20
 tail -n 1 "$OUT/bench_pretrain_cuda.log" | sed 's/^/    /' >> "$SUMMARY"
 
 # 3. The CLI end to end on default synth data with --device cuda, 2 epochs of the default settings.
