@@ -181,7 +181,6 @@ def test_sampling_without_replacement_first_draw_is_softmax() -> None:
         ExplorationConfig(k=5, k_prime=6),
         ExplorationConfig(k=5, temperature=0.0),
         ExplorationConfig(k=5, temperature=float("nan")),
-        ExplorationConfig(k=1000, m=10_000, k_prime=0),  # exact propensities would cost too much
     ],
 )
 def test_invalid_settings_are_user_errors(config: ExplorationConfig) -> None:
@@ -196,3 +195,14 @@ def test_weights_thousands_of_nats_apart_are_exact() -> None:
     # tiers are drawn in order: 0, then {1, 2} both, then one of {3, 4} by their ratio e^1 : 1
     p3 = np.e / (1 + np.e)
     np.testing.assert_allclose(got, [1.0, 1.0, 1.0, p3, 1 - p3, 0.0], atol=1e-6)
+
+
+def test_cost_bound_uses_the_pool_really_sampled() -> None:
+    config = ExplorationConfig(k=1000, m=10_000, k_prime=0)
+    with pytest.raises(TopkrecError, match="lower m"):
+        config.validate()
+    with pytest.raises(TopkrecError, match="lower m"):
+        config.validate(n_candidates=300)  # 300 · 300 > 50 000
+    config.validate(n_candidates=200)  # 200 · 200 = 40 000: fine
+    s = boltzmann_explore(np.arange(50.0), config, rng=0)  # a 50-item catalogue: everything is shown
+    assert s.valid.sum() == 50 and np.all(s.propensities[s.valid] == 1.0)

@@ -429,7 +429,7 @@ def create_app(recommender: Recommender, limits: ServeLimits | None = None, impr
         if opts.explore:
             from topkrec.serve.exploration import ExplorationConfig
 
-            work = n * ExplorationConfig(opts.k, opts.m, opts.k_prime, opts.temperature).work()
+            work = n * ExplorationConfig(opts.k, opts.m, opts.k_prime, opts.temperature).work(recommender.n_items)
             if work > limits.max_explore_work:
                 raise TopkrecError(
                     f"exploring {n} rows with m={opts.m}, k={opts.k} is {work} units of work, more than "

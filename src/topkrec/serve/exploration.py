@@ -61,7 +61,9 @@ class ExplorationConfig:
     def resolved_k_prime(self) -> int:
         return self.k // 2 if self.k_prime is None else self.k_prime
 
-    def validate(self) -> None:
+    def validate(self, n_candidates: int | None = None) -> None:
+        """Raise ``TopkrecError`` on bad settings; ``n_candidates`` (the catalogue or pool size, when
+        known) lets the cost bound use the pool that will really be sampled from."""
         if self.k < 1:
             raise TopkrecError(f"k must be at least 1, got {self.k}")
         if self.m < self.k:
@@ -71,16 +73,19 @@ class ExplorationConfig:
             raise TopkrecError(f"k_prime must be between 0 and k ({self.k}), got {kp}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise TopkrecError(f"temperature must be a positive number, got {self.temperature}")
-        if self.work() > MAX_EXPLORE_WORK:
+        work = self.work(n_candidates)
+        if work > MAX_EXPLORE_WORK:
             raise TopkrecError(
-                f"exploration with m={self.m}, k={self.k}, k_prime={kp} needs (m − k′)·(k − k′) = {self.work()} "
+                f"exploration with m={self.m}, k={self.k}, k_prime={kp} needs (m − k′)·(k − k′) = {work} "
                 f"steps per user for its exact propensities, more than {MAX_EXPLORE_WORK}; lower m or k − k′"
             )
 
-    def work(self) -> int:
-        """(M − K′)·(K − K′): the size of the exact propensity computation per user."""
-        kp = self.resolved_k_prime()
-        return max(self.m - kp, 0) * max(self.k - kp, 0)
+    def work(self, n_candidates: int | None = None) -> int:
+        """(M − K′)·(K − K′) over the pool really sampled from: the size of the exact propensity
+        computation per user."""
+        m = self.m if n_candidates is None else min(self.m, n_candidates)
+        kp = min(self.resolved_k_prime(), m)
+        return (m - kp) * min(self.k - kp, m - kp)
 
 
 @dataclass(frozen=True)
@@ -322,7 +327,7 @@ def explore_candidates(
     ``cand_items``/``cand_logits``: (B, M') the top items by logit, sorted by logit descending, with
     ``-inf`` logits for padding (fewer than M' candidates available). Returns K-item slates.
     """
-    config.validate()
+    config.validate(n_candidates=np.shape(cand_logits)[1])
     cand_logits = np.asarray(cand_logits, dtype=np.float64)
     cand_items = np.asarray(cand_items, dtype=np.int64)
     rows, width = cand_logits.shape
