@@ -5,10 +5,11 @@ with the same model, loss, optimizer and data, in one process, so the ratio is f
     python benchmarks/bench_pretrain.py [--size small|reference] [--data DATASET_DIR] [--seconds 30]
         [--batch-size 2048] [--device cpu] [--threads N]
 
-Three loops, interleaved step by step: ``ours`` (the default step: sparse embedding rows + SparseAdam),
+Four loops, interleaved step by step: ``ours`` (the default step: sparse embedding rows + SparseAdam),
 ``ours_dense`` (our step with dense embedding gradients + Adam, i.e. only the data path differs from the
-reference) and ``reference`` (per-sample dict Dataset + DataLoader, dense embeddings + Adam, as a
-reference pipeline is written). Without --data a planted-block dataset with side features is built:
+reference), ``ours_bf16`` (the default step with ``--bf16-cpu``; on CUDA the same as ``ours``) and
+``reference`` (per-sample dict Dataset + DataLoader, dense embeddings + Adam, as a reference pipeline is
+written). Without --data a planted-block dataset with side features is built:
 ``small`` = 10 000 users × 4 000 items, ``reference`` = 80 000 users × 160 000 items (the reference
 dataset's size). The last line is one JSON object: samples/s of each loop and the ratios.
 """
@@ -180,6 +181,7 @@ def main() -> None:
         source = "planted_block_dataset(2000 groups × 40 users × 80 items, 20 events/user)"
     config = PretrainConfig(batch_size=args.batch_size)  # reference defaults: cosine, 1 negative, lr 5e-4
     dense_config = PretrainConfig(batch_size=args.batch_size, sparse_embeddings=False)
+    bf16_config = PretrainConfig(batch_size=args.batch_size, bf16_on_cpu=True)
     users, items = positive_pairs(dataset, test=False)
     logger.info("data %s: %d train pairs, %d users, %d items", source, users.size, dataset.n_users, dataset.n_items)
 
@@ -187,6 +189,7 @@ def main() -> None:
     loops = {
         "ours": ours_batches(PretrainTrainer(dataset, config, device)),
         "ours_dense": ours_batches(PretrainTrainer(dataset, dense_config, device)),
+        "ours_bf16": ours_batches(PretrainTrainer(dataset, bf16_config, device)),
         "reference": reference_batches(
             PretrainTrainer(dataset, dense_config, device),
             torch.utils.data.DataLoader(
@@ -229,7 +232,9 @@ def main() -> None:
                 "ours_samples_per_s": round(rate["ours"], 1),
                 "ours_dense_samples_per_s": round(rate["ours_dense"], 1),
                 "reference_samples_per_s": round(rate["reference"], 1),
+                "ours_bf16_samples_per_s": round(rate["ours_bf16"], 1),
                 "speedup": round(rate["ours"] / rate["reference"], 2),
+                "speedup_bf16": round(rate["ours_bf16"] / rate["reference"], 2),
                 "speedup_data_path_only": round(rate["ours_dense"] / rate["reference"], 2),
                 "speedup_median_per_cycle": round(float(np.median(cycle_ratios)), 2),
                 "steps": {name: t[2] for name, t in totals.items()},

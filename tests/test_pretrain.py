@@ -160,6 +160,12 @@ def test_same_seed_same_embeddings_other_seed_differs() -> None:
     assert not torch.equal(a.user, c.user)
 
 
+def test_bf16_on_cpu_learns_the_planted_blocks() -> None:
+    result = pretrain(planted_block_dataset(), PretrainConfig(bf16_on_cpu=True, **FAST))
+    assert result.eval_auc is not None and result.eval_auc > 0.95
+    assert result.user.dtype == torch.float32 and torch.count_nonzero(result.item[-1]) == 0
+
+
 def test_id_only_towers_without_side_features() -> None:
     ds = planted_block_dataset(with_features=False)
     trainer = PretrainTrainer(ds, PretrainConfig(**FAST))

@@ -30,6 +30,7 @@ def pretrain_command(
     dense_embeddings: bool = typer.Option(
         False, "--dense-embeddings", help="Dense embedding gradients + Adam instead of sparse rows + SparseAdam."
     ),
+    bf16_on_cpu: bool = typer.Option(False, "--bf16-cpu", help="bf16 autocast on CPU too (always on CUDA)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling and negative sampling."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     export_npy: bool = typer.Option(
@@ -63,6 +64,7 @@ def pretrain_command(
         neg_items=neg_items,
         batch_norm=not no_batch_norm,
         sparse_embeddings=not dense_embeddings,
+        bf16_on_cpu=bf16_on_cpu,
         temperature=temperature,
         seed=seed,
     )

@@ -42,6 +42,9 @@ class PretrainConfig:
     sparse_embeddings: bool = True
     """Id and feature tables get sparse gradients updated by ``SparseAdam`` (lazy Adam: only the rows in the
     batch move), so a step costs O(batch), not O(catalogue); False = dense ``nn.Embedding`` + Adam."""
+    bf16_on_cpu: bool = False
+    """bf16 autocast of the towers on CPU too (always on for CUDA). Measured 1.7x faster per step on an
+    AVX512-BF16 CPU; off by default so CPU results stay fp32."""
     seed: int = 0
     """Seeds initialisation, shuffling and negative sampling: same seed, same embeddings (on one device)."""
 

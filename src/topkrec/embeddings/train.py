@@ -166,7 +166,7 @@ class PretrainTrainer:
             self.eval_negatives = NegativeSampler(all_keys, self.n_items, eval_gen).sample(
                 self.eval_pairs.users, config.neg_items
             )
-        self.amp = self.device.type == "cuda"
+        self.amp = self.device.type == "cuda" or config.bf16_on_cpu
 
     # ------------------------------------------------------------------ maths
     def batch_loss(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
