@@ -138,7 +138,8 @@ class _LinearLogSoftmaxGather(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_weight = grad.t() @ state.to(grad.dtype)
         if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(0)
+            # A GEMV reads the (B, N) buffer once; a dim-0 sum over it is a slow strided reduction.
+            grad_bias = torch.mv(grad.t(), grad.new_ones(grad.shape[0]))
         return grad_state, grad_weight, grad_bias, None, None
 
 
