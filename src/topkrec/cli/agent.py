@@ -164,7 +164,10 @@ def _table(title: str, results: dict[str, dict[str, Any]], k: int) -> Any:
 def print_table(title: str, results: dict[str, dict[str, Any]], k: int, to_stderr: bool = False) -> None:
     from rich.console import Console
 
-    Console(stderr=to_stderr).print(_table(title, results, k))
+    console = Console(stderr=to_stderr)
+    if not console.is_terminal:  # logs and pipes: wide enough that no column is cut
+        console = Console(stderr=to_stderr, width=140)
+    console.print(_table(title, results, k))
 
 
 def evaluate_command(
