@@ -1,8 +1,8 @@
 """REINFORCE with the top-K off-policy correction (Chen et al., WSDM 2019) in one readable file.
 
 CleanRL style: everything from the dataset directory to the trained policy, top to bottom, with no
-topkrec imports beyond reading nothing but ``events.parquet`` and ``meta.json``. The library
-(`topkrec train`) must agree with this file numerically; ``tests/test_example_minimal.py`` checks it.
+topkrec imports (it reads only ``events.parquet`` and ``meta.json``). The library (`topkrec train`)
+must agree with this file numerically; ``tests/test_example_minimal.py`` checks it step by step.
 
     python examples/minimal_topk_reinforce.py --data DATASET_DIR [--epochs 1 --lr 1e-3 --correction topk]
 
