@@ -63,6 +63,8 @@ __all__ = [
     "StepOutput",
     "TrainResult",
     "TrainerState",
+    "Optimizer",
+    "SparseDenseAdam",
     "build_optimizer",
     "train_agent",
     "train_step",
@@ -106,24 +108,111 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def build_optimizer(agent: Agent, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over π's side (encoder, π head, trainable embeddings) and β̂'s head, as two param groups."""
-    behavior = [p for p in agent.behavior_head.parameters() if p.requires_grad]
-    behavior_ids = {id(p) for p in behavior}
-    policy = [p for p in agent.parameters() if p.requires_grad and id(p) not in behavior_ids]
-    groups = [
-        {"params": policy, "lr": config.lr},
-        {"params": behavior, "lr": config.behavior_lr if config.behavior_lr is not None else config.lr},
-    ]
-    device = policy[0].device if policy else torch.device("cpu")
+class SparseDenseAdam:
+    """Adam for the dense parameters plus a lazy row-wise Adam for row-sparse ones, as one optimizer.
+
+    The sampled-softmax heads' (N, d) weight and (N,) bias get row-sparse gradients (only the logged
+    actions' and the shared negatives' rows), and ``topkrec.scale.sparse_adam.RowSparseAdam`` updates
+    only those rows and their moments ("lazy Adam"), so a step costs O((B + S)·d) there instead of
+    O(N·d). On the touched rows the arithmetic is Adam's; with fresh state, one step equals dense
+    Adam's on every row (dense Adam moves no untouched row on its first step either). The documented
+    difference afterwards: a row's moments decay only on the steps that touch it, while the bias
+    correction uses the global step count, and untouched rows do not keep moving on their old
+    momentum as under dense Adam.
+
+    ``state_dict()`` numbers the dense optimizer's parameters first and the sparse ones after them,
+    with the sparse param groups marked ``"sparse": True``; ``load_state_dict`` splits it back.
+    """
+
+    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.Optimizer) -> None:
+        self.dense = dense
+        self.sparse = sparse
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [*self.dense.param_groups, *self.sparse.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        self.sparse.step()
+
+    def _n_dense(self) -> int:
+        return sum(len(g["params"]) for g in self.dense.param_groups)
+
+    def state_dict(self) -> dict[str, Any]:
+        dense, sparse = self.dense.state_dict(), self.sparse.state_dict()
+        off = self._n_dense()
+        state = dict(dense["state"])
+        state.update({int(pid) + off: st for pid, st in sparse["state"].items()})
+        groups = list(dense["param_groups"])
+        groups += [dict(g, params=[int(p) + off for p in g["params"]], sparse=True) for g in sparse["param_groups"]]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        groups = state_dict["param_groups"]
+        n_groups = len(self.dense.param_groups)
+        if len(groups) != n_groups + len(self.sparse.param_groups) or any(
+            bool(g.get("sparse", False)) != (i >= n_groups) for i, g in enumerate(groups)
+        ):
+            raise ValueError("the saved optimizer's dense/sparse param groups do not match this model's")
+        off = self._n_dense()
+        state = {int(k): v for k, v in state_dict["state"].items()}
+        self.dense.load_state_dict(
+            {"state": {k: v for k, v in state.items() if k < off}, "param_groups": groups[:n_groups]}
+        )
+        sparse_groups = [
+            {k: v for k, v in dict(g, params=[int(p) - off for p in g["params"]]).items() if k != "sparse"}
+            for g in groups[n_groups:]
+        ]
+        self.sparse.load_state_dict(
+            {"state": {k - off: v for k, v in state.items() if k >= off}, "param_groups": sparse_groups}
+        )
+
+
+Optimizer = torch.optim.Optimizer | SparseDenseAdam
+
+
+def build_optimizer(agent: Agent, config: TrainConfig) -> Optimizer:
+    """Adam over π's side (encoder, π head, trainable embeddings) and β̂'s head, as two param groups.
+
+    Sampled-softmax heads (``--softmax sampled``) train with row-sparse gradients and a lazy row-wise
+    Adam over their weight and bias (see ``SparseDenseAdam``), unless weight decay is set (decay
+    touches every row each step, so the heads then keep dense gradients and dense Adam).
+    """
+    from topkrec.scale.heads import SampledSoftmaxHead
+    from topkrec.scale.sparse_adam import RowSparseAdam
+
+    behavior_lr = config.behavior_lr if config.behavior_lr is not None else config.lr
+    sparse_ok = config.weight_decay == 0.0
+    sparse_groups: list[dict[str, Any]] = []
+    sparse_ids: set[int] = set()
+    for head, lr in ((agent.policy_head, config.lr), (agent.behavior_head, behavior_lr)):
+        if isinstance(head, SampledSoftmaxHead):
+            head.sparse_grad = sparse_ok
+            params = [p for p in (head.weight, head.bias) if p.requires_grad]
+            if sparse_ok and params:
+                sparse_groups.append({"params": params, "lr": lr})
+                sparse_ids.update(id(p) for p in params)
+    behavior = [p for p in agent.behavior_head.parameters() if p.requires_grad and id(p) not in sparse_ids]
+    behavior_ids = {id(p) for p in agent.behavior_head.parameters()}
+    policy = [p for p in agent.parameters() if p.requires_grad and id(p) not in behavior_ids | sparse_ids]
+    groups = [{"params": policy, "lr": config.lr}, {"params": behavior, "lr": behavior_lr}]
+    device = next(agent.parameters()).device
     # The fused kernel does the whole update in one pass over each tensor (CPU and CUDA).
     fused = device.type in ("cpu", "cuda")
-    return torch.optim.Adam(groups, weight_decay=config.weight_decay, fused=fused)
+    dense = torch.optim.Adam(groups, weight_decay=config.weight_decay, fused=fused)
+    if not sparse_groups:
+        return dense
+    return SparseDenseAdam(dense, RowSparseAdam(sparse_groups))
 
 
 def train_step(
     agent: Agent,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     batch: TransitionBatch,
     config: TrainConfig,
     autocast_dtype: torch.dtype | None = None,
@@ -163,7 +252,7 @@ def train_step(
 
 
 # ---------------------------------------------------------------------------------------------- state I/O
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_tensors(optimizer: Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -177,7 +266,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, meta
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+def _load_optimizer(optimizer: Optimizer, directory: Path) -> None:
     from safetensors.torch import load_file
 
     path = directory / OPTIMIZER_FILE
@@ -229,7 +318,7 @@ def _restore_rng(directory: Path) -> None:
 def write_checkpoint(
     out: Path,
     agent: Agent,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     train_config: TrainConfig,
     state: TrainerState,
     history: list[dict[str, Any]],
@@ -265,7 +354,7 @@ def read_train_log(model_dir: Path) -> list[dict[str, Any]]:
 
 
 def _resume(
-    out: Path, agent: Agent, optimizer: torch.optim.Optimizer, agent_config: AgentConfig, config: TrainConfig
+    out: Path, agent: Agent, optimizer: Optimizer, agent_config: AgentConfig, config: TrainConfig
 ) -> tuple[TrainerState, list[dict[str, Any]]]:
     from safetensors.torch import load_file
 
@@ -372,6 +461,14 @@ def train_agent(
         init_output_bias(agent, dataset, config.bias_init)
     agent.to(device)
     agent.train()
+    from topkrec.scale.heads import set_proposal_counts
+
+    # --proposal popularity samples negatives ∝ train count + 1 (a no-op for the other heads).
+    n_popularity = set_proposal_counts(
+        [agent.policy_head, agent.behavior_head], torch.as_tensor(item_popularity(dataset))
+    )
+    if n_popularity:
+        logger.info("sampled softmax: popularity proposal from the train counts for %d head(s)", n_popularity)
     optimizer = build_optimizer(agent, config)
 
     transitions: Transitions = build_transitions(dataset, "train", agent_config.hist_num, device)

@@ -51,6 +51,7 @@ __all__ = [
     "AdaptiveSoftmaxHead",
     "SampledSoftmaxHead",
     "default_cutoffs",
+    "gather_rows_sparse_grad",
     "log_uniform_log_q",
     "negatives_logsumexp",
     "sampled_log_prob_estimate",
@@ -156,6 +157,9 @@ class SampledSoftmaxHead(ItemHead):
         self.register_buffer("proposal_cdf", torch.empty(0), persistent=False)
         self.register_buffer("proposal_from_counts", torch.tensor(False))
         self._warned = False
+        # Runtime switch (not an option, not saved): when on, forward gives W and b row-sparse COO
+        # gradients (only the rows it gathered), for a lazy sparse Adam (topkrec.train.build_optimizer).
+        self.sparse_grad = False
         if item_counts is not None:
             self.set_item_counts(item_counts)
 
@@ -225,7 +229,10 @@ class SampledSoftmaxHead(ItemHead):
         # One gather of the rows used (actions, then negatives): its backward builds one dense (N, d)
         # gradient instead of one per gather — at 1M items those zero-fills cost more than the maths.
         used = torch.cat([actions, negatives])
-        w_used, b_used = self.weight[used], self.bias[used]
+        if self.sparse_grad and torch.is_grad_enabled():
+            w_used, b_used = gather_rows_sparse_grad(used, self.weight, self.bias)
+        else:
+            w_used, b_used = self.weight[used], self.bias[used]
         n_rows = actions.shape[0]
         neg_bias = b_used[n_rows:] * inv_t - log_q[negatives]  # (S,)
         hit_rows, hit_cols = _accidental_hits(actions, negatives)
@@ -242,6 +249,42 @@ class SampledSoftmaxHead(ItemHead):
                 logp = (target - log_z).clamp_max(0.0)
         assert train_logp.shape == actions.shape and logp.shape == actions.shape
         return HeadOutput(train_logp=train_logp, logp=logp.detach().float())
+
+
+class _GatherRowsSparseGrad(torch.autograd.Function):
+    """(weight[idx], bias[idx]) whose gradients are row-sparse COO tensors with the shapes of weight and bias.
+
+    Like ``nn.Embedding(sparse=True)``: the backward costs O(len(idx)·d) instead of zero-filling a
+    dense (N, d) gradient. Repeated indices give uncoalesced entries, which sum when coalesced.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        ctx.save_for_backward(idx)
+        ctx.shapes = (weight.shape, bias.shape)
+        return weight[idx], bias[idx]
+
+    @staticmethod
+    def backward(ctx: Any, grad_w: torch.Tensor | None, grad_b: torch.Tensor | None) -> tuple[Any, ...]:  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        w_shape, b_shape = ctx.shapes
+        rows = idx[None, :]
+        gw = gb = None
+        if ctx.needs_input_grad[1] and grad_w is not None:
+            gw = torch.sparse_coo_tensor(rows, grad_w.contiguous(), w_shape, check_invariants=False)
+        if ctx.needs_input_grad[2] and grad_b is not None:
+            gb = torch.sparse_coo_tensor(rows, grad_b.contiguous(), b_shape, check_invariants=False)
+        return None, gw, gb
+
+
+def gather_rows_sparse_grad(
+    idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight[idx], bias[idx]) with row-sparse COO gradients for weight (N, d) and bias (N,)."""
+    w, b = _GatherRowsSparseGrad.apply(idx, weight, bias)
+    return w, b
 
 
 def _accidental_hits(actions: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
