@@ -2,8 +2,9 @@
 """Training throughput at catalogue scale: transitions/s, peak memory and roofline fraction.
 
 Every figure is the agent's real optimizer step (``topkrec.train.train_step``: state encoder, π and β̂
-heads, the corrected REINFORCE objective with w and λ_K, β̂'s cross-entropy, fused Adam over all
-trainable parameters) on synthetic transitions gathered by index from device-resident tensors.
+heads, the corrected REINFORCE objective with w and λ_K, β̂'s cross-entropy, ``build_optimizer``'s
+update: fused Adam, plus the lazy row-wise Adam over the sampled heads' touched rows) on synthetic
+transitions gathered by index from device-resident tensors.
 
 Cases (each runs in its own subprocess, so its peak memory is its own):
 - ``baseline``: the reference-style step — batch 128, fp32, full softmax computed the plain way

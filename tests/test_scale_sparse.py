@@ -140,7 +140,7 @@ def test_row_sparse_adam_is_adam_on_touched_rows_and_lazy_elsewhere() -> None:
     for _ in range(3):
         rows = torch.tensor([0, 1, 2, 3, 4, 5, 2])
         g = torch.randn(7, 3)
-        w_sparse.grad = torch.sparse_coo_tensor(rows[None], g, (6, 3))
+        w_sparse.grad = torch.sparse_coo_tensor(rows[None], g, (6, 3), check_invariants=True)
         w_dense.grad = torch.zeros(6, 3).index_add_(0, rows, g)
         sparse.step()
         dense.step()
@@ -148,7 +148,7 @@ def test_row_sparse_adam_is_adam_on_touched_rows_and_lazy_elsewhere() -> None:
     # a step touching rows 0 and 1 only: they get Adam's update, the others do not move (dense Adam's momentum would)
     before = w_sparse.detach().clone()
     g = torch.randn(2, 3)
-    w_sparse.grad = torch.sparse_coo_tensor(torch.tensor([[0, 1]]), g, (6, 3))
+    w_sparse.grad = torch.sparse_coo_tensor(torch.tensor([[0, 1]]), g, (6, 3), check_invariants=True)
     w_dense.grad = torch.zeros(6, 3).index_add_(0, torch.tensor([0, 1]), g)
     sparse.step()
     dense.step()
