@@ -157,3 +157,12 @@ def test_row_sparse_adam_is_adam_on_touched_rows_and_lazy_elsewhere() -> None:
     with pytest.raises(RuntimeError, match="sparse COO"):
         w_sparse.grad = torch.zeros(6, 3)
         sparse.step()
+
+
+def test_combined_optimizer_refuses_a_dense_only_state(tiny) -> None:
+    agent = _agent(tiny)
+    opt = build_optimizer(agent, TrainConfig())
+    assert isinstance(opt, SparseDenseAdam)
+    with pytest.raises(ValueError, match="dense/sparse param groups"):
+        opt.load_state_dict(opt.dense.state_dict())  # e.g. a checkpoint written with dense Adam only
+    opt.load_state_dict(opt.state_dict())  # its own state round-trips
