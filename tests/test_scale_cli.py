@@ -37,6 +37,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ["--softmax", "sampled", "--negatives", "32", "--sampled-logp", "estimate"],
             {"negatives": 32, "proposal": "log_uniform", "normaliser": "estimate"},
         ),
+        (
+            ["--softmax", "sampled", "--negatives", "32", "--proposal", "popularity"],
+            {"negatives": 32, "proposal": "popularity", "normaliser": "exact"},
+        ),
         (["--softmax", "adaptive"], {}),
     ],
 )
@@ -44,6 +48,7 @@ def test_train_and_evaluate_with_large_catalogue_heads(data_dir: Path, tmp_path:
     model = tmp_path / "model"
     r = topkrec("train", "--data", str(data_dir), "--out", str(model), "--device", "cpu", "--max-steps", "3", *flags)
     assert r.returncode == 0, r.stderr
+    assert "item counts" not in r.stderr  # a popularity proposal really got the train counts
     agent = json.loads((model / "config.json").read_text())["agent"]
     assert agent["softmax"] == flags[1]
     assert agent["head_options"] == want

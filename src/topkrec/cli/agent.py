@@ -36,13 +36,15 @@ def _agent_config(dataset: Any, embeddings: Any, **kw: Any) -> Any:
     )
 
 
-def _sampled_options(softmax: str, negatives: int, sampled_logp: str) -> dict[str, Any] | None:
-    """head_options of ``--softmax sampled`` (log-uniform proposal over frequency-ordered ids)."""
+def _sampled_options(
+    softmax: str, negatives: int, sampled_logp: str, proposal: str = "log_uniform"
+) -> dict[str, Any] | None:
+    """head_options of ``--softmax sampled`` (negatives, proposal and how log π is computed)."""
     if softmax != "sampled":
         return None
     from topkrec.scale.heads import sampled_head_options
 
-    return sampled_head_options(negatives=negatives, normaliser=sampled_logp)
+    return sampled_head_options(negatives=negatives, proposal=proposal.replace("-", "_"), normaliser=sampled_logp)
 
 
 def _load_inputs(data: Path, embeddings_dir: Path | None, gamma: float | None) -> tuple[Any, Any]:
@@ -80,6 +82,11 @@ def train_command(
     negatives: int = typer.Option(1024, "--negatives", help="--softmax sampled: shared negatives per batch."),
     sampled_logp: str = typer.Option(
         "exact", "--sampled-logp", help="--softmax sampled: log π for w and λ_K, exact (catalogue pass) | estimate."
+    ),
+    proposal: str = typer.Option(
+        "log-uniform",
+        "--proposal",
+        help="--softmax sampled: negatives' proposal, log-uniform (over frequency-ordered ids) | popularity | uniform.",
     ),
     encoder: str = typer.Option("concat", "--encoder", help="State encoder: concat | mean | gru | cfn."),
     hidden: int = typer.Option(64, "--hidden", help="State width."),
@@ -135,7 +142,7 @@ def train_command(
         encoder=encoder,
         softmax=softmax,
         temperature=temperature,
-        extra_head_options=_sampled_options(softmax, negatives, sampled_logp),
+        extra_head_options=_sampled_options(softmax, negatives, sampled_logp, proposal),
         trainable_embeddings=trainable_embeddings,
     )
     result = train_agent(
