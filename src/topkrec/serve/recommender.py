@@ -49,6 +49,11 @@ MAX_M = 10_000
 # Rows scored at once × n_items. Measured on 2 CPU cores with 100 000 items: 64 rows per chunk (25 MB of
 # logits) costs 0.38 CPU-ms per user, against 0.50 at 256 rows (the buffer falls out of cache) and 0.67 at 16.
 _LOGIT_ELEMENTS = 6_400_000
+# Deterministic top-K on CPU: each row's logits are cut into runs of this many items; only the k + 1 runs
+# with the largest maxima (plus the short tail) can hold the k + 1 best items, so torch.topk runs on those
+# ~(k + 1)·128 values instead of all n_items (see _topk_by_runs; measured in docs/serve.md).
+_RUN = 128
+
 
 __all__ = ["MAX_K", "MAX_M", "Recommendation", "RecommendOptions", "Recommender", "recommend_in_chunks"]
 
@@ -375,17 +380,11 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         import torch
 
-        rows = stop - start
-        logits = self.logits(prep.user[start:stop], prep.history[start:stop])  # (B, n_items)
-        assert logits.shape == (rows, self.n_items)
-        sel = (prep.seen_rows >= start) & (prep.seen_rows < stop)
-        if sel.any():
-            r = torch.as_tensor(prep.seen_rows[sel] - start, device=logits.device)
-            c = torch.as_tensor(prep.seen_items[sel], device=logits.device)
-            logits[r, c] = -math.inf
         k = options.k
         if not options.explore:
-            vals, idx = torch.topk(logits, min(k, self.n_items), dim=1)
+            logits = self._masked_logits(prep, start, stop)
+            top = _topk_by_runs(logits, k) if logits.device.type == "cpu" else None
+            vals, idx = top if top is not None else torch.topk(logits, min(k, self.n_items), dim=1)
             scores = vals.cpu().numpy().astype(np.float64)
             items = idx.cpu().numpy().astype(np.int64)
             valid = np.isfinite(scores)
@@ -395,11 +394,62 @@ class Recommender:
                 scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
                 valid = np.pad(valid, ((0, 0), (0, pad)), constant_values=False)
             return items, scores, valid.astype(np.float64), valid
-        vals, idx = torch.topk(logits, min(options.m, self.n_items), dim=1)
+        vals, idx = torch.topk(self._masked_logits(prep, start, stop), min(options.m, self.n_items), dim=1)
         cfg = ExplorationConfig(k=k, m=options.m, k_prime=options.k_prime, temperature=float(options.temperature))
         assert rng is not None
         slates = explore_candidates(idx.cpu().numpy(), vals.cpu().numpy(), cfg, rng)
         return slates.items, slates.scores, slates.propensities, slates.valid
+
+    def _masked_logits(self, prep: _Prepared, start: int, stop: int) -> torch.Tensor:
+        """(B, n_items) logits of rows start:stop with every seen item at −inf."""
+        import torch
+
+        logits = self.logits(prep.user[start:stop], prep.history[start:stop])  # (B, n_items)
+        assert logits.shape == (stop - start, self.n_items)
+        sel = (prep.seen_rows >= start) & (prep.seen_rows < stop)
+        if sel.any():
+            r = torch.as_tensor(prep.seen_rows[sel] - start, device=logits.device)
+            c = torch.as_tensor(prep.seen_items[sel], device=logits.device)
+            logits[r, c] = -math.inf
+        return logits
+
+
+def _topk_by_runs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``torch.topk(logits, k, dim=1)`` (values, indices) for a (B, n) CPU matrix, or None to say "call
+    torch.topk": the catalogue is small, or some row's answer is not unique (a tie, NaN or +inf).
+
+    Each row is cut into runs of ``_RUN`` items (the last n mod ``_RUN`` items form a tail). Let t be
+    the (k + 1)-th largest run maximum: every item outside the k + 1 chosen runs and the tail is ≤ t,
+    and the chosen runs hold at least k + 1 items ≥ t, so the k + 1 largest values of the row are the
+    k + 1 largest of the candidates (chosen runs + tail). When those k + 1 values are strictly
+    decreasing (−inf ties excepted: those items are never served), the top-K items and their order are
+    unique, so this equals ``torch.topk`` on the full row whatever its tie-breaking; otherwise the
+    caller runs ``torch.topk`` on the same matrix. Values are the same floats (no arithmetic is done).
+    """
+    import torch
+
+    rows, n = logits.shape
+    n_runs = n // _RUN
+    k1 = k + 1
+    if n_runs < 8 * k1 or not logits.is_contiguous():
+        return None
+    runs = logits.as_strided((rows, n_runs, _RUN), (n, _RUN, 1))
+    run_max = runs.amax(dim=2)  # (B, n_runs)
+    chosen = torch.topk(run_max, k1, dim=1).indices  # (B, k + 1)
+    offsets = torch.arange(_RUN, dtype=torch.long)
+    cand_vals = torch.gather(runs, 1, chosen[:, :, None].expand(rows, k1, _RUN)).reshape(rows, k1 * _RUN)
+    cand_idx = (chosen[:, :, None] * _RUN + offsets).reshape(rows, k1 * _RUN)
+    tail = n_runs * _RUN
+    if tail < n:
+        cand_vals = torch.cat([cand_vals, logits[:, tail:]], dim=1)
+        cand_idx = torch.cat([cand_idx, torch.arange(tail, n, dtype=torch.long).expand(rows, n - tail)], dim=1)
+    top_vals, pos = torch.topk(cand_vals, k1, dim=1)
+    upper, lower = top_vals[:, :-1], top_vals[:, 1:]
+    if bool(((upper == lower) & (upper != -math.inf)).any()) or bool(
+        (torch.isnan(top_vals) | (top_vals == math.inf)).any()
+    ):
+        return None
+    return top_vals[:, :k], torch.gather(cand_idx, 1, pos)[:, :k]
 
 
 def _batch_length(users: Sequence[Any] | None, histories: Sequence[Any] | None) -> int:
