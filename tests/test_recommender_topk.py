@@ -71,7 +71,9 @@ def big_rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
 
 def _full_path(rec: Recommender, monkeypatch: pytest.MonkeyPatch, *args: object, **kwargs: object) -> list:
     with monkeypatch.context() as m:
-        m.setattr(recommender_module, "_topk_by_runs", lambda logits, k: None)
+        # The previous code path: whole-matrix addmm in 64-row chunks, torch.topk over every item.
+        m.setattr(recommender_module, "_topk_by_runs", lambda logits, k, run_max=None: None)
+        m.setattr(Recommender, "_blocked_scoring_applies", lambda self, k: False)
         return rec.recommend_batch(*args, **kwargs)  # type: ignore[arg-type]
 
 
@@ -84,6 +86,19 @@ def test_recommend_batch_identical_to_full_topk(big_rec: Recommender, monkeypatc
         full = _full_path(big_rec, monkeypatch, users, histories, k=k, exclude_seen=exclude_seen)
         for a, b in zip(fast, full, strict=True):
             assert a == b
+
+
+def test_blocked_scoring_with_temperature_identical_to_full_topk(
+    big_rec: Recommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = big_rec.agent.module.policy_head
+    assert big_rec._blocked_scoring_applies(10)
+    users = [f"u{i}" for i in range(0, 300, 3)]
+    with monkeypatch.context() as m:
+        m.setattr(head, "temperature", 0.7)
+        fast = big_rec.recommend_batch(users, k=10)
+        assert fast == _full_path(big_rec, monkeypatch, users, k=10)
+    assert fast != big_rec.recommend_batch(users, k=10)  # the temperature was applied (scores change)
 
 
 def test_recommend_batch_with_tied_items_identical_to_full_topk(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,11 @@ _LOGIT_ELEMENTS = 6_400_000
 # with the largest maxima (plus the short tail) can hold the k + 1 best items, so torch.topk runs on those
 # ~(k + 1)·128 values instead of all n_items (see _topk_by_runs; measured in docs/serve.md).
 _RUN = 128
+# With a full-softmax head on CPU, deterministic top-K computes a chunk's logits _ITEM_BLOCK items at a
+# time (each block's weights stay in cache for all the chunk's rows, its run maxima are taken while the
+# block is in cache) over chunks of up to _BLOCKED_ELEMENTS logits (256 rows at 100 000 items).
+_ITEM_BLOCK = 2048
+_BLOCKED_ELEMENTS = 25_600_000
 
 
 __all__ = ["MAX_K", "MAX_M", "Recommendation", "RecommendOptions", "Recommender", "recommend_in_chunks"]
@@ -140,6 +146,9 @@ class Recommender:
         self.item_index: dict[str, int] = {raw: i for i, raw in enumerate(self.item_raw)}
         self._item_raw_array = np.asarray(self.item_raw, dtype=object)
         self.device = agent.device
+        # Per-thread scratch for the blocked scoring path (reused: a fresh 100 MB tensor per chunk costs
+        # its page faults every time); recommend_in_chunks calls recommend_batch from several threads.
+        self._scratch = threading.local()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -252,6 +261,8 @@ class Recommender:
         rng = np.random.default_rng(seed) if explore else None
         out: list[Recommendation] = []
         rows_per_chunk = max(1, min(1024, _LOGIT_ELEMENTS // max(self.n_items, 1)))
+        if not explore and self._blocked_scoring_applies(k):
+            rows_per_chunk = max(1, min(256, _BLOCKED_ELEMENTS // self.n_items))
         for start in range(0, n_rows, rows_per_chunk):
             stop = min(start + rows_per_chunk, n_rows)
             items, scores, props, valid = self._slates(prepared, start, stop, options, rng)
@@ -382,8 +393,12 @@ class Recommender:
 
         k = options.k
         if not options.explore:
-            logits = self._masked_logits(prep, start, stop)
-            top = _topk_by_runs(logits, k) if logits.device.type == "cpu" else None
+            if self._blocked_scoring_applies(k):
+                logits, run_max = self._masked_logits_blocked(prep, start, stop)
+                top = _topk_by_runs(logits, k, run_max)
+            else:
+                logits = self._masked_logits(prep, start, stop)
+                top = _topk_by_runs(logits, k) if logits.device.type == "cpu" else None
             vals, idx = top if top is not None else torch.topk(logits, min(k, self.n_items), dim=1)
             scores = vals.cpu().numpy().astype(np.float64)
             items = idx.cpu().numpy().astype(np.int64)
@@ -413,8 +428,57 @@ class Recommender:
             logits[r, c] = -math.inf
         return logits
 
+    def _blocked_scoring_applies(self, k: int) -> bool:
+        from topkrec.policy.heads import FullSoftmaxHead
 
-def _topk_by_runs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return (
+            self.device.type == "cpu"
+            and isinstance(self.agent.module.policy_head, FullSoftmaxHead)
+            and self.n_items // _RUN >= 8 * (k + 1)
+        )
+
+    def _masked_logits_blocked(self, prep: _Prepared, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_masked_logits`` (the same ``addmm`` numbers, written one block of ``_ITEM_BLOCK`` columns at
+        a time) and the maxima of its runs of ``_RUN`` items, (B, n_items // _RUN). The logits live in
+        this thread's scratch buffer: valid until the thread's next call."""
+        import torch
+
+        from topkrec.policy.heads import FullSoftmaxHead
+
+        with torch.inference_mode():
+            u = torch.as_tensor(prep.user[start:stop], dtype=torch.long, device=self.device)
+            h = torch.as_tensor(prep.history[start:stop], dtype=torch.long, device=self.device)
+            state = self.agent.module.encode(u, h)
+            head = self.agent.module.policy_head
+            assert isinstance(head, FullSoftmaxHead)
+            weight_t, bias, temperature = head.weight.t(), head.bias, float(head.temperature)
+            rows, n = stop - start, self.n_items
+            flat: torch.Tensor | None = getattr(self._scratch, "logits", None)
+            if flat is None or flat.numel() < rows * n:
+                flat = self._scratch.logits = torch.empty(rows * n, dtype=torch.float32, device=self.device)
+            logits = flat[: rows * n].view(rows, n)
+            run_max = torch.empty(rows, n // _RUN, dtype=torch.float32, device=self.device)
+            sel = (prep.seen_rows >= start) & (prep.seen_rows < stop)
+            seen_r, seen_c = prep.seen_rows[sel] - start, prep.seen_items[sel]
+            for j in range(0, n, _ITEM_BLOCK):
+                e = min(j + _ITEM_BLOCK, n)
+                block = logits[:, j:e]
+                torch.addmm(bias[j:e], state, weight_t[:, j:e], out=block)
+                if temperature != 1.0:
+                    block.div_(temperature)
+                in_block = (seen_c >= j) & (seen_c < e)
+                if in_block.any():
+                    block[torch.as_tensor(seen_r[in_block]), torch.as_tensor(seen_c[in_block] - j)] = -math.inf
+                n_full = (e - j) // _RUN
+                if n_full:
+                    runs = block.as_strided((rows, n_full, _RUN), (n, _RUN, 1))
+                    torch.amax(runs, dim=2, out=run_max[:, j // _RUN : j // _RUN + n_full])
+            return logits, run_max
+
+
+def _topk_by_runs(
+    logits: torch.Tensor, k: int, run_max: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``torch.topk(logits, k, dim=1)`` (values, indices) for a (B, n) CPU matrix, or None to say "call
     torch.topk": the catalogue is small, or some row's answer is not unique (a tie, NaN or +inf).
 
@@ -425,6 +489,7 @@ def _topk_by_runs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     decreasing (−inf ties excepted: those items are never served), the top-K items and their order are
     unique, so this equals ``torch.topk`` on the full row whatever its tie-breaking; otherwise the
     caller runs ``torch.topk`` on the same matrix. Values are the same floats (no arithmetic is done).
+    ``run_max`` may bring the run maxima already computed (``_masked_logits_blocked``).
     """
     import torch
 
@@ -434,7 +499,8 @@ def _topk_by_runs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     if n_runs < 8 * k1 or not logits.is_contiguous():
         return None
     runs = logits.as_strided((rows, n_runs, _RUN), (n, _RUN, 1))
-    run_max = runs.amax(dim=2)  # (B, n_runs)
+    if run_max is None:
+        run_max = runs.amax(dim=2)  # (B, n_runs)
     chosen = torch.topk(run_max, k1, dim=1).indices  # (B, k + 1)
     offsets = torch.arange(_RUN, dtype=torch.long)
     cand_vals = torch.gather(runs, 1, chosen[:, :, None].expand(rows, k1, _RUN)).reshape(rows, k1 * _RUN)
