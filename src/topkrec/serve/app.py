@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -238,17 +238,7 @@ class MicroBatcher:
         opts = jobs[0].request.options()
         users = [j.request.user for j in jobs]
         try:
-            recs = self.recommender.recommend_batch(
-                users,
-                [j.request.history for j in jobs],
-                k=opts.k,
-                exclude_seen=opts.exclude_seen,
-                explore=opts.explore,
-                m=opts.m,
-                k_prime=opts.k_prime,
-                temperature=opts.temperature,
-                seed=opts.seed,
-            )
+            recs = self.recommender.recommend_batch(users, [j.request.history for j in jobs], **asdict(opts))
         except Exception as e:  # handed to each request: TopkrecError → 400, anything else → 500
             if not isinstance(e, TopkrecError):
                 logger.exception("scoring a batch of %d requests failed", len(jobs))
@@ -435,17 +425,7 @@ def create_app(recommender: Recommender, limits: ServeLimits | None = None, impr
                     f"exploring {n} rows with m={opts.m}, k={opts.k} is {work} units of work, more than "
                     f"{limits.max_explore_work}; send fewer rows per request or lower m or k − k_prime"
                 )
-        recs = recommender.recommend_batch(
-            body.users,
-            body.histories,
-            k=opts.k,
-            exclude_seen=opts.exclude_seen,
-            explore=opts.explore,
-            m=opts.m,
-            k_prime=opts.k_prime,
-            temperature=opts.temperature,
-            seed=opts.seed,
-        )
+        recs = recommender.recommend_batch(body.users, body.histories, **asdict(opts))
         if log is not None:
             log.write(list(body.users or [None] * n), recs, opts.explore)
         return _json({"results": [r.to_dict() for r in recs]})
