@@ -1,0 +1,136 @@
+"""Data-parallel training across processes: PyTorch DDP launched by ``torchrun`` (DESIGN §8).
+
+Nothing home-made: gradients are averaged by ``torch.nn.parallel.DistributedDataParallel``; this
+module only reads the environment ``torchrun`` sets (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
+``MASTER_ADDR``/``MASTER_PORT``), starts the process group once (NCCL on CUDA, Gloo on CPU), and
+gives the training loops the few things they need:
+
+- ``DistContext.shard(idx)`` — this rank's contiguous part of a global batch of indices. Every rank
+  draws the same seeded permutation, so the ranks together see exactly the global batch a single
+  process would see; with equal parts, DDP's gradient average equals the single-process gradient of
+  the batch mean.
+- ``DistContext.all_reduce_sum(t)`` — sums of metrics over ranks (at logging time, not per step).
+- ``DistContext.is_main`` — only rank 0 writes artifacts, checkpoints, logs and progress bars.
+
+Without ``torchrun`` (``WORLD_SIZE`` unset or 1) everything here is a no-op and nothing from
+``torch.distributed`` is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from topkrec.errors import TopkrecError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DistContext", "env_world_size", "setup", "teardown"]
+
+_OWNED = False  # True when setup() started the process group (teardown() then destroys it)
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as set by torchrun (1 without it)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError as e:
+        raise TopkrecError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from e
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in the group; the default is the single-process case."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous part of ``idx`` (parts differ in length by at most one)."""
+        if not self.enabled:
+            return idx
+        import torch
+
+        return torch.tensor_split(idx, self.world_size)[self.rank]
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over ranks in place (no-op for one process); returns ``t``."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def wrap(self, module: torch.nn.Module, device: torch.device, **ddp_kwargs: Any) -> torch.nn.Module:
+        """``module`` itself for one process, else ``DistributedDataParallel(module)`` on ``device``."""
+        if not self.enabled:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None, **ddp_kwargs)
+
+
+def setup(device: torch.device) -> tuple[DistContext, torch.device]:
+    """Join (or start) the process group when launched by torchrun; return the context and the device.
+
+    On CUDA each rank trains on ``cuda:LOCAL_RANK``. Called without torchrun it returns the
+    single-process context and ``device`` unchanged. Idempotent: a group already started (by us or by
+    the caller's own script) is reused.
+    """
+    global _OWNED
+    import torch
+
+    world = env_world_size()
+    if world == 1:
+        return DistContext(), device
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise TopkrecError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s): "
+                "use --nproc-per-node <= the number of GPUs"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        _OWNED = True
+        logger.info("process group started: rank %d of %d (%s, %s)", rank, world, backend, device)
+    ctx = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+    return ctx, device
+
+
+def teardown() -> None:
+    """Destroy the process group if ``setup`` started it (a caller's own group is left alone)."""
+    global _OWNED
+    if _OWNED:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _OWNED = False
