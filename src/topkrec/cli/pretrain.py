@@ -39,7 +39,11 @@ def pretrain_command(
     npy_prefix: str = typer.Option("dssm", "--npy-prefix", help="File-name prefix of the --export-npy files."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out directory."),
 ) -> None:
-    """Pretrain user and item embeddings with a two-tower model; report eval loss and AUC per epoch."""
+    """Pretrain user and item embeddings with a two-tower model; report eval loss and AUC per epoch.
+
+    Data-parallel on several processes when launched by torchrun (`--batch-size` stays the global batch).
+    """
+    import logging
     import shutil
 
     from topkrec.cli.common import STATE
@@ -70,39 +74,54 @@ def pretrain_command(
     )
     if not data.is_dir():
         raise TopkrecError(f"--data {data} is not a directory; create a dataset with `topkrec prepare`")
-    check_output_dir(out, force)  # fail before training, not after
+    # Fail before training, not after. Under torchrun every rank checks, before any collective work, so a
+    # bad --out ends every rank with the same one-line error instead of leaving the others waiting.
+    check_output_dir(out, force)
 
+    from topkrec import distributed
     from topkrec.data.dataset import Dataset
     from topkrec.device import resolve_device
-    from topkrec.embeddings import artifact
-    from topkrec.embeddings.train import pretrain
-    from topkrec.io import atomic_dir, write_json
-    from topkrec.metrics_log import MetricsLogger
 
-    torch_device = resolve_device(device)
-    dataset = Dataset.load(data)
-    result = pretrain(dataset, config, torch_device, progress=STATE.progress, metrics_logger=MetricsLogger())
-    with atomic_dir(out, force=force) as tmp:
-        artifact.write_embeddings(tmp, result.user, result.item)
-        write_json(
-            tmp / artifact.CONFIG_FILE,
-            artifact.build_config_json(
-                config.to_dict(),
-                tuple(result.user.shape),
-                tuple(result.item.shape),
-                dataset,
-                dataset_path=str(data.resolve()),
-                device=torch_device.type,
-            ),
-        )
-        write_json(tmp / artifact.METRICS_FILE, result.metrics())
-        if (data / "maps").is_dir():
-            shutil.copytree(data / "maps", tmp / "maps")
-        if export_npy:
-            artifact.export_npy(tmp, result.user, result.item, dataset, npy_prefix)
+    ctx, torch_device = distributed.setup(resolve_device(device))
+    try:
+        if not ctx.is_main:  # rank 0 alone logs at INFO, shows progress bars and writes
+            logging.getLogger("topkrec").setLevel(logging.WARNING)
+        from topkrec.embeddings import artifact
+        from topkrec.embeddings.train import pretrain
+        from topkrec.io import atomic_dir, write_json
+        from topkrec.metrics_log import MetricsLogger
+
+        dataset = Dataset.load(data)
+        progress = STATE.progress and ctx.is_main
+        result = pretrain(dataset, config, torch_device, progress=progress, metrics_logger=MetricsLogger())
+        if not ctx.is_main:
+            return
+        trained = result.config  # what was trained (several CUDA processes turn sparse embeddings off)
+        with atomic_dir(out, force=force) as tmp:
+            artifact.write_embeddings(tmp, result.user, result.item)
+            write_json(
+                tmp / artifact.CONFIG_FILE,
+                artifact.build_config_json(
+                    trained.to_dict(),
+                    tuple(result.user.shape),
+                    tuple(result.item.shape),
+                    dataset,
+                    dataset_path=str(data.resolve()),
+                    device=torch_device.type,
+                    world_size=ctx.world_size,
+                ),
+            )
+            write_json(tmp / artifact.METRICS_FILE, result.metrics())
+            if (data / "maps").is_dir():
+                shutil.copytree(data / "maps", tmp / "maps")
+            if export_npy:
+                artifact.export_npy(tmp, result.user, result.item, dataset, npy_prefix)
+    finally:
+        distributed.teardown()
     auc = result.eval_auc
     auc_text = "n/a (no test pairs)" if auc is None else f"{auc:.4f}"
+    processes = f" on {ctx.world_size} processes" if ctx.enabled else ""
     typer.echo(
         f"wrote {out}: {result.user.shape[0]} users × {result.item.shape[0]} item rows × {config.embed_size} dims; "
-        f"{config.epochs} epochs, train loss {result.epochs[-1].train_loss:.4f}, eval AUC {auc_text}"
+        f"{config.epochs} epochs{processes}, train loss {result.epochs[-1].train_loss:.4f}, eval AUC {auc_text}"
     )

@@ -2,25 +2,35 @@
 
 ``pretrain(dataset, config, device)`` returns the embeddings and per-epoch metrics; the CLI
 (``topkrec pretrain``) writes them with ``topkrec.embeddings.artifact``.
+
+Under ``torchrun`` (DESIGN §8) the same loop runs data-parallel with PyTorch DDP: ``--batch-size`` is the
+global batch; every rank draws the same permutation *and the same negatives for the whole global batch*
+(one generator, identical calls on every rank), then trains on its contiguous shard; each rank's mean
+loss is scaled by ``shard_loss_scale`` so DDP's gradient average is the gradient of the global batch
+mean. With batch norm off and the cosine or bce loss a run on N processes is therefore the single-process
+run up to floating-point summation order. See docs/pretrain.md, "Several processes (torchrun)".
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from topkrec import distributed
 from topkrec.data.dataset import Dataset
 from topkrec.embeddings.config import PretrainConfig
 from topkrec.embeddings.losses import bce_loss, cosine_loss, in_batch_softmax_loss
 from topkrec.embeddings.model import TwoTower
 from topkrec.embeddings.sampling import NegativeSampler, consumed_keys, pair_keys
-from topkrec.errors import DataError
+from topkrec.errors import DataError, TopkrecError
 from topkrec.metrics_log import MetricsLogger
 from topkrec.progress import progress_bar
 
@@ -105,6 +115,61 @@ class PretrainResult:
         }
 
 
+def shard_loss_scale(n_local: int, n_global: int, world_size: int) -> float:
+    """Factor on one rank's mean loss so that DDP's gradient *average* over ranks is the gradient of the
+    global batch mean, also when ``tensor_split`` gives shards of unequal length.
+
+    DDP averages: (1/W) Σ_r ∇(c_r · mean_r) = Σ_r (n_r / B) ∇mean_r = ∇(Σ_r sum_r / B) for c_r = W · n_r / B.
+    """
+    if n_global < 1 or not 0 <= n_local <= n_global or world_size < 1:
+        raise ValueError(f"bad shard: {n_local} of {n_global} rows on {world_size} ranks")
+    return world_size * n_local / n_global
+
+
+def no_forward_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that turns off the buffer broadcast before every forward: ``forward_sync_buffers=False``
+    where torch has it (``broadcast_buffers`` is deprecated there), ``broadcast_buffers=False`` before."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
+
+
+def min_batch_rows(world_size: int) -> int:
+    """Fewest rows a global batch may have: batch norm needs two rows on every rank."""
+    return 2 * world_size
+
+
+class BatchLoss(nn.Module):
+    """The two towers and the loss as one module, so the whole loss runs through one ``forward``.
+
+    DDP synchronises gradients only for computations that go through the wrapper's ``forward``; the
+    softmax loss calls the towers separately, so the wrapper goes around this module, not ``TwoTower``.
+    """
+
+    def __init__(self, model: TwoTower, config: PretrainConfig, item_log_q: torch.Tensor, amp: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.item_log_q = item_log_q  # (n_items,) plain attribute, not a buffer: DDP has nothing to sync
+        self.amp = amp
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
+        """Mean loss of (B,) positive pairs; ``negatives`` (B, k) for cosine / bce, unused by softmax."""
+        cfg = self.config
+        with torch.autocast(users.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if cfg.loss == "softmax":
+                u = self.model.user_tower(users)
+                v = self.model.item_tower(items)
+                return in_batch_softmax_loss(u, v, items, self.item_log_q[items], cfg.temperature)
+            assert negatives is not None
+            scores = self.model(users, torch.cat([items[:, None], negatives], dim=1))  # (B, 1 + k)
+        pos, neg = scores[:, 0].float(), scores[:, 1:].float()
+        if cfg.loss == "cosine":
+            return cosine_loss(pos, neg)
+        return bce_loss(pos, neg, cfg.temperature)
+
+
 def make_optimizers(model: torch.nn.Module, config: PretrainConfig) -> list[torch.optim.Optimizer]:
     """Adam for the dense layers; SparseAdam for the embedding tables when they have sparse gradients."""
     sparse = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
@@ -121,11 +186,30 @@ class PretrainTrainer:
 
     Everything lives on ``device``: the pair tensors, the consumed-key array, the feature-code buffers and
     the random generator, so a step does no host↔device copies (the loss is synced once per epoch).
+
+    Launched by torchrun, the constructor joins the process group (``topkrec.distributed.setup``; on CUDA
+    the device becomes ``cuda:LOCAL_RANK``) and ``step`` trains the DDP-wrapped model on this rank's shard
+    of the global batch. On CUDA with several processes the embedding tables get dense gradients: NCCL has
+    no sparse all-reduce (only Gloo does), so ``sparse_embeddings`` is turned off there and ``self.config``
+    records what was trained.
     """
 
     def __init__(self, dataset: Dataset, config: PretrainConfig, device: torch.device | str = "cpu") -> None:
+        self.dist, self.device = distributed.setup(torch.device(device))
+        if self.dist.enabled and self.device.type == "cuda" and config.sparse_embeddings:
+            if self.dist.is_main:
+                logger.info(
+                    "%d processes on CUDA: dense embedding gradients (NCCL has no sparse all-reduce)",
+                    self.dist.world_size,
+                )
+            config = replace(config, sparse_embeddings=False)
+        if config.batch_size < min_batch_rows(self.dist.world_size):
+            raise TopkrecError(
+                f"--batch-size is the global batch; with {self.dist.world_size} processes it must be ≥ "
+                f"{min_batch_rows(self.dist.world_size)} (batch norm needs two rows per process), "
+                f"got {config.batch_size}"
+            )
         self.config = config
-        self.device = torch.device(device)
         self.n_items = dataset.n_items
         if dataset.n_items < 2 or dataset.n_users < 1:
             raise DataError(f"pretraining needs ≥ 1 user and ≥ 2 items (got {dataset.n_users} / {dataset.n_items})")
@@ -167,30 +251,34 @@ class PretrainTrainer:
                 self.eval_pairs.users, config.neg_items
             )
         self.amp = self.device.type == "cuda" or config.bf16_on_cpu
+        self.loss_module = BatchLoss(self.model, config, self.item_log_q, self.amp)
+        # No buffer sync before each forward: the buffers are the feature-code tables (identical on every
+        # rank, no need to resend them each step) and batch-norm running statistics, which then stay per
+        # rank (per-rank batch norm, standard DDP); rank 0 evaluates and exports with its own.
+        self.train_module = self.dist.wrap(self.loss_module, self.device, **no_forward_buffer_sync())
 
     # ------------------------------------------------------------------ maths
     def batch_loss(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
         """Loss of (B,) positive pairs; ``negatives`` (B, k) for cosine / bce, unused by softmax."""
-        cfg = self.config
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            if cfg.loss == "softmax":
-                u = self.model.user_tower(users)
-                v = self.model.item_tower(items)
-                return in_batch_softmax_loss(u, v, items, self.item_log_q[items], cfg.temperature)
-            assert negatives is not None
-            scores = self.model(users, torch.cat([items[:, None], negatives], dim=1))  # (B, 1 + k)
-        pos, neg = scores[:, 0].float(), scores[:, 1:].float()
-        if cfg.loss == "cosine":
-            return cosine_loss(pos, neg)
-        return bce_loss(pos, neg, cfg.temperature)
+        return self.loss_module(users, items, negatives)
 
     def step(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on (B,) positive pairs; returns the detached loss (no host sync)."""
-        self.model.train()
+        """One optimizer step on a global batch of (B,) positive pairs; returns the detached mean loss of this
+        process's rows (all of them in one process; no host sync).
+
+        Every rank draws the negatives of the whole global batch (same generator, same calls, so the
+        generators never drift apart and the negatives are those one process would draw), then keeps its
+        shard.
+        """
+        self.train_module.train()
         negatives = None if self.config.loss == "softmax" else self.sampler.sample(users, self.config.neg_items)
-        loss = self.batch_loss(users, items, negatives)
+        n_global = users.shape[0]
+        users, items = self.dist.shard(users), self.dist.shard(items)
+        negatives = None if negatives is None else self.dist.shard(negatives)
+        loss = self.train_module(users, items, negatives)
+        scale = shard_loss_scale(users.shape[0], n_global, self.dist.world_size)
         self.zero_grad()
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         self.optimizer_step()
         return loss.detach()
 
@@ -203,17 +291,18 @@ class PretrainTrainer:
             opt.step()
 
     def batches(self) -> list[torch.Tensor]:
-        """Index tensors of one shuffled epoch; a trailing batch of one row is dropped (batch norm)."""
+        """Index tensors of one shuffled epoch (global batches, identical on every rank); a trailing batch
+        with fewer than two rows per process is dropped (batch norm)."""
         n = len(self.train_pairs)
         perm = torch.randperm(n, generator=self.generator, device=self.device)
         out = list(perm.split(self.config.batch_size))
-        if out and out[-1].numel() < 2:
+        if out and out[-1].numel() < min_batch_rows(self.dist.world_size):
             out.pop()
         return out
 
     def steps_per_epoch(self) -> int:
         n, b = len(self.train_pairs), self.config.batch_size
-        return n // b + (1 if n % b >= 2 else 0)
+        return n // b + (1 if n % b >= min_batch_rows(self.dist.world_size) else 0)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float | None, float | None]:
@@ -256,40 +345,64 @@ class PretrainTrainer:
         neg = counts[self.eval_negatives].cpu().numpy()
         return roc_auc(pos, neg)
 
+    def evaluate_shared(self) -> tuple[float | None, float | None]:
+        """``evaluate`` on rank 0, its two numbers sent to every rank (the only collective: one all-reduce
+        of four floats, reached by every rank, so none can wait for ever); plain ``evaluate`` in one process.
+        """
+        if not self.dist.enabled:
+            return self.evaluate()
+        packed = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, auc, has loss, has auc
+        if self.dist.is_main:
+            eval_loss, eval_auc = self.evaluate()
+            for j, v in enumerate((eval_loss, eval_auc)):
+                if v is not None:
+                    packed[j], packed[j + 2] = v, 1.0
+        self.dist.all_reduce_sum(packed)
+        loss, auc, has_loss, has_auc = packed.tolist()
+        return (loss if has_loss else None), (auc if has_auc else None)
+
     # ------------------------------------------------------------------ loop
     def fit(self, progress: bool = False, metrics_logger: MetricsLogger | None = None) -> PretrainResult:
+        """Train ``config.epochs`` epochs, evaluating after each. Under torchrun every rank must call it;
+        only rank 0 shows the progress bar and logs; every rank returns the same metrics (the train loss is
+        the mean over all ranks' rows) and its own copy of the (identical) embeddings."""
         cfg = self.config
+        main = self.dist.is_main
         history: list[EpochMetrics] = []
         total_steps = cfg.epochs * self.steps_per_epoch()
         step = 0
-        with progress_bar(total_steps, "pretrain", enabled=progress) as bar:
+        with progress_bar(total_steps, "pretrain", enabled=progress and main) as bar:
             for epoch in range(1, cfg.epochs + 1):
                 t0 = time.perf_counter()
-                loss_sum = torch.zeros((), device=self.device)
-                n_samples = 0
+                loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+                n_rows = 0  # this rank's rows
                 for idx in self.batches():
                     loss = self.step(self.train_pairs.users[idx], self.train_pairs.items[idx])
-                    loss_sum += loss * idx.numel()
-                    n_samples += idx.numel()
+                    n_local = self.dist.shard(idx).numel()
+                    loss_sum += loss.double() * n_local
+                    n_rows += n_local
                     step += 1
                     bar.update(1, info=f"epoch {epoch}/{cfg.epochs}")
-                train_loss = float(loss_sum) / max(n_samples, 1)  # one host sync per epoch
+                # Sums over ranks once per epoch (not per step); also the one host sync of the epoch.
+                totals = torch.stack([loss_sum, torch.tensor(float(n_rows), dtype=torch.float64, device=self.device)])
+                loss_total, n_samples = self.dist.all_reduce_sum(totals).tolist()
+                train_loss = loss_total / max(n_samples, 1.0)
                 elapsed = time.perf_counter() - t0
-                if not math.isfinite(train_loss):
+                if not math.isfinite(train_loss):  # the same verdict on every rank: all stop together
                     raise FloatingPointError(f"train loss became {train_loss} in epoch {epoch}; lower --lr")
-                eval_loss, eval_auc = self.evaluate()
+                eval_loss, eval_auc = self.evaluate_shared()
                 m = EpochMetrics(epoch, train_loss, eval_loss, eval_auc, n_samples / max(elapsed, 1e-9))
                 history.append(m)
                 bar.update(0, info=f"epoch {epoch}/{cfg.epochs} loss {train_loss:.4f} auc {_fmt(eval_auc)}")
                 line = {"pretrain/train_loss": train_loss, "time/samples_per_s": m.samples_per_s}
                 if eval_loss is not None and eval_auc is not None:
                     line.update({"eval/loss": eval_loss, "eval/auc": eval_auc})
-                if metrics_logger is not None:
+                if main and metrics_logger is not None:
                     metrics_logger.log(step, {"epoch": epoch, **line})
-                else:
+                elif main:
                     logger.info("epoch %d %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in line.items()))
         user, item = self.model.export()
-        if self.sampler.n_unresolved:
+        if self.sampler.n_unresolved and main:  # the same global-batch draws on every rank: say it once
             logger.warning(
                 "%d sampled negatives were consumed items (users who consumed nearly every item)",
                 self.sampler.n_unresolved,
@@ -305,6 +418,7 @@ class PretrainTrainer:
                 "popularity_eval_auc": self.popularity_auc(),
                 "unresolved_negatives": self.sampler.n_unresolved,
                 "device": self.device.type,
+                "world_size": self.dist.world_size,
             },
         )
 
