@@ -29,9 +29,11 @@ DEFAULT_CAP = math.exp(3.0)  # the paper's production cap, e^3 ≈ 20.09
 __all__ = [
     "CORRECTIONS",
     "DEFAULT_CAP",
+    "STAT_FIELDS",
     "PolicyLossStats",
     "action_log_prob",
     "corrected_policy_loss",
+    "corrected_policy_loss_tensors",
     "discounted_returns",
     "effective_sample_size",
     "importance_weight",
@@ -123,6 +125,9 @@ def reinforce_loss(
     return -(coef * policy_logp).mean()
 
 
+STAT_FIELDS = ("mean_weight", "max_weight", "capped_frac", "ess", "mean_multiplier")
+
+
 @dataclass(frozen=True)
 class PolicyLossStats:
     """Diagnostics logged with every policy update (DESIGN §3)."""
@@ -133,6 +138,11 @@ class PolicyLossStats:
     ess: float
     mean_multiplier: float
 
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> PolicyLossStats:
+        """From the (5,) vector of ``corrected_policy_loss_tensors`` (one host sync)."""
+        return cls(*(float(v) for v in values.detach().cpu().tolist()))
+
     def as_metrics(self, prefix: str = "train/") -> dict[str, float]:
         return {
             f"{prefix}iw_mean": self.mean_weight,
@@ -141,6 +151,37 @@ class PolicyLossStats:
             f"{prefix}iw_ess": self.ess,
             f"{prefix}topk_multiplier_mean": self.mean_multiplier,
         }
+
+
+def corrected_policy_loss_tensors(
+    policy_logp: torch.Tensor,
+    behavior_logp: torch.Tensor,
+    returns: torch.Tensor,
+    correction: str = "topk",
+    k: int = 10,
+    cap: float | None = DEFAULT_CAP,
+    snis: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``corrected_policy_loss`` with its diagnostics as a (5,) tensor in ``STAT_FIELDS`` order.
+
+    Nothing here synchronises with the host, so a training step on a GPU can run ahead of the CPU;
+    ``PolicyLossStats.from_tensor`` turns the vector into floats when they are logged.
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; use one of {CORRECTIONS}")
+    raw = torch.exp(_as_float(policy_logp.detach()) - _as_float(behavior_logp.detach()))
+    weight = importance_weight(policy_logp, behavior_logp, cap=cap, snis=snis)
+    multiplier = topk_multiplier(policy_logp, k)
+    capped = (raw > cap).to(raw.dtype).mean() if cap is not None else raw.new_zeros(())
+    parts = [weight.mean(), weight.max(), capped, effective_sample_size(weight), multiplier.mean()]
+    stats = torch.stack([p.to(raw.dtype) for p in parts])
+    if correction == "none":
+        loss = reinforce_loss(policy_logp, returns)
+    elif correction == "is":
+        loss = reinforce_loss(policy_logp, returns, weight=weight)
+    else:
+        loss = reinforce_loss(policy_logp, returns, weight=weight, multiplier=multiplier)
+    return loss, stats
 
 
 def corrected_policy_loss(
@@ -157,22 +198,5 @@ def corrected_policy_loss(
     none: w ≡ 1, λ ≡ 1 (on-policy REINFORCE on logged data); is: w = min(π/β̂, cap), λ ≡ 1;
     topk: w and λ_K. Diagnostics of w are computed in every mode so runs are comparable.
     """
-    if correction not in CORRECTIONS:
-        raise ValueError(f"unknown correction {correction!r}; use one of {CORRECTIONS}")
-    raw = torch.exp(_as_float(policy_logp.detach()) - _as_float(behavior_logp.detach()))
-    weight = importance_weight(policy_logp, behavior_logp, cap=cap, snis=snis)
-    multiplier = topk_multiplier(policy_logp, k)
-    stats = PolicyLossStats(
-        mean_weight=float(weight.mean()),
-        max_weight=float(weight.max()),
-        capped_frac=float((raw > cap).float().mean()) if cap is not None else 0.0,
-        ess=float(effective_sample_size(weight)),
-        mean_multiplier=float(multiplier.mean()),
-    )
-    if correction == "none":
-        loss = reinforce_loss(policy_logp, returns)
-    elif correction == "is":
-        loss = reinforce_loss(policy_logp, returns, weight=weight)
-    else:
-        loss = reinforce_loss(policy_logp, returns, weight=weight, multiplier=multiplier)
-    return loss, stats
+    loss, stats = corrected_policy_loss_tensors(policy_logp, behavior_logp, returns, correction, k, cap, snis)
+    return loss, PolicyLossStats.from_tensor(stats)
