@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DistContext", "env_world_size", "setup", "teardown"]
+__all__ = ["DistContext", "env_rank", "env_world_size", "setup", "teardown"]
 
 _OWNED = False  # True when setup() started the process group (teardown() then destroys it)
 
@@ -41,6 +41,14 @@ def env_world_size() -> int:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError as e:
         raise TopkrecError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from e
+
+
+def env_rank() -> int:
+    """``RANK`` as set by torchrun (0 without it): lets the CLI quiet every rank but the first."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError as e:
+        raise TopkrecError(f"RANK={os.environ['RANK']!r} is not an integer") from e
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,7 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
         return DistContext(), device
     import torch.distributed as dist
 
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():

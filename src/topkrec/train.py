@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from topkrec import distributed
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, Transitions, build_transitions
 from topkrec.device import resolve_device
@@ -34,7 +35,7 @@ from topkrec.io import atomic_dir, atomic_write_bytes, read_json, write_json
 from topkrec.metrics_log import MetricsLogger
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import CONFIG_FILE, MODULE_FILES, Agent, write_model_files
-from topkrec.policy.objective import CORRECTIONS, PolicyLossStats, corrected_policy_loss
+from topkrec.policy.objective import CORRECTIONS, STAT_FIELDS, PolicyLossStats, corrected_policy_loss_tensors
 from topkrec.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ __all__ = [
     "TrainerState",
     "Optimizer",
     "SparseDenseAdam",
+    "TrainObjective",
     "build_optimizer",
     "train_agent",
     "train_step",
@@ -73,12 +75,28 @@ __all__ = [
 
 @dataclass(frozen=True)
 class StepOutput:
-    """Losses and diagnostics of one optimizer step (floats, already synchronised)."""
+    """Losses and diagnostics of one optimizer step, kept as one detached tensor on the training device.
 
-    policy_loss: float
-    behavior_loss: float
-    stats: PolicyLossStats | None  # None when no row of the batch had a non-zero reward
-    n_policy_rows: int
+    ``values`` is ``[policy_loss, behavior_loss, *STAT_FIELDS]``. The properties turn it into floats,
+    which waits for the device: the training loop reads them only at logging time, so on a GPU the
+    steps in between run without a host sync.
+    """
+
+    values: torch.Tensor  # (2 + len(STAT_FIELDS),)
+    n_policy_rows: int  # rows with a non-zero reward (π's rows); 0 means no policy update this step
+
+    @property
+    def policy_loss(self) -> float:
+        return float(self.values[0])
+
+    @property
+    def behavior_loss(self) -> float:
+        return float(self.values[1])
+
+    @property
+    def stats(self) -> PolicyLossStats | None:
+        """None when no row of the batch had a non-zero reward."""
+        return PolicyLossStats.from_tensor(self.values[2:]) if self.n_policy_rows else None
 
 
 @dataclass
@@ -89,6 +107,7 @@ class TrainerState:
     step_in_epoch: int = 0  # optimizer steps done in that epoch
     global_step: int = 0
     finished: bool = False
+    world_size: int = 1  # processes of the (last) run; --batch-size is the global batch over all of them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +115,7 @@ class TrainerState:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "finished": self.finished,
+            "world_size": self.world_size,
         }
 
 
@@ -176,18 +196,19 @@ class SparseDenseAdam:
 Optimizer = torch.optim.Optimizer | SparseDenseAdam
 
 
-def build_optimizer(agent: Agent, config: TrainConfig) -> Optimizer:
+def build_optimizer(agent: Agent, config: TrainConfig, allow_sparse: bool = True) -> Optimizer:
     """Adam over π's side (encoder, π head, trainable embeddings) and β̂'s head, as two param groups.
 
     Sampled-softmax heads (``--softmax sampled``) train with row-sparse gradients and a lazy row-wise
     Adam over their weight and bias (see ``SparseDenseAdam``), unless weight decay is set (decay
-    touches every row each step, so the heads then keep dense gradients and dense Adam).
+    touches every row each step, so the heads then keep dense gradients and dense Adam) or
+    ``allow_sparse`` is false (several processes: DDP all-reduces dense gradients on every backend).
     """
     from topkrec.scale.heads import SampledSoftmaxHead
     from topkrec.scale.sparse_adam import RowSparseAdam
 
     behavior_lr = config.behavior_lr if config.behavior_lr is not None else config.lr
-    sparse_ok = config.weight_decay == 0.0
+    sparse_ok = allow_sparse and config.weight_decay == 0.0
     sparse_groups: list[dict[str, Any]] = []
     sparse_ids: set[int] = set()
     for head, lr in ((agent.policy_head, config.lr), (agent.behavior_head, behavior_lr)):
@@ -210,45 +231,85 @@ def build_optimizer(agent: Agent, config: TrainConfig) -> Optimizer:
     return SparseDenseAdam(dense, RowSparseAdam(sparse_groups))
 
 
+class TrainObjective(torch.nn.Module):
+    """The loss of one step as a module's ``forward``, so that DDP and ``torch.compile`` can wrap it.
+
+    DDP synchronises the gradients of what runs through the forward of the module it wraps, and the
+    agent's own forward is not the training loss (the step calls the encoder and both heads), hence
+    this thin module around the agent. ``forward`` returns the loss to back-propagate and the detached
+    ``[policy_loss, behavior_loss, *STAT_FIELDS]`` vector of ``StepOutput``.
+    """
+
+    def __init__(self, agent: Agent, config: TrainConfig, autocast_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.agent = agent
+        self.correction, self.k, self.cap, self.snis = config.correction, config.k, config.cap, config.snis
+        self.autocast_dtype = autocast_dtype
+
+    def forward(
+        self,
+        user: torch.Tensor,
+        history: torch.Tensor,
+        action: torch.Tensor,
+        returns: torch.Tensor,
+        policy_rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``policy_rows``: indices of the rows with a non-zero reward, or None when every row has one."""
+        agent = self.agent
+        dtype = self.autocast_dtype
+        with torch.autocast(action.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            state = agent.encode(user, history)  # (B, hidden)
+            # β̂ on the detached state: its loss never reaches the encoder (§4.3).
+            behavior = agent.behavior_head(state.detach(), action)
+            behavior_loss = -behavior.train_logp.float().mean()
+            if policy_rows is None:
+                policy_state, actions, behavior_logp = state, action, behavior.logp
+            else:
+                policy_state, actions = state[policy_rows], action[policy_rows]
+                returns, behavior_logp = returns[policy_rows], behavior.logp[policy_rows]
+            if actions.shape[0] > 0:
+                policy = agent.policy_head(policy_state, actions)
+                policy_logp = policy.train_logp.float()
+                if policy.train_logp is not policy.logp:
+                    # Value = exact log π (what w and λ_K are computed from); gradient = the head's surrogate.
+                    policy_logp = policy_logp + (policy.logp - policy_logp).detach()
+                policy_loss, stats = corrected_policy_loss_tensors(
+                    policy_logp, behavior_logp, returns, self.correction, self.k, self.cap, self.snis
+                )
+                loss = policy_loss + behavior_loss
+            else:
+                policy_loss = behavior_loss.new_zeros(())
+                stats = behavior_loss.new_zeros(len(STAT_FIELDS))
+                loss = behavior_loss
+        values = torch.cat([torch.stack([policy_loss, behavior_loss]).detach().float(), stats.detach().float()])
+        return loss, values
+
+
 def train_step(
     agent: Agent,
     optimizer: Optimizer,
     batch: TransitionBatch,
     config: TrainConfig,
     autocast_dtype: torch.dtype | None = None,
+    all_rewarded: bool | None = None,
+    objective: torch.nn.Module | None = None,
 ) -> StepOutput:
-    """One optimizer step on β̂ (all rows) and π (rows with non-zero reward)."""
-    device_type = batch.action.device.type
-    with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        state = agent.encode(batch.user, batch.history)  # (B, hidden)
-        # β̂ on the detached state: its loss never reaches the encoder (§4.3).
-        behavior = agent.behavior_head(state.detach(), batch.action)
-        behavior_loss = -behavior.train_logp.float().mean()
-        rows = batch.reward != 0
-        n_rows = int(rows.sum())
-        stats: PolicyLossStats | None = None
-        if n_rows == len(batch):
-            policy_state, actions, returns, behavior_logp = state, batch.action, batch.returns, behavior.logp
-        else:
-            policy_state, actions = state[rows], batch.action[rows]
-            returns, behavior_logp = batch.returns[rows], behavior.logp[rows]
-        if n_rows > 0:
-            policy = agent.policy_head(policy_state, actions)
-            policy_logp = policy.train_logp.float()
-            if policy.train_logp is not policy.logp:
-                # Value = exact log π (what w and λ_K are computed from); gradient = the head's surrogate.
-                policy_logp = policy_logp + (policy.logp - policy_logp).detach()
-            policy_loss, stats = corrected_policy_loss(
-                policy_logp, behavior_logp, returns, config.correction, config.k, config.cap, config.snis
-            )
-            loss = policy_loss + behavior_loss
-        else:
-            policy_loss = torch.zeros((), device=state.device)
-            loss = behavior_loss
+    """One optimizer step on β̂ (all rows) and π (rows with non-zero reward).
+
+    ``all_rewarded``: whether every row of the batch is known to have a non-zero reward (the training
+    loop knows it for the whole split); then the step needs no host sync at all. None = look (one sync).
+    ``objective``: the (possibly DDP-wrapped or compiled) ``TrainObjective`` of ``agent``; built if None.
+    """
+    if all_rewarded is None:
+        all_rewarded = bool((batch.reward != 0).all())
+    rows = None if all_rewarded else torch.nonzero(batch.reward != 0).squeeze(1)
+    n_rows = len(batch) if rows is None else int(rows.numel())
+    module = objective if objective is not None else TrainObjective(agent, config, autocast_dtype)
+    loss, values = module(batch.user, batch.history, batch.action, batch.returns, rows)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return StepOutput(float(policy_loss.detach()), float(behavior_loss.detach()), stats, n_rows)
+    return StepOutput(values, n_rows)
 
 
 # ---------------------------------------------------------------------------------------------- state I/O
@@ -424,8 +485,9 @@ def train_agent(
     if config.cap is not None and config.cap <= 0:
         raise TopkrecError(f"--cap must be positive, got {config.cap}")
     if not resume:
-        check_output_dir(out, force)
-    device = resolve_device(config.device)
+        check_output_dir(out, force)  # every rank checks (read-only), before any collective call
+    # Under torchrun: join the process group, train on cuda:LOCAL_RANK; one process: no-op.
+    dist, device = distributed.setup(resolve_device(config.device))
     if initial_agent is not None:
         agent_config = initial_agent.config
     if agent_config is None:
@@ -469,27 +531,45 @@ def train_agent(
     )
     if n_popularity:
         logger.info("sampled softmax: popularity proposal from the train counts for %d head(s)", n_popularity)
-    optimizer = build_optimizer(agent, config)
+    optimizer = build_optimizer(agent, config, allow_sparse=not dist.enabled)
 
     transitions: Transitions = build_transitions(dataset, "train", agent_config.hist_num, device)
     n = len(transitions)
     if n == 0:
         raise TopkrecError("the dataset has no train events to learn from")
     steps_per_epoch = math.ceil(n / config.batch_size)
-    state = TrainerState()
+    if dist.enabled and config.batch_size < dist.world_size:
+        raise TopkrecError(
+            f"--batch-size {config.batch_size} is the global batch: it must be >= the {dist.world_size} processes"
+        )
+    # Known once for the split, so a step never has to look at the rewards on the host.
+    all_rewarded = bool((transitions.reward[transitions.rows] != 0).all())
+    state = TrainerState(world_size=dist.world_size)
     history: list[dict[str, Any]] = []
     if resume:
         state, history = _resume(out, agent, optimizer, agent_config, config)
+        state.world_size = dist.world_size
         logger.info("resuming at epoch %d step %d (step %d)", state.epoch, state.step_in_epoch, state.global_step)
-    metrics = MetricsLogger(jsonl)
+    objective = dist.wrap(
+        TrainObjective(agent, config, torch.bfloat16 if (config.bf16 and device.type == "cuda") else None),
+        device,
+        # A rank whose part of a batch has no rewarded row does not use π's head that step.
+        find_unused_parameters=not all_rewarded,
+    )
+    if config.compile:
+        objective = torch.compile(objective)  # type: ignore[assignment]
+    if dist.enabled:
+        logger.info("data parallel: %d processes, global batch %d", dist.world_size, config.batch_size)
+    metrics = MetricsLogger(jsonl if dist.is_main else None)
     metrics.history = history
     data_info = _data_info(dataset)
     from topkrec.serve.histories import HISTORIES_FILE, UserHistories  # serving needs each user's history
 
     extra_files = {HISTORIES_FILE: UserHistories.from_dataset(dataset).to_bytes()}
-    autocast = torch.bfloat16 if (config.bf16 and device.type == "cuda") else None
 
     def checkpoint() -> None:
+        if not dist.is_main:  # one writer; the weights are the same on every rank
+            return
         write_checkpoint(
             out,
             agent,
@@ -506,13 +586,13 @@ def train_agent(
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    sums: dict[str, list[float]] = {}
+    sums = torch.zeros(2 + len(STAT_FIELDS), device=device)  # summed StepOutput.values of the interval
+    n_steps = n_stat_steps = rows_interval = 0
     t_interval = time.perf_counter()
-    rows_interval = 0
     t0 = time.perf_counter()
     stopped = False
     try:
-        with progress_bar(total_steps, "train", enabled=progress) as bar:
+        with progress_bar(total_steps, "train", enabled=progress and dist.is_main) as bar:
             bar.update(min(state.global_step, total_steps))
             while state.epoch < config.epochs and not stopped:
                 perm = _epoch_permutation(n, config.seed, state.epoch, device)
@@ -521,22 +601,30 @@ def train_agent(
                         stopped = True
                         break
                     s = state.step_in_epoch * config.batch_size
-                    batch = transitions.batch(perm[s : s + config.batch_size])
-                    step = train_step(agent, optimizer, batch, config, autocast)
+                    batch = transitions.batch(dist.shard(perm[s : s + config.batch_size]))
+                    step = train_step(agent, optimizer, batch, config, None, all_rewarded, objective)
                     state.step_in_epoch += 1
                     state.global_step += 1
+                    sums += step.values
+                    n_steps += 1
+                    n_stat_steps += step.n_policy_rows > 0
                     rows_interval += len(batch)
                     if on_step is not None:
                         on_step(state.global_step, step)
-                    _accumulate(sums, step)
-                    bar.update(1, info=f"epoch {state.epoch + 1} π {step.policy_loss:.3g} β̂ {step.behavior_loss:.3g}")
+                    bar.update(1)
                     if state.global_step % max(1, config.log_every) == 0 or state.step_in_epoch == steps_per_epoch:
-                        elapsed = time.perf_counter() - t_interval
-                        record = {k: total / n_values for k, (total, n_values) in sums.items()}
-                        record["time/samples_per_s"] = rows_interval / max(elapsed, 1e-9)
+                        record = _interval_record(dist, sums, n_steps, n_stat_steps, rows_interval)
+                        record["time/samples_per_s"] /= max(time.perf_counter() - t_interval, 1e-9)
                         record["train/epoch"] = state.epoch + state.step_in_epoch / steps_per_epoch
                         metrics.log(state.global_step, record)
-                        sums, rows_interval, t_interval = {}, 0, time.perf_counter()
+                        bar.update(
+                            0,
+                            info=f"epoch {state.epoch + 1} π {record['train/policy_loss']:.3g} "
+                            f"β̂ {record['train/behavior_loss']:.3g}",
+                        )
+                        sums.zero_()
+                        n_steps = n_stat_steps = rows_interval = 0
+                        t_interval = time.perf_counter()
                     if config.checkpoint_every and state.global_step % config.checkpoint_every == 0:
                         checkpoint()
                 if not stopped:
@@ -573,15 +661,27 @@ def init_output_bias(agent: Agent, dataset: Dataset, kind: str) -> None:
                 bias.copy_(log_prior.to(bias.device))
 
 
-def _accumulate(sums: dict[str, list[float]], step: StepOutput) -> None:
-    """Running (sum, count) per metric over the logging interval."""
-    values = {"train/policy_loss": step.policy_loss, "train/behavior_loss": step.behavior_loss}
-    if step.stats is not None:
-        values.update(step.stats.as_metrics("train/"))
-    for k, v in values.items():
-        acc = sums.setdefault(k, [0.0, 0.0])
-        acc[0] += float(v)
-        acc[1] += 1.0
+def _interval_record(
+    dist: distributed.DistContext, sums: torch.Tensor, n_steps: int, n_stat_steps: int, rows: int
+) -> dict[str, float]:
+    """Means over the logging interval's steps (and over ranks), from the summed step values: one sync.
+
+    ``time/samples_per_s`` is returned as the interval's row count over all ranks; the caller divides.
+    """
+    packed = torch.cat([sums, sums.new_tensor([n_steps, n_stat_steps, rows])]).double()
+    dist.all_reduce_sum(packed)
+    values = packed.tolist()
+    k = 2 + len(STAT_FIELDS)
+    total_steps, total_stat_steps, total_rows = values[k:]
+    record = {
+        "train/policy_loss": values[0] / max(total_steps, 1),
+        "train/behavior_loss": values[1] / max(total_steps, 1),
+    }
+    if total_stat_steps:
+        stats = PolicyLossStats(*(v / total_stat_steps for v in values[2:k]))
+        record.update(stats.as_metrics("train/"))
+    record["time/samples_per_s"] = total_rows
+    return record
 
 
 def item_popularity(dataset: Dataset) -> np.ndarray:

@@ -31,10 +31,14 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level (metrics lines)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Turn progress bars off."),
 ) -> None:
+    from topkrec.distributed import env_rank
+
     STATE.debug = debug
-    STATE.progress = (not no_progress) and (sys.stderr.isatty() or STATE.force_progress)
+    # Under torchrun only rank 0 shows bars and INFO lines; the other ranks print warnings and errors.
+    main_rank = env_rank() == 0
+    STATE.progress = main_rank and (not no_progress) and (sys.stderr.isatty() or STATE.force_progress)
     logging.basicConfig(
-        level=logging.INFO if verbose or debug else logging.WARNING,
+        level=logging.INFO if (verbose or debug) and main_rank else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

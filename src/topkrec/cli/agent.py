@@ -106,6 +106,9 @@ def train_command(
     log_every: int = typer.Option(50, "--log-every", help="Log metrics every N steps."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every N steps (0: per epoch)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N steps in total."),
+    compile_step: bool = typer.Option(
+        False, "--compile", help="torch.compile the training step (first step compiles; measure before using)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
 ) -> None:
@@ -132,6 +135,7 @@ def train_command(
         log_every=log_every,
         checkpoint_every=checkpoint_every,
         max_steps=max_steps,
+        compile=compile_step,
     )
     agent_cfg = _agent_config(
         dataset,
@@ -145,9 +149,16 @@ def train_command(
         extra_head_options=_sampled_options(softmax, negatives, sampled_logp, proposal),
         trainable_embeddings=trainable_embeddings,
     )
-    result = train_agent(
-        dataset, out, agent_cfg, train_cfg, embeddings=emb, resume=resume, force=force, progress=STATE.progress
-    )
+    from topkrec import distributed
+
+    try:
+        result = train_agent(
+            dataset, out, agent_cfg, train_cfg, embeddings=emb, resume=resume, force=force, progress=STATE.progress
+        )
+    finally:
+        distributed.teardown()
+    if distributed.env_rank() != 0:
+        return
     last = result.history[-1] if result.history else {}
     typer.echo(
         f"trained {result.state.global_step} steps ({result.state.epoch} epochs) in {result.seconds:.1f} s → {out}"

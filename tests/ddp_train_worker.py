@@ -1,0 +1,40 @@
+"""Trains the agent on a small in-memory dataset and saves the final weights; run alone or under torchrun.
+
+    python ddp_train_worker.py OUT_DIR [--zero-rewards]
+
+Used by tests/test_train_distributed.py to compare one process with two (DDP) on the same global batches.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from agent_data import synth_dataset  # noqa: E402
+from topkrec.data.dataset import discounted_returns  # noqa: E402
+from topkrec.policy.config import AgentConfig, TrainConfig  # noqa: E402
+from topkrec.train import train_agent  # noqa: E402
+
+BATCH = 32
+MAX_STEPS = 6
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    ds = synth_dataset(n_users=40, n_items=60, seed=3)
+    if "--zero-rewards" in sys.argv:  # impressions without a reward: π trains on part of each batch
+        reward = ds.reward.copy()
+        reward[np.arange(len(reward)) % 3 == 0] = 0.0
+        ds = replace(ds, reward=reward, returns=discounted_returns(reward, ds.session, 0.99))
+    acfg = AgentConfig(ds.n_users, ds.n_items, embed_dim=8, hidden=16)
+    cfg = TrainConfig(batch_size=BATCH, lr=1e-3, max_steps=MAX_STEPS, epochs=1, log_every=2, device="cpu")
+    train_agent(ds, out, acfg, cfg, force=True)
+
+
+if __name__ == "__main__":
+    main()

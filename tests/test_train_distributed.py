@@ -1,0 +1,124 @@
+"""Data-parallel training under torchrun (Gloo on CPU): two processes match one on the same global batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from topkrec.distributed import DistContext, env_rank, env_world_size
+from topkrec.policy.model import load_agent
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "ddp_train_worker.py"
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with Gloo is not available",
+)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _run(args: list[str], nproc: int | None, cwd: Path) -> subprocess.CompletedProcess[str]:
+    launch = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    proc = subprocess.run(
+        [sys.executable, *launch, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_agent(model_dir).module.state_dict()
+
+
+def test_shard_splits_a_global_batch_into_contiguous_parts() -> None:
+    idx = torch.arange(7)
+    parts = [DistContext(rank=r, world_size=3).shard(idx) for r in range(3)]
+    assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert DistContext().shard(idx) is idx and not DistContext().enabled and DistContext().is_main
+
+
+def test_env_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    assert env_world_size() == 1 and env_rank() == 0
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_on_the_same_global_batches(tmp_path: Path) -> None:
+    _run([str(WORKER), str(tmp_path / "one")], None, tmp_path)
+    _run([str(WORKER), str(tmp_path / "two")], 2, tmp_path)
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for name in one:
+        # Each rank's loss is the mean over its half of the batch and DDP averages the gradients, which
+        # equals the gradient of the whole batch's mean; only the summation order differs.
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+    state = json.loads((tmp_path / "two" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["global_step"] == 6
+    log = [json.loads(line) for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
+    log_one = [json.loads(line) for line in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [r["step"] for r in log_one] == [2, 4, 6]
+    for a, b in zip(log, log_one, strict=True):
+        # β̂'s loss is a plain mean over rows: the mean over ranks of per-rank means is the batch mean.
+        assert a["train/behavior_loss"] == pytest.approx(b["train/behavior_loss"], rel=1e-5)
+
+
+def test_agent_weights_are_trained_by_both_runs(tmp_path: Path) -> None:
+    """The comparison above must not pass because nothing moved: training changes the weights."""
+    _run([str(WORKER), str(tmp_path / "one")], None, tmp_path)
+    from topkrec.policy.config import AgentConfig
+    from topkrec.policy.model import Agent
+
+    trained = load_agent(tmp_path / "one")
+    torch.manual_seed(0)
+    fresh = Agent(AgentConfig(trained.config.n_users, trained.config.n_items, embed_dim=8, hidden=16))
+    assert not torch.allclose(trained.module.policy_head.weight, fresh.policy_head.weight, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_with_unrewarded_rows(tmp_path: Path) -> None:
+    """Rows without a reward leave π's head unused on a rank for some batches: DDP must cope."""
+    _run([str(WORKER), str(tmp_path / "two"), "--zero-rewards"], 2, tmp_path)
+    _run([str(WORKER), str(tmp_path / "one"), "--zero-rewards"], None, tmp_path)
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for name in one:
+        assert torch.isfinite(two[name]).all()
+    # π's rewarded rows split unevenly between the ranks, so each rank's policy loss weights its rows a little
+    # differently from one process (Adam then moves some π weights by up to ~2e-3 differently); β̂ (every row)
+    # differs only through the shared encoder, so its head stays within 2e-4 (6 steps at lr 1e-3 move ~6e-3).
+    torch.testing.assert_close(two["behavior_head.weight"], one["behavior_head.weight"], rtol=0, atol=2e-4)
+    assert (two["policy_head.weight"] - one["policy_head.weight"]).abs().max() < 1e-2
+
+
+@pytest.mark.slow
+def test_cli_train_under_torchrun(tmp_path: Path) -> None:
+    """`torchrun -m topkrec train`: rank 0 alone writes and prints; an existing --out fails on every rank."""
+    from agent_data import synth_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    synth_dataset(n_users=50, n_items=80, seed=4).save(data)
+    args = ["-m", "topkrec", "--no-progress", "train", "--data", str(data), "--out", str(tmp_path / "model")]
+    args += ["--epochs", "1", "--batch-size", "64", "--lr", "1e-3", "--device", "cpu"]
+    proc = _run(args, 2, tmp_path)
+    assert proc.stdout.count("trained ") == 1, proc.stdout
+    state = json.loads((tmp_path / "model" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["finished"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.tmp")]  # no stray temp dirs
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    again = subprocess.run(
+        [sys.executable, *launch, *args], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240
+    )
+    assert again.returncode != 0 and "already exists" in again.stderr
