@@ -21,9 +21,10 @@ import torch
 import torch.distributed as dist
 
 from topkrec.data.dataset import Dataset
+from topkrec.distributed import DistContext
 from topkrec.embeddings import load_embeddings
 from topkrec.embeddings.planted import planted_block_dataset
-from topkrec.embeddings.train import min_batch_rows, shard_loss_scale
+from topkrec.embeddings.train import min_batch_rows
 from topkrec.io import atomic_dir
 
 needs_gloo = pytest.mark.skipif(
@@ -59,18 +60,19 @@ def dataset_dir(tmp_path: Path) -> Path:
 
 # ---------------------------------------------------------------- pure helpers
 @pytest.mark.parametrize(("batch", "world"), [(255, 2), (256, 2), (10, 3), (7, 1)])
-def test_shard_loss_scale_makes_the_ddp_average_the_global_mean(batch: int, world: int) -> None:
+def test_loss_scale_makes_the_ddp_average_the_global_mean(batch: int, world: int) -> None:
+    scale = DistContext(rank=0, world_size=world).loss_scale
     g = torch.Generator().manual_seed(0)
     row_losses = torch.rand(batch, generator=g, dtype=torch.float64)
     shards = torch.tensor_split(row_losses, world)
     # DDP averages over ranks whatever each rank backpropagates; with the scale that average is the global mean
-    ddp_average = sum(shard_loss_scale(s.numel(), batch, world) * s.mean() for s in shards) / world
+    ddp_average = sum(scale(s.numel(), batch) * s.mean() for s in shards) / world
     assert float(ddp_average) == pytest.approx(float(row_losses.mean()), rel=1e-12)
     if batch % world:  # unequal shards: the plain average of shard means would be biased
         plain = sum(s.mean() for s in shards) / world
         assert abs(float(plain) - float(row_losses.mean())) > 1e-6
     with pytest.raises(ValueError):
-        shard_loss_scale(batch + 1, batch, world)
+        scale(batch + 1, batch)
 
 
 def test_min_batch_rows_is_two_per_process() -> None:

@@ -75,6 +75,17 @@ class DistContext:
 
         return torch.tensor_split(idx, self.world_size)[self.rank]
 
+    def loss_scale(self, n_local: int, n_global: int) -> float:
+        """Factor on this rank's mean loss so that DDP's gradient *average* over ranks is the gradient of the
+        global batch mean, also when the ranks' shares differ in size.
+
+        DDP averages: (1/W) Σ_r ∇(c_r · mean_r) = Σ_r (n_r / n) ∇mean_r = ∇(Σ_r sum_r / n) for c_r = W · n_r / n.
+        A rank with no rows gets 0.
+        """
+        if n_global < 1 or not 0 <= n_local <= n_global:
+            raise ValueError(f"bad shard: {n_local} of {n_global} rows on {self.world_size} ranks")
+        return self.world_size * n_local / n_global
+
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over ranks in place (no-op for one process); returns ``t``."""
         if self.enabled:

@@ -253,8 +253,15 @@ class TrainObjective(torch.nn.Module):
         action: torch.Tensor,
         returns: torch.Tensor,
         policy_rows: torch.Tensor | None = None,
+        behavior_scale: float = 1.0,
+        policy_scale: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``policy_rows``: indices of the rows with a non-zero reward, or None when every row has one."""
+        """``policy_rows``: indices of the rows with a non-zero reward, or None when every row has one.
+
+        The scales multiply the two mean losses in the returned loss only (not in the logged values): under
+        DDP they make the ranks' gradient average the gradient of the global batch's means
+        (``DistContext.loss_scale``).
+        """
         agent = self.agent
         dtype = self.autocast_dtype
         with torch.autocast(action.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
@@ -276,11 +283,11 @@ class TrainObjective(torch.nn.Module):
                 policy_loss, stats = corrected_policy_loss_tensors(
                     policy_logp, behavior_logp, returns, self.correction, self.k, self.cap, self.snis
                 )
-                loss = policy_loss + behavior_loss
+                loss = policy_loss * policy_scale + behavior_loss * behavior_scale
             else:
                 policy_loss = behavior_loss.new_zeros(())
                 stats = behavior_loss.new_zeros(len(STAT_FIELDS))
-                loss = behavior_loss
+                loss = behavior_loss * behavior_scale
         values = torch.cat([torch.stack([policy_loss, behavior_loss]).detach().float(), stats.detach().float()])
         return loss, values
 
@@ -293,19 +300,21 @@ def train_step(
     autocast_dtype: torch.dtype | None = None,
     all_rewarded: bool | None = None,
     objective: torch.nn.Module | None = None,
+    scales: tuple[float, float] = (1.0, 1.0),
 ) -> StepOutput:
     """One optimizer step on β̂ (all rows) and π (rows with non-zero reward).
 
     ``all_rewarded``: whether every row of the batch is known to have a non-zero reward (the training
     loop knows it for the whole split); then the step needs no host sync at all. None = look (one sync).
     ``objective``: the (possibly DDP-wrapped or compiled) ``TrainObjective`` of ``agent``; built if None.
+    ``scales``: (β̂, π) loss factors of this rank under DDP (see ``TrainObjective.forward``).
     """
     if all_rewarded is None:
         all_rewarded = bool((batch.reward != 0).all())
     rows = None if all_rewarded else torch.nonzero(batch.reward != 0).squeeze(1)
     n_rows = len(batch) if rows is None else int(rows.numel())
     module = objective if objective is not None else TrainObjective(agent, config, autocast_dtype)
-    loss, values = module(batch.user, batch.history, batch.action, batch.returns, rows)
+    loss, values = module(batch.user, batch.history, batch.action, batch.returns, rows, *scales)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -601,8 +610,10 @@ def train_agent(
                         stopped = True
                         break
                     s = state.step_in_epoch * config.batch_size
-                    batch = transitions.batch(dist.shard(perm[s : s + config.batch_size]))
-                    step = train_step(agent, optimizer, batch, config, None, all_rewarded, objective)
+                    global_idx = perm[s : s + config.batch_size]
+                    batch = transitions.batch(dist.shard(global_idx))
+                    scales = _shard_scales(dist, transitions, global_idx, len(batch), all_rewarded)
+                    step = train_step(agent, optimizer, batch, config, None, all_rewarded, objective, scales)
                     state.step_in_epoch += 1
                     state.global_step += 1
                     sums += step.values
@@ -659,6 +670,27 @@ def init_output_bias(agent: Agent, dataset: Dataset, kind: str) -> None:
             bias = getattr(head, "bias", None)
             if isinstance(bias, torch.Tensor) and tuple(bias.shape) == (dataset.n_items,):
                 bias.copy_(log_prior.to(bias.device))
+
+
+def _shard_scales(
+    dist: distributed.DistContext, transitions: Transitions, global_idx: torch.Tensor, n_local: int, all_rewarded: bool
+) -> tuple[float, float]:
+    """(β̂, π) loss factors of this rank so that DDP's average is the global batch's gradient (1, 1 alone).
+
+    β̂'s mean is over every row; π's over the rewarded rows, which need counting when some rows have no
+    reward (that path syncs with the host anyway, to select the rows).
+    """
+    if not dist.enabled:
+        return 1.0, 1.0
+    behavior = dist.loss_scale(n_local, len(global_idx))
+    if all_rewarded:
+        return behavior, behavior
+    rewarded = transitions.reward[transitions.rows[global_idx]] != 0
+    n_global = int(rewarded.sum())
+    if n_global == 0:
+        return behavior, 0.0
+    local = dist.shard(rewarded)
+    return behavior, dist.loss_scale(int(local.sum()), n_global)
 
 
 def _interval_record(

@@ -6,7 +6,7 @@
 Under ``torchrun`` (DESIGN §8) the same loop runs data-parallel with PyTorch DDP: ``--batch-size`` is the
 global batch; every rank draws the same permutation *and the same negatives for the whole global batch*
 (one generator, identical calls on every rank), then trains on its contiguous shard; each rank's mean
-loss is scaled by ``shard_loss_scale`` so DDP's gradient average is the gradient of the global batch
+loss is scaled by ``DistContext.loss_scale`` so DDP's gradient average is the gradient of the global batch
 mean. With batch norm off and the cosine or bce loss a run on N processes is therefore the single-process
 run up to floating-point summation order. See docs/pretrain.md, "Several processes (torchrun)".
 """
@@ -113,17 +113,6 @@ class PretrainResult:
             "n_eval_pairs": self.n_eval_pairs,
             **self.extra,
         }
-
-
-def shard_loss_scale(n_local: int, n_global: int, world_size: int) -> float:
-    """Factor on one rank's mean loss so that DDP's gradient *average* over ranks is the gradient of the
-    global batch mean, also when ``tensor_split`` gives shards of unequal length.
-
-    DDP averages: (1/W) Σ_r ∇(c_r · mean_r) = Σ_r (n_r / B) ∇mean_r = ∇(Σ_r sum_r / B) for c_r = W · n_r / B.
-    """
-    if n_global < 1 or not 0 <= n_local <= n_global or world_size < 1:
-        raise ValueError(f"bad shard: {n_local} of {n_global} rows on {world_size} ranks")
-    return world_size * n_local / n_global
 
 
 def no_forward_buffer_sync() -> dict[str, bool]:
@@ -276,7 +265,7 @@ class PretrainTrainer:
         users, items = self.dist.shard(users), self.dist.shard(items)
         negatives = None if negatives is None else self.dist.shard(negatives)
         loss = self.train_module(users, items, negatives)
-        scale = shard_loss_scale(users.shape[0], n_global, self.dist.world_size)
+        scale = self.dist.loss_scale(users.shape[0], n_global)
         self.zero_grad()
         (loss * scale if scale != 1.0 else loss).backward()
         self.optimizer_step()
