@@ -4,9 +4,10 @@
 #     OUT=/some/dir bash benchmarks/gpu_check.sh
 #
 # Installs nothing: the package is used from the checkout with PYTHONPATH=src. Every step has its own
-# `timeout`, so the whole script ends within 8 minutes (20 + 130 + 220 + 95 s of steps). Files written
-# to $OUT (7): env.txt, pytest_cuda.log, bench_scale_cuda.log, bench_scale_cuda.json, eval_cuda.log,
-# eval_cuda.json, summary.txt. Without CUDA the CUDA tests skip and the CUDA benchmarks fail fast
+# `timeout`, so the whole script ends within 9.5 minutes (20 + 120 + 200 + 95 + 90 + 45 s of steps).
+# Files written to $OUT (10): env.txt, pytest_cuda.log, bench_scale_cuda.log, bench_scale_cuda.json,
+# eval_cuda.log, eval_cuda.json, bench_train_cuda.log, torchrun_cuda.log, ddp_model/ (the 1-process
+# torchrun run's model dir), summary.txt. Without CUDA the CUDA tests skip and the CUDA benchmarks fail fast
 # (test this script on a CPU machine with OUT=/tmp/gpuout).
 set -u
 OUT="${OUT:-/tmp/gpuout}"
@@ -49,14 +50,14 @@ print('topkrec triton path', triton_available())
 PYEOF"
 
 # 2. CUDA-only tests of the whole suite (Triton kernels vs the PyTorch reference, CPU == GPU checks).
-step pytest_cuda 130 "$OUT/pytest_cuda.log" \
+step pytest_cuda 120 "$OUT/pytest_cuda.log" \
   "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider --continue-on-collection-errors
 tail -n 3 "$OUT/pytest_cuda.log" | sed 's/^/    /' >> "$SUMMARY"
 
 # 3. Training throughput: full softmax (Triton) vs plain PyTorch vs the reference-style step, sampled
 #    softmax; 160 000 and 1 000 000 items. Partial JSON is rewritten after every case.
-step bench_scale 220 "$OUT/bench_scale_cuda.log" \
-  "$PY" benchmarks/bench_scale.py --device cuda --items 160000,1000000 --error-items 0 --budget 170 \
+step bench_scale 200 "$OUT/bench_scale_cuda.log" \
+  "$PY" benchmarks/bench_scale.py --device cuda --items 160000,1000000 --error-items 0 --budget 150 \
   --json-out "$OUT/bench_scale_cuda.json"
 grep -E "^(peak|case|full|baseline|sampled|speed-up)" "$OUT/bench_scale_cuda.log" | sed 's/^/    /' >> "$SUMMARY"
 
@@ -65,5 +66,17 @@ step eval 95 "$OUT/eval_cuda.log" \
   "$PY" benchmarks/bench_scale.py --device cuda --eval-events 5000000 --eval-items 160000 \
   --eval-chunk-elements 4294967296 --budget 80 --json-out "$OUT/eval_cuda.json"
 grep -E "^evaluate" "$OUT/eval_cuda.log" | sed 's/^/    /' >> "$SUMMARY"
+
+# 5. The agent's step at the reference shapes (batch 128, 50 000 items): eager vs torch.compile vs the
+#    reference-style loop — decides whether --compile should become the CUDA default.
+step bench_train 90 "$OUT/bench_train_cuda.log" \
+  "$PY" benchmarks/bench_train.py --device cuda --compile --steps 30 --rounds 2
+tail -n 1 "$OUT/bench_train_cuda.log" | cut -c1-400 | sed 's/^/    /' >> "$SUMMARY"
+
+# 6. The DDP code path on CUDA with NCCL (one GPU, so one process: it checks setup on cuda:LOCAL_RANK,
+#    the NCCL group, the DDP wrap and rank-0 writing, not a speed-up).
+step torchrun 45 "$OUT/torchrun_cuda.log" \
+  "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 tests/ddp_train_worker.py "$OUT/ddp_model" --device cuda
+tail -n 2 "$OUT/torchrun_cuda.log" | sed 's/^/    /' >> "$SUMMARY"
 
 echo "total $(( $(date +%s) - START ))s" | tee -a "$SUMMARY"

@@ -1,6 +1,6 @@
 """Trains the agent on a small in-memory dataset and saves the final weights; run alone or under torchrun.
 
-    python ddp_train_worker.py OUT_DIR [--zero-rewards]
+    python ddp_train_worker.py OUT_DIR [--zero-rewards] [--device cuda]
 
 Used by tests/test_train_distributed.py to compare one process with two (DDP) on the same global batches.
 """
@@ -32,7 +32,8 @@ def main() -> None:
         reward[np.arange(len(reward)) % 3 == 0] = 0.0
         ds = replace(ds, reward=reward, returns=discounted_returns(reward, ds.session, 0.99))
     acfg = AgentConfig(ds.n_users, ds.n_items, embed_dim=8, hidden=16)
-    cfg = TrainConfig(batch_size=BATCH, lr=1e-3, max_steps=MAX_STEPS, epochs=1, log_every=2, device="cpu")
+    device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
+    cfg = TrainConfig(batch_size=BATCH, lr=1e-3, max_steps=MAX_STEPS, epochs=1, log_every=2, device=device)
     train_agent(ds, out, acfg, cfg, force=True)
 
 
