@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--eval-chunk-elements",
         default="",
-        help="comma-separated EvalConfig.chunk_elements to time (default: 2^32 on cuda, then the library default)",
+        help="comma-separated EvalConfig.chunk_elements to time (default: 2^32 and 2^30 on cuda, 2^22 on cpu)",
     )
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -583,12 +583,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def eval_main(args: argparse.Namespace) -> int:
     """Time ``evaluate_agents`` on the held-out split of a synthetic log; last line JSON."""
-    from topkrec.evaluate.evaluator import EvalConfig
+    from topkrec.evaluate.evaluator import CPU_CHUNK_ELEMENTS, CUDA_CHUNK_ELEMENTS, EvalConfig
 
     if args.eval_chunk_elements:
         chunks = [int(x) for x in args.eval_chunk_elements.split(",") if x]
-    else:
-        chunks = ([1 << 32] if args.device == "cuda" else []) + [EvalConfig().chunk_elements]
+    else:  # 2^32 (4096 rows at 160 000 items) against the library's default for the device
+        chunks = [1 << 32, CUDA_CHUNK_ELEMENTS] if args.device == "cuda" else [CPU_CHUNK_ELEMENTS]
     runs = []
     for chunk in chunks:
         payload = {

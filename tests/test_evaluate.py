@@ -11,7 +11,7 @@ import torch
 from agent_data import synth_dataset
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import build_transitions
-from topkrec.errors import ArtifactError
+from topkrec.errors import ArtifactError, TopkrecError
 from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, item_counts, popularity_scorer
 from topkrec.evaluate.metrics import (
     ndcg_all_at_k,
@@ -117,3 +117,23 @@ def test_evaluate_model_dir_document_and_mismatch(tmp_path) -> None:
     other = synth_dataset(n_users=41, n_items=60, seed=2)
     with pytest.raises(ArtifactError, match="trained on"):
         evaluate_model_dirs({None: tmp_path / "m"}, other, k=5)
+
+
+def test_chunk_rows_defaults_by_device_and_rejects_bad_sizes() -> None:
+    from topkrec.evaluate.evaluator import CPU_CHUNK_ELEMENTS, EvalConfig, chunk_rows, default_chunk_elements
+
+    assert default_chunk_elements("cpu") == CPU_CHUNK_ELEMENTS == 1 << 22
+    assert chunk_rows(EvalConfig(), 160_000, "cpu") == (1 << 22) // 160_000 == 26
+    assert chunk_rows(EvalConfig(chunk_elements=1 << 32), 160_000, "cpu") == 4096  # clipped to 4096 rows
+    assert chunk_rows(EvalConfig(chunk_elements=10), 160_000, "cpu") == 1  # at least one row
+    with pytest.raises(TopkrecError):
+        chunk_rows(EvalConfig(chunk_elements=0), 100, "cpu")
+
+
+@pytest.mark.cuda
+def test_cuda_default_chunk_is_larger_and_fits_free_memory() -> None:
+    from topkrec.evaluate.evaluator import CPU_CHUNK_ELEMENTS, CUDA_CHUNK_ELEMENTS, default_chunk_elements
+
+    free, _ = torch.cuda.mem_get_info()
+    elements = default_chunk_elements("cuda")
+    assert CPU_CHUNK_ELEMENTS <= elements <= CUDA_CHUNK_ELEMENTS and elements * 16 <= max(free, 16 * CPU_CHUNK_ELEMENTS)

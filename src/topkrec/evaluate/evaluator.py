@@ -53,6 +53,8 @@ __all__ = [
     "evaluate_agents",
     "evaluate_scorer",
     "popularity_scorer",
+    "chunk_rows",
+    "default_chunk_elements",
 ]
 
 
@@ -60,8 +62,9 @@ __all__ = [
 class EvalConfig:
     k: int = 10
     """Length of the recommendation list."""
-    chunk_elements: int = 1 << 22
-    """Rows per scoring chunk = chunk_elements // n_items (≥ 1): bounds the (rows, n_items) score buffer."""
+    chunk_elements: int | None = None
+    """Rows per scoring chunk = chunk_elements // n_items (1 to 4096): bounds the (rows, n_items) score
+    buffer. None = ``default_chunk_elements(device)``: 2^22 on CPU (cache-sized), up to 2^30 on CUDA."""
     head_share: float = 0.01
     """The head for ``tail_share``: this share of items with the most train events."""
     behavior_floor: float = 1e-6
@@ -142,6 +145,34 @@ def agent_scorers(agent: LoadedAgent) -> tuple[Scorer, Scorer]:
     return policy, behavior
 
 
+CPU_CHUNK_ELEMENTS = 1 << 22
+CUDA_CHUNK_ELEMENTS = 1 << 30
+MAX_CHUNK_ROWS = 4096
+
+
+def default_chunk_elements(device: torch.device | str) -> int:
+    """Score-buffer size for ``EvalConfig.chunk_elements=None``.
+
+    CPU: 2^22 scores (16 MB), which keeps a chunk's passes in cache. CUDA: 2^30 scores (4 GB fp32), or a
+    sixteenth of the free memory if less — a chunk holds the scores, their log-softmax and top-K temporaries,
+    and launch overhead per chunk is what a GPU loses on small chunks. Not yet timed on a GPU:
+    ``benchmarks/bench_scale.py --eval-events`` compares it with 2^32 (``gpu_check.sh`` step 4).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_CHUNK_ELEMENTS
+    free, _total = torch.cuda.mem_get_info(device)
+    return max(CPU_CHUNK_ELEMENTS, min(CUDA_CHUNK_ELEMENTS, free // 16))
+
+
+def chunk_rows(config: EvalConfig, n_items: int, device: torch.device | str) -> int:
+    """Rows scored at a time: ``chunk_elements // n_items`` clipped to [1, 4096]."""
+    elements = config.chunk_elements if config.chunk_elements is not None else default_chunk_elements(device)
+    if elements < 1:
+        raise TopkrecError(f"chunk_elements must be positive, got {elements}")
+    return max(1, min(MAX_CHUNK_ROWS, elements // max(n_items, 1)))
+
+
 @torch.no_grad()
 def _action_logp(scorer: Scorer, test: Transitions, chunk: int) -> torch.Tensor:
     """(n,) log-probability of each test action under the scorer's softmax (−inf for OOV)."""
@@ -173,8 +204,8 @@ def evaluate_scorer(
     k = config.k
     if not 1 <= k <= n_items:
         raise TopkrecError(f"--k must be between 1 and the catalogue size {n_items}, got {k}")
-    chunk = max(1, min(4096, config.chunk_elements // max(n_items, 1)))
     dev = test.device
+    chunk = chunk_rows(config, n_items, dev)
     n = len(test)
     if n == 0:
         raise TopkrecError("the dataset has no test events to evaluate on")
@@ -293,7 +324,7 @@ def evaluate_agents(
     for hist in hist_nums:
         test = build_transitions(dataset, "test", hist, device)
         cache[hist] = (test, test.first_per_user())
-    chunk = max(1, min(4096, config.chunk_elements // max(dataset.n_items, 1)))
+    chunk = chunk_rows(config, dataset.n_items, device)
     behavior_logps: dict[str, torch.Tensor] = {}
     for name, agent in agents.items():
         agent.module.eval()
