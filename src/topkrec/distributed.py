@@ -101,13 +101,30 @@ class DistContext:
             dist.barrier()
 
     def wrap(self, module: torch.nn.Module, device: torch.device, **ddp_kwargs: Any) -> torch.nn.Module:
-        """``module`` itself for one process, else ``DistributedDataParallel(module)`` on ``device``."""
+        """``module`` itself for one process, else ``DistributedDataParallel(module)`` on ``device``.
+
+        Buffers are not re-broadcast before every forward (DDP's default): the agent's buffers (sampled
+        heads' proposal tables, up to n_items long) are identical on every rank by construction, and
+        pretraining keeps per-rank batch-norm statistics (docs/pretrain.md).
+        """
         if not self.enabled:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None, **ddp_kwargs)
+        kwargs = {**_no_forward_buffer_sync(), **ddp_kwargs}
+        return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None, **kwargs)
+
+
+def _no_forward_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that turns off the buffer broadcast before every forward: ``forward_sync_buffers=False``
+    where torch has it (``broadcast_buffers`` is deprecated there), ``broadcast_buffers=False`` before."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
 
 
 def setup(device: torch.device) -> tuple[DistContext, torch.device]:

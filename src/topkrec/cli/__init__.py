@@ -34,11 +34,13 @@ def _root(
     from topkrec.distributed import env_rank
 
     STATE.debug = debug
-    # Under torchrun only rank 0 shows bars and INFO lines; the other ranks print warnings and errors.
+    # Under torchrun only rank 0 shows bars, INFO lines and warnings (the ranks do the same work, so the
+    # others would repeat them); every rank still prints its errors.
     main_rank = env_rank() == 0
     STATE.progress = main_rank and (not no_progress) and (sys.stderr.isatty() or STATE.force_progress)
+    level = logging.INFO if verbose or debug else logging.WARNING
     logging.basicConfig(
-        level=logging.INFO if (verbose or debug) and main_rank else logging.WARNING,
+        level=level if main_rank else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

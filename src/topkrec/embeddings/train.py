@@ -13,7 +13,6 @@ run up to floating-point summation order. See docs/pretrain.md, "Several process
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -113,15 +112,6 @@ class PretrainResult:
             "n_eval_pairs": self.n_eval_pairs,
             **self.extra,
         }
-
-
-def no_forward_buffer_sync() -> dict[str, bool]:
-    """DDP keyword that turns off the buffer broadcast before every forward: ``forward_sync_buffers=False``
-    where torch has it (``broadcast_buffers`` is deprecated there), ``broadcast_buffers=False`` before."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    params = inspect.signature(DistributedDataParallel.__init__).parameters
-    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
 
 
 def min_batch_rows(world_size: int) -> int:
@@ -244,7 +234,7 @@ class PretrainTrainer:
         # No buffer sync before each forward: the buffers are the feature-code tables (identical on every
         # rank, no need to resend them each step) and batch-norm running statistics, which then stay per
         # rank (per-rank batch norm, standard DDP); rank 0 evaluates and exports with its own.
-        self.train_module = self.dist.wrap(self.loss_module, self.device, **no_forward_buffer_sync())
+        self.train_module = self.dist.wrap(self.loss_module, self.device)
 
     # ------------------------------------------------------------------ maths
     def batch_loss(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
