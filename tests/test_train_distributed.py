@@ -133,3 +133,13 @@ def test_cli_train_under_torchrun(tmp_path: Path) -> None:
         [sys.executable, *launch, *args], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240
     )
     assert again.returncode != 0 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("command", ["evaluate", "compare", "demo", "serve"])
+def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path: Path, command: str) -> None:
+    env = {**_env(), "WORLD_SIZE": "2", "RANK": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "topkrec", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert f"`topkrec {command}` does not run under torchrun" in proc.stderr and "train and pretrain" in proc.stderr

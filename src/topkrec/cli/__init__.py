@@ -25,15 +25,27 @@ app = typer.Typer(
 )
 
 
+# Commands that run data-parallel under torchrun; the others would do the same work on every rank and race
+# on their outputs, so they refuse to start there.
+DISTRIBUTED_COMMANDS = ("train", "pretrain")
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level (metrics lines)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Turn progress bars off."),
 ) -> None:
-    from topkrec.distributed import env_rank
+    from topkrec.distributed import env_rank, env_world_size
+    from topkrec.errors import TopkrecError
 
     STATE.debug = debug
+    if env_world_size() > 1 and ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS:
+        raise TopkrecError(
+            f"`topkrec {ctx.invoked_subcommand}` does not run under torchrun (WORLD_SIZE={env_world_size()}); "
+            f"only {' and '.join(DISTRIBUTED_COMMANDS)} do — run it as one process"
+        )
     # Under torchrun only rank 0 shows bars, INFO lines and warnings (the ranks do the same work, so the
     # others would repeat them); every rank still prints its errors.
     main_rank = env_rank() == 0
