@@ -35,6 +35,18 @@ def movielens_small() -> Path:
     return shared_path("movielens-latest-small")
 
 
+@pytest.fixture
+def planted_dataset_dir(tmp_path: Path) -> Path:
+    """A dataset dir of ``topkrec.embeddings.planted.planted_block_dataset`` (pretraining's known answer)."""
+    from topkrec.embeddings.planted import planted_block_dataset
+    from topkrec.io import atomic_dir
+
+    d = tmp_path / "data"
+    with atomic_dir(d) as tmp:
+        planted_block_dataset().save(tmp)
+    return d
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:
         import torch

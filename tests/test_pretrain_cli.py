@@ -13,8 +13,6 @@ import torch
 
 from topkrec.data.dataset import Dataset
 from topkrec.embeddings import load_embeddings
-from topkrec.embeddings.planted import planted_block_dataset
-from topkrec.io import atomic_dir
 
 
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -23,21 +21,13 @@ def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def dataset_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    with atomic_dir(d) as tmp:
-        planted_block_dataset().save(tmp)
-    return d
-
-
-def test_cli_writes_embeddings_dir(dataset_dir: Path, tmp_path: Path) -> None:
+def test_cli_writes_embeddings_dir(planted_dataset_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "emb"
-    args = ["--data", dataset_dir, "--out", out, "--epochs", "3", "--batch-size", "256", "--lr", "3e-3"]
+    args = ["--data", planted_dataset_dir, "--out", out, "--epochs", "3", "--batch-size", "256", "--lr", "3e-3"]
     r = _run(*args, "--export-npy", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "eval AUC" in r.stdout
-    dataset = Dataset.load(dataset_dir)
+    dataset = Dataset.load(planted_dataset_dir)
     emb = load_embeddings(out, dataset)
     assert emb.user.shape == (200, 32) and emb.item.shape == (129, 32)
     assert torch.count_nonzero(emb.item[-1]) == 0
@@ -75,8 +65,10 @@ def test_cli_writes_embeddings_dir(dataset_dir: Path, tmp_path: Path) -> None:
         (["--hidden", "256,x"], "--hidden"),
     ],
 )
-def test_cli_bad_flag_values_exit_2_with_one_line(dataset_dir: Path, tmp_path: Path, extra: list[str], needle: str):
-    r = _run("--data", dataset_dir, "--out", tmp_path / "emb", *extra)
+def test_cli_bad_flag_values_exit_2_with_one_line(
+    planted_dataset_dir: Path, tmp_path: Path, extra: list[str], needle: str
+):
+    r = _run("--data", planted_dataset_dir, "--out", tmp_path / "emb", *extra)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr

@@ -23,9 +23,7 @@ import torch.distributed as dist
 from topkrec.data.dataset import Dataset
 from topkrec.distributed import DistContext
 from topkrec.embeddings import load_embeddings
-from topkrec.embeddings.planted import planted_block_dataset
 from topkrec.embeddings.train import min_batch_rows
-from topkrec.io import atomic_dir
 
 needs_gloo = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with Gloo is unavailable"
@@ -48,14 +46,6 @@ def _pretrain(*args: str | Path, nproc: int = 1, launcher: list[str] | None = No
         dist_run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
         cmd = [*dist_run, *(launcher or ["-m", "topkrec"]), "pretrain"]
     return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=240, env=_env())
-
-
-@pytest.fixture
-def dataset_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    with atomic_dir(d) as tmp:
-        planted_block_dataset().save(tmp)
-    return d
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -81,15 +71,15 @@ def test_min_batch_rows_is_two_per_process() -> None:
 
 # ---------------------------------------------------------------- two processes
 @needs_gloo
-def test_two_processes_match_one_process(dataset_dir: Path, tmp_path: Path) -> None:
+def test_two_processes_match_one_process(planted_dataset_dir: Path, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
-    r1 = _pretrain("--data", dataset_dir, "--out", one, *COMPARABLE, "--device", "cpu")
+    r1 = _pretrain("--data", planted_dataset_dir, "--out", one, *COMPARABLE, "--device", "cpu")
     assert r1.returncode == 0, r1.stderr
-    r2 = _pretrain("--data", dataset_dir, "--out", two, *COMPARABLE, "--device", "cpu", nproc=2)
+    r2 = _pretrain("--data", planted_dataset_dir, "--out", two, *COMPARABLE, "--device", "cpu", nproc=2)
     assert r2.returncode == 0, r2.stderr
     assert r2.stdout.count("wrote ") == 1 and "on 2 processes" in r2.stdout  # rank 0 alone prints the summary
 
-    dataset = Dataset.load(dataset_dir)
+    dataset = Dataset.load(planted_dataset_dir)
     e1, e2 = load_embeddings(one, dataset), load_embeddings(two, dataset)
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     c1, c2 = (json.loads((d / "config.json").read_text()) for d in (one, two))
@@ -109,13 +99,14 @@ def test_two_processes_match_one_process(dataset_dir: Path, tmp_path: Path) -> N
 
 
 @needs_gloo
-def test_two_processes_refuse_an_existing_out_without_hanging(dataset_dir: Path, tmp_path: Path) -> None:
+def test_two_processes_refuse_an_existing_out_without_hanging(planted_dataset_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "emb"
     out.mkdir()
     (out / "keep.txt").write_text("x")
     # torchrun --no-python runs the console script when it is installed, else the module form
     launcher = ["--no-python", "topkrec"] if shutil.which("topkrec") else None
-    r = _pretrain("--data", dataset_dir, "--out", out, *COMPARABLE, "--device", "cpu", nproc=2, launcher=launcher)
+    args = ("--data", planted_dataset_dir, "--out", out, *COMPARABLE, "--device", "cpu")
+    r = _pretrain(*args, nproc=2, launcher=launcher)
     assert r.returncode != 0
     # every rank checks before any collective work: each prints the one-line error, none waits for the other
     assert r.stderr.count("error:") == 2 and "--force" in r.stderr
@@ -124,14 +115,14 @@ def test_two_processes_refuse_an_existing_out_without_hanging(dataset_dir: Path,
 
 @needs_gloo
 @pytest.mark.slow
-def test_two_processes_with_batch_norm_dense_softmax_learn(dataset_dir: Path, tmp_path: Path) -> None:
+def test_two_processes_with_batch_norm_dense_softmax_learn(planted_dataset_dir: Path, tmp_path: Path) -> None:
     """The configurations that are not bit-comparable with one process (per-rank batch norm statistics,
     per-rank in-batch softmax negatives) still train, learn and write a complete artifact."""
     out = tmp_path / "emb"
     args = ["--epochs", "4", "--batch-size", "256", "--lr", "3e-3", "--loss", "softmax", "--dense-embeddings"]
-    r = _pretrain("--data", dataset_dir, "--out", out, *args, "--device", "cpu", nproc=2)
+    r = _pretrain("--data", planted_dataset_dir, "--out", out, *args, "--device", "cpu", nproc=2)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["eval_auc"] > 0.9
-    emb = load_embeddings(out, Dataset.load(dataset_dir))
+    emb = load_embeddings(out, Dataset.load(planted_dataset_dir))
     assert emb.user.shape == (200, 32) and torch.count_nonzero(emb.item[-1]) == 0

@@ -43,7 +43,6 @@ def pretrain_command(
 
     Data-parallel on several processes when launched by torchrun (`--batch-size` stays the global batch).
     """
-    import logging
     import shutil
 
     from topkrec.cli.common import STATE
@@ -84,8 +83,6 @@ def pretrain_command(
 
     ctx, torch_device = distributed.setup(resolve_device(device))
     try:
-        if not ctx.is_main:  # rank 0 alone logs at INFO, shows progress bars and writes
-            logging.getLogger("topkrec").setLevel(logging.WARNING)
         from topkrec.embeddings import artifact
         from topkrec.embeddings.train import pretrain
         from topkrec.io import atomic_dir, write_json
