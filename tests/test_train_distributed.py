@@ -143,3 +143,32 @@ def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path: Path, com
     )
     assert proc.returncode == 2
     assert f"`topkrec {command}` does not run under torchrun" in proc.stderr and "train and pretrain" in proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_on_another_number_of_processes(tmp_path: Path) -> None:
+    """Stopped on 2 processes, resumed on 1: the same weights as one uninterrupted process (no lost work);
+    sampled heads (row-sparse Adam alone, dense under DDP) refuse with a one-line error instead."""
+    from agent_data import synth_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    synth_dataset(n_users=50, n_items=80, seed=4).save(data)
+    base = ["-m", "topkrec", "--no-progress", "train", "--data", str(data), "--epochs", "2", "--batch-size", "64"]
+    base += ["--lr", "1e-3", "--device", "cpu"]
+    _run([*base, "--out", str(tmp_path / "whole")], None, tmp_path)
+    _run([*base, "--out", str(tmp_path / "split"), "--max-steps", "5"], 2, tmp_path)
+    assert json.loads((tmp_path / "split" / "trainer_state.json").read_text())["global_step"] == 5
+    _run([*base, "--out", str(tmp_path / "split"), "--resume"], None, tmp_path)
+    whole, split = _weights(tmp_path / "whole"), _weights(tmp_path / "split")
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+
+    sampled = [*base, "--out", str(tmp_path / "sampled"), "--softmax", "sampled", "--negatives", "16"]
+    _run([*sampled, "--max-steps", "2"], None, tmp_path)
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = subprocess.run(
+        [sys.executable, *launch, *sampled, "--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+        timeout=240,
+    )
+    assert proc.returncode != 0 and "resume on the same number of processes" in proc.stderr

@@ -357,6 +357,13 @@ def _load_optimizer(optimizer: Optimizer, directory: Path) -> None:
     for g in groups:
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
+    saved_sparse = any(g.get("sparse") for g in groups)
+    if saved_sparse != isinstance(optimizer, SparseDenseAdam):
+        kinds = {True: "row-sparse Adam (one process)", False: "dense Adam (several processes, or weight decay)"}
+        raise TopkrecError(
+            f"--resume: the sampled-softmax heads in {directory} were trained with {kinds[saved_sparse]}, this run "
+            f"would use {kinds[not saved_sparse]}; resume on the same number of processes (one vs several)"
+        )
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError) as e:
