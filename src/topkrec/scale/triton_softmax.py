@@ -48,7 +48,7 @@ def _configs() -> list[triton.Config]:
     ]
 
 
-@triton.autotune(configs=_configs(), key=["n_rows", "n_cols", "BLOCK_D", "PRECISION"])
+@triton.autotune(configs=_configs(), key=["rows_bucket", "n_cols", "BLOCK_D", "PRECISION"])
 @triton.jit
 def _lse_fwd(
     H,
@@ -57,6 +57,7 @@ def _lse_fwd(
     PartMax,
     PartSum,
     n_rows,
+    rows_bucket,  # only in the autotune key (see _rows_bucket)
     n_cols,
     d,
     cols_per_split,
@@ -91,7 +92,7 @@ def _lse_fwd(
     tl.store(PartSum + pid_s * n_rows + rows, run_sum, mask=row_ok)
 
 
-@triton.autotune(configs=_configs(), key=["n_rows", "n_cols", "BLOCK_D", "PRECISION"])
+@triton.autotune(configs=_configs(), key=["rows_bucket", "n_cols", "BLOCK_D", "PRECISION"])
 @triton.jit
 def _grad_h(
     H,
@@ -101,6 +102,7 @@ def _grad_h(
     G,
     PartGradH,
     n_rows,
+    rows_bucket,  # only in the autotune key (see _rows_bucket)
     n_cols,
     d,
     cols_per_split,
@@ -136,7 +138,7 @@ def _grad_h(
     tl.store(out, acc, mask=row_ok[:, None])
 
 
-@triton.autotune(configs=_configs(), key=["n_rows", "n_cols", "BLOCK_D", "PRECISION"])
+@triton.autotune(configs=_configs(), key=["rows_bucket", "n_cols", "BLOCK_D", "PRECISION"])
 @triton.jit
 def _grad_w(
     H,
@@ -147,6 +149,7 @@ def _grad_w(
     GradW,
     GradB,
     n_rows,
+    rows_bucket,  # only in the autotune key (see _rows_bucket)
     n_cols,
     d,
     stride_h,
@@ -186,6 +189,12 @@ def _launch(kernel: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
         kernel.fn[grid](*args, **kwargs, **_INTERPRET_CONFIG)
     else:
         kernel[grid](*args, **kwargs)
+
+
+def _rows_bucket(n_rows: int) -> int:
+    """The row count rounded up to a power of two: the autotuner's key. Keyed on the exact count, every new
+    batch size (the policy rows of a batch vary when some rewards are zero) would re-run the tuning."""
+    return int(triton.next_power_of_2(max(1, n_rows)))
 
 
 def _num_sms(device: torch.device) -> int:
@@ -246,6 +255,7 @@ def logsumexp_forward(
         part_max,
         part_sum,
         n_rows,
+        _rows_bucket(n_rows),
         n_cols,
         h.shape[1],
         cols_per_split,
@@ -289,6 +299,7 @@ def logsumexp_backward(
             g,
             part,
             n_rows,
+            _rows_bucket(n_rows),
             n_cols,
             d,
             cols_per_split,
@@ -316,6 +327,7 @@ def logsumexp_backward(
             gw,
             gb,
             n_rows,
+            _rows_bucket(n_rows),
             n_cols,
             d,
             h.stride(0),
