@@ -236,7 +236,7 @@ class TrainObjective(torch.nn.Module):
 
     DDP synchronises the gradients of what runs through the forward of the module it wraps, and the
     agent's own forward is not the training loss (the step calls the encoder and both heads), hence
-    this thin module around the agent. ``forward`` returns the loss to back-propagate and the detached
+    this thin module around the agent. ``forward`` returns π's and β̂'s mean losses and the detached
     ``[policy_loss, behavior_loss, *STAT_FIELDS]`` vector of ``StepOutput``.
     """
 
@@ -253,14 +253,11 @@ class TrainObjective(torch.nn.Module):
         action: torch.Tensor,
         returns: torch.Tensor,
         policy_rows: torch.Tensor | None = None,
-        behavior_scale: float = 1.0,
-        policy_scale: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``policy_rows``: indices of the rows with a non-zero reward, or None when every row has one.
 
-        The scales multiply the two mean losses in the returned loss only (not in the logged values): under
-        DDP they make the ranks' gradient average the gradient of the global batch's means
-        (``DistContext.loss_scale``).
+        π's loss is a constant zero when no row has a reward. The caller weighs the two losses (under DDP
+        by ``DistContext.loss_scale``) outside this forward, so a compiled forward sees no per-step floats.
         """
         agent = self.agent
         dtype = self.autocast_dtype
@@ -283,13 +280,11 @@ class TrainObjective(torch.nn.Module):
                 policy_loss, stats = corrected_policy_loss_tensors(
                     policy_logp, behavior_logp, returns, self.correction, self.k, self.cap, self.snis
                 )
-                loss = policy_loss * policy_scale + behavior_loss * behavior_scale
             else:
                 policy_loss = behavior_loss.new_zeros(())
                 stats = behavior_loss.new_zeros(len(STAT_FIELDS))
-                loss = behavior_loss * behavior_scale
         values = torch.cat([torch.stack([policy_loss, behavior_loss]).detach().float(), stats.detach().float()])
-        return loss, values
+        return policy_loss, behavior_loss, values
 
 
 def train_step(
@@ -307,14 +302,18 @@ def train_step(
     ``all_rewarded``: whether every row of the batch is known to have a non-zero reward (the training
     loop knows it for the whole split); then the step needs no host sync at all. None = look (one sync).
     ``objective``: the (possibly DDP-wrapped or compiled) ``TrainObjective`` of ``agent``; built if None.
-    ``scales``: (β̂, π) loss factors of this rank under DDP (see ``TrainObjective.forward``).
+    ``scales``: (β̂, π) factors on the two mean losses: this rank's ``DistContext.loss_scale`` under DDP.
     """
     if all_rewarded is None:
         all_rewarded = bool((batch.reward != 0).all())
     rows = None if all_rewarded else torch.nonzero(batch.reward != 0).squeeze(1)
     n_rows = len(batch) if rows is None else int(rows.numel())
     module = objective if objective is not None else TrainObjective(agent, config, autocast_dtype)
-    loss, values = module(batch.user, batch.history, batch.action, batch.returns, rows, *scales)
+    policy_loss, behavior_loss, values = module(batch.user, batch.history, batch.action, batch.returns, rows)
+    behavior_scale, policy_scale = scales
+    loss = behavior_loss if behavior_scale == 1.0 else behavior_loss * behavior_scale
+    if n_rows:
+        loss = loss + (policy_loss if policy_scale == 1.0 else policy_loss * policy_scale)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
