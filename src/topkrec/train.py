@@ -15,10 +15,13 @@ RNG state restored, ``--resume`` ends with bitwise-identical weights on CPU (tes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -607,7 +610,7 @@ def train_agent(
     t0 = time.perf_counter()
     stopped = False
     try:
-        with progress_bar(total_steps, "train", enabled=progress and dist.is_main) as bar:
+        with _sigterm_as_interrupt(), progress_bar(total_steps, "train", enabled=progress and dist.is_main) as bar:
             bar.update(min(state.global_step, total_steps))
             while state.epoch < config.epochs and not stopped:
                 perm = _epoch_permutation(n, config.seed, state.epoch, device)
@@ -652,11 +655,31 @@ def train_agent(
         state.finished = state.epoch >= config.epochs
         checkpoint()
     except KeyboardInterrupt:
-        # Every completed step is consistent: save it so --resume continues from here.
+        # Ctrl-C or SIGTERM (torchrun forwards either to every rank). Every completed step is consistent:
+        # save it so --resume continues from here.
         logger.warning("interrupted: writing a checkpoint at global step %d", state.global_step)
         checkpoint()
         raise
     return TrainResult(agent, state, metrics.history, out, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler's preemption, torchrun shutting the ranks down) ends training as Ctrl-C
+    does: the loop writes a checkpoint and the CLI exits with status 130. Only from the main thread,
+    where Python delivers signals; the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def init_output_bias(agent: Agent, dataset: Dataset, kind: str) -> None:

@@ -74,7 +74,13 @@ def main() -> None:
     from topkrec.errors import TopkrecError
 
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode typer turns Ctrl-C (and SIGTERM during training) into a *returned* exit
+        # code, 130, instead of raising: it must become the process's status here.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            if code == 130:
+                typer.echo("interrupted", err=True)
+            sys.exit(code)
     except TopkrecError as e:
         if STATE.debug:
             raise
