@@ -74,8 +74,8 @@ step bench_train 80 "$OUT/bench_train_cuda.log" \
   "$PY" benchmarks/bench_train.py --device cuda --compile --steps 30 --rounds 2
 tail -n 1 "$OUT/bench_train_cuda.log" | cut -c1-400 | sed 's/^/    /' >> "$SUMMARY"
 
-# 6. The DDP code path on CUDA with NCCL (one GPU, so one process: it checks setup on cuda:LOCAL_RANK,
-#    the NCCL group, the DDP wrap and rank-0 writing, not a speed-up).
+# 6. The DDP code path on CUDA with NCCL: one GPU, so one process, but torchrun starts the NCCL group and
+#    the step runs DDP-wrapped on cuda:LOCAL_RANK with all-reduced metrics (a check, not a speed-up).
 step torchrun 40 "$OUT/torchrun_cuda.log" \
   "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 tests/ddp_train_worker.py "$OUT/ddp_model" --device cuda
 tail -n 2 "$OUT/torchrun_cuda.log" | sed 's/^/    /' >> "$SUMMARY"

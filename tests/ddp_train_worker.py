@@ -7,6 +7,7 @@ Used by tests/test_train_distributed.py to compare one process with two (DDP) on
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ MAX_STEPS = 6
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     out = Path(sys.argv[1])
     ds = synth_dataset(n_users=40, n_items=60, seed=3)
     if "--zero-rewards" in sys.argv:  # impressions without a reward: π trains on part of each batch

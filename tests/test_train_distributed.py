@@ -75,6 +75,19 @@ def test_two_processes_match_one_on_the_same_global_batches(tmp_path: Path) -> N
         assert a["train/behavior_loss"] == pytest.approx(b["train/behavior_loss"], rel=1e-5)
 
 
+def test_torchrun_with_one_process_runs_the_ddp_path_and_matches_plain(tmp_path: Path) -> None:
+    """`--nproc-per-node 1` starts a process group and wraps the step in DDP (what the one-GPU check runs)."""
+    _run([str(WORKER), str(tmp_path / "plain")], None, tmp_path)
+    proc = _run([str(WORKER), str(tmp_path / "one_rank")], 1, tmp_path)
+    assert "process group started: rank 0 of 1 (gloo, cpu)" in proc.stderr
+    assert "data parallel: 1 process(es), global batch 32" in proc.stderr
+    state = json.loads((tmp_path / "one_rank" / "trainer_state.json").read_text())
+    assert state["world_size"] == 1 and state["global_step"] == 6
+    plain, one_rank = _weights(tmp_path / "plain"), _weights(tmp_path / "one_rank")
+    for name in plain:
+        torch.testing.assert_close(one_rank[name], plain[name], msg=f"{name} differs")
+
+
 def test_agent_weights_are_trained_by_both_runs(tmp_path: Path) -> None:
     """The comparison above must not pass because nothing moved: training changes the weights."""
     _run([str(WORKER), str(tmp_path / "one")], None, tmp_path)

@@ -12,8 +12,9 @@ gives the training loops the few things they need:
 - ``DistContext.all_reduce_sum(t)`` — sums of metrics over ranks (at logging time, not per step).
 - ``DistContext.is_main`` — only rank 0 writes artifacts, checkpoints, logs and progress bars.
 
-Without ``torchrun`` (``WORLD_SIZE`` unset or 1) everything here is a no-op and nothing from
-``torch.distributed`` is touched.
+Without ``torchrun`` (no ``TORCHELASTIC_RUN_ID`` and ``WORLD_SIZE`` unset or 1) everything here is a
+no-op and nothing from ``torch.distributed`` is touched. Under torchrun with one process the group is
+started all the same, so the DDP path runs (and can be checked on a machine with one GPU).
 """
 
 from __future__ import annotations
@@ -58,10 +59,13 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # a process group is up (torchrun), also with a single process
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Data-parallel: DDP wraps the model, metrics are all-reduced, sparse gradients are avoided. True
+        under torchrun even with one process, so ``--nproc-per-node 1`` runs the same code path."""
+        return self.launched or self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -138,7 +142,7 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
     import torch
 
     world = env_world_size()
-    if world == 1:
+    if world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it, also for one process
         return DistContext(), device
     import torch.distributed as dist
 
@@ -157,7 +161,7 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
         _OWNED = True
         logger.info("process group started: rank %d of %d (%s, %s)", rank, world, backend, device)
-    ctx = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+    ctx = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, launched=True)
     return ctx, device
 
 

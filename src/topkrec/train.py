@@ -577,7 +577,7 @@ def train_agent(
     if config.compile:
         objective = torch.compile(objective)  # type: ignore[assignment]
     if dist.enabled:
-        logger.info("data parallel: %d processes, global batch %d", dist.world_size, config.batch_size)
+        logger.info("data parallel: %d process(es), global batch %d", dist.world_size, config.batch_size)
     metrics = MetricsLogger(jsonl if dist.is_main else None)
     metrics.history = history
     data_info = _data_info(dataset)

@@ -117,7 +117,7 @@ def pretrain_command(
         distributed.teardown()
     auc = result.eval_auc
     auc_text = "n/a (no test pairs)" if auc is None else f"{auc:.4f}"
-    processes = f" on {ctx.world_size} processes" if ctx.enabled else ""
+    processes = f" on {ctx.world_size} process{'es' if ctx.world_size > 1 else ''}" if ctx.enabled else ""
     typer.echo(
         f"wrote {out}: {result.user.shape[0]} users × {result.item.shape[0]} item rows × {config.embed_size} dims; "
         f"{config.epochs} epochs{processes}, train loss {result.epochs[-1].train_loss:.4f}, eval AUC {auc_text}"
