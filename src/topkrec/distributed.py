@@ -7,8 +7,9 @@ gives the training loops the few things they need:
 
 - ``DistContext.shard(idx)`` — this rank's contiguous part of a global batch of indices. Every rank
   draws the same seeded permutation, so the ranks together see exactly the global batch a single
-  process would see; with equal parts, DDP's gradient average equals the single-process gradient of
-  the batch mean.
+  process would see.
+- ``DistContext.loss_scale(n_local, n_global)`` — the factor on a rank's mean loss that makes DDP's
+  gradient average the single-process gradient of the global batch mean, also for unequal parts.
 - ``DistContext.all_reduce_sum(t)`` — sums of metrics over ranks (at logging time, not per step).
 - ``DistContext.is_main`` — only rank 0 writes artifacts, checkpoints, logs and progress bars.
 
