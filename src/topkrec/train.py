@@ -654,6 +654,8 @@ def train_agent(
                         checkpoint()
         state.finished = state.epoch >= config.epochs
         checkpoint()
+        # Every rank waits for rank 0's last write, so none tears the group down while it is still busy.
+        dist.barrier()
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM (torchrun forwards either to every rank). Every completed step is consistent:
         # save it so --resume continues from here.

@@ -6,6 +6,7 @@ Heavy libraries (torch, polars) are imported inside the command so ``topkrec --h
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -43,7 +44,6 @@ def pretrain_command(
 
     Data-parallel on several processes when launched by torchrun (`--batch-size` stays the global batch).
     """
-    import shutil
 
     from topkrec.cli.common import STATE
     from topkrec.errors import TopkrecError
@@ -83,38 +83,19 @@ def pretrain_command(
 
     ctx, torch_device = distributed.setup(resolve_device(device))
     try:
-        from topkrec.embeddings import artifact
         from topkrec.embeddings.train import pretrain
-        from topkrec.io import atomic_dir, write_json
         from topkrec.metrics_log import MetricsLogger
 
         dataset = Dataset.load(data)
         progress = STATE.progress and ctx.is_main
         result = pretrain(dataset, config, torch_device, progress=progress, metrics_logger=MetricsLogger())
-        if not ctx.is_main:
-            return
-        trained = result.config  # what was trained (several CUDA processes turn sparse embeddings off)
-        with atomic_dir(out, force=force) as tmp:
-            artifact.write_embeddings(tmp, result.user, result.item)
-            write_json(
-                tmp / artifact.CONFIG_FILE,
-                artifact.build_config_json(
-                    trained.to_dict(),
-                    tuple(result.user.shape),
-                    tuple(result.item.shape),
-                    dataset,
-                    dataset_path=str(data.resolve()),
-                    device=torch_device.type,
-                    world_size=ctx.world_size,
-                ),
-            )
-            write_json(tmp / artifact.METRICS_FILE, result.metrics())
-            if (data / "maps").is_dir():
-                shutil.copytree(data / "maps", tmp / "maps")
-            if export_npy:
-                artifact.export_npy(tmp, result.user, result.item, dataset, npy_prefix)
+        if ctx.is_main:  # result.config: what was trained (several CUDA processes turn sparse embeddings off)
+            _write(out, force, result, dataset, data, torch_device.type, ctx.world_size, export_npy, npy_prefix)
+        ctx.barrier()  # every rank waits for rank 0's write before the group is torn down
     finally:
         distributed.teardown()
+    if not ctx.is_main:
+        return
     auc = result.eval_auc
     auc_text = "n/a (no test pairs)" if auc is None else f"{auc:.4f}"
     processes = f" on {ctx.world_size} process{'es' if ctx.world_size > 1 else ''}" if ctx.enabled else ""
@@ -122,3 +103,41 @@ def pretrain_command(
         f"wrote {out}: {result.user.shape[0]} users × {result.item.shape[0]} item rows × {config.embed_size} dims; "
         f"{config.epochs} epochs{processes}, train loss {result.epochs[-1].train_loss:.4f}, eval AUC {auc_text}"
     )
+
+
+def _write(
+    out: Path,
+    force: bool,
+    result: Any,
+    dataset: Any,
+    data: Path,
+    device_type: str,
+    world_size: int,
+    export_npy: bool,
+    npy_prefix: str,
+) -> None:
+    """The embeddings directory, written atomically (rank 0 only under torchrun)."""
+    import shutil
+
+    from topkrec.embeddings import artifact
+    from topkrec.io import atomic_dir, write_json
+
+    with atomic_dir(out, force=force) as tmp:
+        artifact.write_embeddings(tmp, result.user, result.item)
+        write_json(
+            tmp / artifact.CONFIG_FILE,
+            artifact.build_config_json(
+                result.config.to_dict(),
+                tuple(result.user.shape),
+                tuple(result.item.shape),
+                dataset,
+                dataset_path=str(data.resolve()),
+                device=device_type,
+                world_size=world_size,
+            ),
+        )
+        write_json(tmp / artifact.METRICS_FILE, result.metrics())
+        if (data / "maps").is_dir():
+            shutil.copytree(data / "maps", tmp / "maps")
+        if export_npy:
+            artifact.export_npy(tmp, result.user, result.item, dataset, npy_prefix)
