@@ -108,8 +108,9 @@ def test_two_processes_refuse_an_existing_out_without_hanging(planted_dataset_di
     args = ("--data", planted_dataset_dir, "--out", out, *COMPARABLE, "--device", "cpu")
     r = _pretrain(*args, nproc=2, launcher=launcher)
     assert r.returncode != 0
-    # every rank checks before any collective work: each prints the one-line error, none waits for the other
-    assert r.stderr.count("error:") == 2 and "--force" in r.stderr
+    # every rank checks before any collective work, so none waits for the other; torchrun stops the group as
+    # soon as one rank exits 2, which may be before the other printed its own line: one or two lines
+    assert 1 <= r.stderr.count("error:") <= 2 and "--force" in r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
