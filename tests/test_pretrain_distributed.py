@@ -30,7 +30,9 @@ needs_gloo = pytest.mark.skipif(
 )
 
 # Learns the planted blocks without batch norm (eval AUC ≈ 0.99 after 3 epochs), in a few seconds.
-COMPARABLE = ["--epochs", "3", "--batch-size", "255", "--no-batch-norm", "--lr", "1e-2", "--hidden", "64"]
+# Dense embeddings in both runs: under torchrun pretraining always uses dense embedding gradients.
+COMPARABLE = ["--epochs", "3", "--batch-size", "255", "--no-batch-norm", "--dense-embeddings", "--lr", "1e-2"]
+COMPARABLE += ["--hidden", "64"]
 
 
 def _env() -> dict[str, str]:
@@ -84,7 +86,7 @@ def test_two_processes_match_one_process(planted_dataset_dir: Path, tmp_path: Pa
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     c1, c2 = (json.loads((d / "config.json").read_text()) for d in (one, two))
     assert (m1["world_size"], c1["world_size"], m2["world_size"], c2["world_size"]) == (1, 1, 2, 2)
-    assert c2["config"]["sparse_embeddings"] is True  # the Gloo path keeps SparseAdam on sparse rows
+    assert c1["config"]["sparse_embeddings"] is c2["config"]["sparse_embeddings"] is False
     # Not vacuous: the run learned (AUC rose from chance), so the embeddings moved far from initialisation.
     assert m1["epochs"][0]["eval_auc"] < 0.7 and m1["eval_auc"] > 0.95
     # Same global batches, negatives and gradients: equal up to float summation order. Measured max |Δ| on
@@ -127,3 +129,13 @@ def test_two_processes_with_batch_norm_dense_softmax_learn(planted_dataset_dir: 
     assert metrics["world_size"] == 2 and metrics["eval_auc"] > 0.9
     emb = load_embeddings(out, Dataset.load(planted_dataset_dir))
     assert emb.user.shape == (200, 32) and torch.count_nonzero(emb.item[-1]) == 0
+
+
+@needs_gloo
+def test_torchrun_turns_sparse_embedding_gradients_off(planted_dataset_dir: Path, tmp_path: Path) -> None:
+    """The default (sparse rows + SparseAdam) becomes dense under torchrun, recorded in config.json."""
+    out = tmp_path / "emb"
+    args = ("--data", planted_dataset_dir, "--out", out, "--epochs", "1", "--batch-size", "256", "--device", "cpu")
+    r = _pretrain(*args, nproc=2)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "config.json").read_text())["config"]["sparse_embeddings"] is False

@@ -170,8 +170,14 @@ def teardown() -> None:
     """Destroy the process group if ``setup`` started it (a caller's own group is left alone)."""
     global _OWNED
     if _OWNED:
+        import gc
+
         import torch.distributed as dist
 
+        # DDP wrappers sit in reference cycles: collect them while the group is alive, not at interpreter
+        # exit, where a Gloo worker thread torn down late aborts the process ("terminate called without an
+        # active exception", seen here on rank 1 after a run had finished).
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
         _OWNED = False
