@@ -20,6 +20,7 @@ started all the same, so the DDP path runs (and can be checked on a machine with
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from dataclasses import dataclass
@@ -161,6 +162,9 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
         _OWNED = True
+        # A caller that never calls teardown() (a script around train_agent) still destroys the group while
+        # the interpreter is alive: left to interpreter exit, Gloo aborted rank 1 here now and then.
+        atexit.register(teardown)
         logger.info("process group started: rank %d of %d (%s, %s)", rank, world, backend, device)
     ctx = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, launched=True)
     return ctx, device
