@@ -169,7 +169,7 @@ class PretrainTrainer:
     Launched by torchrun, the constructor joins the process group (``topkrec.distributed.setup``; on CUDA
     the device becomes ``cuda:LOCAL_RANK``) and ``step`` trains the DDP-wrapped model on this rank's shard
     of the global batch. Under torchrun the embedding tables get dense gradients: NCCL has no sparse
-    all-reduce, and Gloo's sparse all-reduce segfaulted in one of a dozen 2-process CPU runs here, so
+    all-reduce, and on Gloo's sparse path rank 0 segfaulted in one of a dozen 2-process CPU runs here, so
     ``sparse_embeddings`` is turned off and ``self.config`` records what was trained.
     """
 
@@ -179,7 +179,7 @@ class PretrainTrainer:
             if self.dist.is_main:
                 logger.info(
                     "%d process(es) under torchrun: dense embedding gradients (NCCL has no sparse all-reduce; "
-                    "Gloo's crashed here at random)",
+                    "Gloo's sparse path crashed here once)",
                     self.dist.world_size,
                 )
             config = replace(config, sparse_embeddings=False)
