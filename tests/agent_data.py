@@ -7,6 +7,8 @@ rewards pv 1 / cart 2 / fav 2 / buy 3, γ 0.99 returns). The real `prepare` is t
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from topkrec.data.dataset import Dataset, discounted_returns
@@ -58,3 +60,16 @@ def synth_dataset(n_users: int = 300, n_items: int = 400, seed: int = 0) -> Data
         item_raw=ordered.astype(str),
         meta={"gamma": 0.99},
     )
+
+
+def train_recording_losses(
+    dataset: Dataset, out: Any, *args: Any, **kwargs: Any
+) -> tuple[Any, list[tuple[float, float]]]:
+    """``train_agent(dataset, out, *args, **kwargs)`` and the (policy, behavior) loss of every step."""
+    from topkrec.train import train_agent
+
+    losses: list[tuple[float, float]] = []
+    result = train_agent(
+        dataset, out, *args, on_step=lambda s, o: losses.append((o.policy_loss, o.behavior_loss)), **kwargs
+    )
+    return result, losses

@@ -25,25 +25,9 @@ def data_dir(tmp_path_factory):
 
 def test_train_evaluate_json_and_resume(data_dir, tmp_path) -> None:
     model = tmp_path / "model"
-    r = topkrec(
-        "train",
-        "--data",
-        str(data_dir),
-        "--out",
-        str(model),
-        "--epochs",
-        "1",
-        "--lr",
-        "1e-3",
-        "--batch-size",
-        "64",
-        "--device",
-        "cpu",
-        "--encoder",
-        "mean",
-        "--correction",
-        "is",
-    )
+    train = ["train", "--data", str(data_dir), "--out", str(model), "--lr", "1e-3", "--batch-size", "64"]
+    train += ["--device", "cpu", "--encoder", "mean", "--correction", "is"]
+    r = topkrec(*train, "--epochs", "1")
     assert r.returncode == 0, r.stderr
     assert "trained" in r.stdout
     for f in (
@@ -67,26 +51,7 @@ def test_train_evaluate_json_and_resume(data_dir, tmp_path) -> None:
     assert json.loads((model / "metrics.json").read_text()) == doc
     assert (model / "training_curves.png").exists() and (model / "weight_histogram.png").exists()
     # a second epoch continues from the checkpoint
-    r = topkrec(
-        "train",
-        "--data",
-        str(data_dir),
-        "--out",
-        str(model),
-        "--epochs",
-        "2",
-        "--lr",
-        "1e-3",
-        "--batch-size",
-        "64",
-        "--device",
-        "cpu",
-        "--encoder",
-        "mean",
-        "--correction",
-        "is",
-        "--resume",
-    )
+    r = topkrec(*train, "--epochs", "2", "--resume")
     assert r.returncode == 0, r.stderr
     assert json.loads((model / "trainer_state.json").read_text())["epoch"] == 2
 

@@ -9,11 +9,10 @@ import sys
 import pytest
 import torch
 
-from agent_data import synth_dataset
+from agent_data import synth_dataset, train_recording_losses
 from conftest import REPO
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
-from topkrec.train import train_agent
 
 EXAMPLE = REPO / "examples" / "minimal_topk_reinforce.py"
 
@@ -70,17 +69,10 @@ def test_library_matches_minimal_example(tmp_path, correction: str) -> None:
         "n_items": ds.n_items,
     }
     ref = ex.train(args, events=events, net=net)
-    lib_losses: list[tuple[float, float]] = []
     cfg = TrainConfig(
         epochs=2, batch_size=32, lr=3e-3, correction=correction, k=4, cap=math.exp(3.0), seed=3, device="cpu"
     )
-    train_agent(
-        ds,
-        tmp_path / "m",
-        config=cfg,
-        initial_agent=agent,
-        on_step=lambda s, o: lib_losses.append((o.policy_loss, o.behavior_loss)),
-    )
+    _, lib_losses = train_recording_losses(ds, tmp_path / "m", config=cfg, initial_agent=agent)
     assert len(lib_losses) == len(ref["losses"]) > 4
     for (lp, lb), (rp, rb) in zip(lib_losses, ref["losses"], strict=True):
         assert lp == pytest.approx(rp, rel=1e-4, abs=1e-5)

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from agent_data import synth_dataset
+from agent_data import synth_dataset, train_recording_losses
 from topkrec.data.transitions import build_transitions
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
@@ -90,38 +90,14 @@ def test_weight_decay_keeps_dense_gradients_and_adam(tiny) -> None:
 def test_resume_with_sampled_heads_continues_exactly(tiny, tmp_path) -> None:
     acfg = _acfg(tiny, proposal="popularity")
 
-    full_losses: list[tuple[float, float]] = []
     cfg = TrainConfig(device="cpu", lr=3e-3, batch_size=32, epochs=2, seed=1)
-    full = train_agent(
-        tiny,
-        tmp_path / "full",
-        acfg,
-        cfg,
-        force=True,
-        on_step=lambda s, o: full_losses.append((o.policy_loss, o.behavior_loss)),
-    )
-    part_losses: list[tuple[float, float]] = []
+    full, full_losses = train_recording_losses(tiny, tmp_path / "full", acfg, cfg, force=True)
     cfg_part = TrainConfig(device="cpu", lr=3e-3, batch_size=32, epochs=2, seed=1, max_steps=7)
-    part = train_agent(
-        tiny,
-        tmp_path / "part",
-        acfg,
-        cfg_part,
-        force=True,
-        on_step=lambda s, o: part_losses.append((o.policy_loss, o.behavior_loss)),
-    )
+    part, part_losses = train_recording_losses(tiny, tmp_path / "part", acfg, cfg_part, force=True)
     assert part.state.global_step == 7
     meta = json.loads((tmp_path / "part" / "optimizer.json").read_text())
     assert [bool(g.get("sparse", False)) for g in meta["param_groups"]] == [False, False, True, True]
-    losses: list[tuple[float, float]] = []
-    resumed = train_agent(
-        tiny,
-        tmp_path / "part",
-        acfg,
-        cfg,
-        resume=True,
-        on_step=lambda s, o: losses.append((o.policy_loss, o.behavior_loss)),
-    )
+    resumed, losses = train_recording_losses(tiny, tmp_path / "part", acfg, cfg, resume=True)
     assert resumed.state.finished and resumed.state.global_step == full.state.global_step
     assert part_losses + losses == full_losses
     for (n1, p1), (n2, p2) in zip(full.agent.state_dict().items(), resumed.agent.state_dict().items(), strict=True):

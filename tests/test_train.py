@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent_data import synth_dataset
+from agent_data import synth_dataset, train_recording_losses
 from topkrec.data.transitions import build_transitions
 from topkrec.errors import TopkrecError
 from topkrec.policy.config import AgentConfig, TrainConfig
@@ -60,13 +60,9 @@ def test_frozen_embeddings_are_not_trained(tiny) -> None:
 
 
 def _run(ds, out, **kw):
-    losses: list[tuple[float, float]] = []
     cfg = TrainConfig(device="cpu", lr=3e-3, batch_size=32, log_every=5, **kw)
     acfg = AgentConfig(ds.n_users, ds.n_items, embed_dim=8, hidden=16, encoder="gru")
-    res = train_agent(
-        ds, out, acfg, cfg, force=True, on_step=lambda s, o: losses.append((o.policy_loss, o.behavior_loss))
-    )
-    return res, losses
+    return train_recording_losses(ds, out, acfg, cfg, force=True)
 
 
 def test_same_seed_same_losses_and_different_seed_differs(tiny, tmp_path) -> None:
@@ -83,17 +79,9 @@ def test_resume_continues_exactly(tiny, tmp_path) -> None:
     part, part_losses = _run(tiny, tmp_path / "part", epochs=2, seed=1, max_steps=7)
     assert part.state.global_step == 7 and not part.state.finished
     # … then resumed with the same settings
-    losses: list[tuple[float, float]] = []
     cfg = TrainConfig(device="cpu", lr=3e-3, batch_size=32, log_every=5, epochs=2, seed=1)
     acfg = AgentConfig(tiny.n_users, tiny.n_items, embed_dim=8, hidden=16, encoder="gru")
-    resumed = train_agent(
-        tiny,
-        tmp_path / "part",
-        acfg,
-        cfg,
-        resume=True,
-        on_step=lambda s, o: losses.append((o.policy_loss, o.behavior_loss)),
-    )
+    resumed, losses = train_recording_losses(tiny, tmp_path / "part", acfg, cfg, resume=True)
     assert resumed.state.finished and resumed.state.global_step == full.state.global_step
     assert part_losses + losses == full_losses
     for (n1, p1), (n2, p2) in zip(full.agent.state_dict().items(), resumed.agent.state_dict().items(), strict=True):
