@@ -332,7 +332,7 @@ def eval_timing(device: str, n_events: int, n_items: int, chunk_elements: int, n
     """Seconds of ``evaluate_agents`` (one agent + popularity + β̂ baselines) on a synthetic held-out split."""
     import torch
 
-    from topkrec.evaluate.evaluator import EvalConfig, evaluate_agents
+    from topkrec.evaluate.evaluator import EvalConfig, chunk_rows, evaluate_agents
     from topkrec.policy.config import AgentConfig, TrainConfig
     from topkrec.policy.model import Agent, LoadedAgent
 
@@ -364,7 +364,7 @@ def eval_timing(device: str, n_events: int, n_items: int, chunk_elements: int, n
         "n_test_events": int(ds.is_test.sum()),
         "n_items": n_items,
         "chunk_elements": chunk_elements,
-        "rows_per_chunk": max(1, min(4096, chunk_elements // n_items)),
+        "rows_per_chunk": chunk_rows(econf, n_items, dev),
         "n_boot": n_boot,
         "models": sorted(metrics),
         "seconds": round(seconds, 2),
