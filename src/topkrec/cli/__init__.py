@@ -89,15 +89,33 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:  # click's own usage errors come as click exceptions
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            typer.echo("aborted", err=True)
-            sys.exit(1)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
+    except Exception as e:
+        _exit_for_click_exception(e)
         raise
+
+
+def _exit_for_click_exception(e: BaseException) -> None:
+    """Turn click's own exceptions into click's exits (usage line + status 2 for usage errors).
+
+    typer ≥ 0.29 ships its own copy of click (``typer._click``) whose exception classes are not
+    ``click.exceptions.*``; older typer raises click's. Both are recognised, by the classes typer exports
+    (``typer.Exit``, ``typer.Abort``) and by the interface every ClickException has (``show`` +
+    ``exit_code``), so this does not depend on which copy of click raised.
+    """
+    if isinstance(e, typer.Exit) or type(e).__name__ == "Exit":
+        sys.exit(getattr(e, "exit_code", 0))
+    if isinstance(e, typer.Abort) or type(e).__name__ == "Abort":
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    show, exit_code = getattr(e, "show", None), getattr(e, "exit_code", None)
+    if callable(show) and isinstance(exit_code, int) and _is_click_exception(e):
+        show()
+        sys.exit(exit_code)
+
+
+def _is_click_exception(e: BaseException) -> bool:
+    """True for click's ClickException, from the installed click or from typer's bundled copy."""
+    return any(
+        cls.__name__ == "ClickException" and cls.__module__.endswith(("click.exceptions", "_click.exceptions"))
+        for cls in type(e).__mro__
+    )
