@@ -28,7 +28,6 @@ def _installed_topkrec() -> list[str]:
     return [found] if found else [sys.executable, "-m", "topkrec"]
 
 
-
 @pytest.mark.parametrize(
     "args",
     [
