@@ -195,11 +195,11 @@ def run_case(case: Case) -> dict[str, Any]:
     agent_cfg = AgentConfig(
         n_users=n_users,
         n_items=case.n_items,
-        embed_dim=EMBED,
+        embed_size=EMBED,
         hist_num=HIST,
         hidden=HIDDEN,
         softmax=case.softmax,
-        head_options=dict(case.head_options),
+        extra_head_options=dict(case.head_options),
     )
     agent = Agent(agent_cfg).to(device)
     train_cfg = TrainConfig(batch_size=case.batch_size, lr=1e-4, correction="topk", k=10)
@@ -269,11 +269,12 @@ def estimate_error(device: str, n_items: int, negatives: int, train_steps: int, 
     cfg = AgentConfig(
         n_users=n_users,
         n_items=n_items,
-        embed_dim=EMBED,
+        embed_size=EMBED,
         hist_num=HIST,
         hidden=HIDDEN,
         softmax="sampled",
-        head_options={"negatives": negatives, "normaliser": "estimate"},
+        negatives=negatives,
+        sampled_logp="estimate",
     )
     agent = Agent(cfg).to(dev)
     tcfg = TrainConfig(batch_size=batch, lr=1e-2, correction="topk")
@@ -333,14 +334,15 @@ def eval_timing(device: str, n_events: int, n_items: int, chunk_elements: int, n
     import torch
 
     from topkrec.evaluate.evaluator import EvalConfig, chunk_rows, evaluate_agents
+    from topkrec.policy.artifact import LoadedAgent
     from topkrec.policy.config import AgentConfig, TrainConfig
-    from topkrec.policy.model import Agent, LoadedAgent
+    from topkrec.policy.model import Agent
 
     t0 = time.perf_counter()
     ds = synthetic_dataset(n_events, n_items)
     build_s = time.perf_counter() - t0
     dev = torch.device(device)
-    cfg = AgentConfig(n_users=ds.n_users, n_items=n_items, embed_dim=EMBED, hist_num=HIST, hidden=HIDDEN)
+    cfg = AgentConfig(n_users=ds.n_users, n_items=n_items, embed_size=EMBED, hist_num=HIST, hidden=HIDDEN)
     torch.manual_seed(0)
     agent = LoadedAgent(
         module=Agent(cfg).to(dev),

@@ -33,7 +33,7 @@ def main() -> None:
         reward = ds.reward.copy()
         reward[np.arange(len(reward)) % 3 == 0] = 0.0
         ds = replace(ds, reward=reward, returns=discounted_returns(reward, ds.session, 0.99))
-    acfg = AgentConfig(ds.n_users, ds.n_items, embed_dim=8, hidden=16)
+    acfg = AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16)
     device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
     cfg = TrainConfig(batch_size=BATCH, lr=1e-3, max_steps=MAX_STEPS, epochs=1, log_every=2, device=device)
     train_agent(ds, out, acfg, cfg, force=True)

@@ -6,8 +6,8 @@ import pytest
 
 from agent_data import synth_dataset
 from topkrec.evaluate.evaluator import EvalConfig, evaluate_agents
+from topkrec.policy.artifact import load_agent
 from topkrec.policy.config import AgentConfig, TrainConfig
-from topkrec.policy.model import load_agent
 from topkrec.train import train_agent
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from topkrec.errors import ArtifactError
+from topkrec.policy.artifact import load_agent, save_agent
 from topkrec.policy.config import AgentConfig
 from topkrec.policy.encoders import ENCODERS
 from topkrec.policy.heads import HEADS, HeadOutput, make_head
-from topkrec.policy.model import Agent, load_agent, save_agent
+from topkrec.policy.model import Agent
 from topkrec.policy.objective import action_log_prob
 
 
@@ -50,7 +51,7 @@ def test_temperature_and_unknown_head() -> None:
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_encoders_shapes_and_pad_invariance(encoder: str) -> None:
     torch.manual_seed(1)
-    cfg = AgentConfig(n_users=4, n_items=12, embed_dim=5, hist_num=4, hidden=7, encoder=encoder)
+    cfg = AgentConfig(n_users=4, n_items=12, embed_size=5, hist_num=4, hidden=7, encoder=encoder)
     agent = Agent(cfg)
     user = torch.tensor([0, 1, -1])
     hist = torch.tensor([[12, 12, 3, 4], [1, 2, 3, 4], [12, 12, 12, 12]])
@@ -66,7 +67,7 @@ def test_encoders_shapes_and_pad_invariance(encoder: str) -> None:
 
 def test_save_load_round_trip_and_errors(tmp_path) -> None:
     torch.manual_seed(2)
-    cfg = AgentConfig(n_users=3, n_items=8, embed_dim=4, hist_num=2, hidden=5, encoder="gru")
+    cfg = AgentConfig(n_users=3, n_items=8, embed_size=4, hist_num=2, hidden=5, encoder="gru")
     agent = Agent(cfg)
     save_agent(tmp_path / "m", agent, user_raw=["a", "b", "c"], item_raw=[f"i{k}" for k in range(8)])
     loaded = load_agent(tmp_path / "m")

@@ -12,7 +12,7 @@ from agent_data import synth_dataset
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import build_transitions
 from topkrec.errors import ArtifactError, TopkrecError
-from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, item_counts, popularity_scorer
+from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, popularity_scorer
 from topkrec.evaluate.metrics import (
     ndcg_all_at_k,
     ndcg_from_rank,
@@ -77,7 +77,7 @@ def tiny_dataset() -> Dataset:
 
 def test_popularity_metrics_by_hand() -> None:
     ds = tiny_dataset()
-    counts = item_counts(ds)
+    counts = torch.as_tensor(ds.train_item_counts(), dtype=torch.float64)
     assert counts.tolist() == [3, 1, 2, 1]  # popularity order 0, 2, 1, 3 (ties by index)
     test = build_transitions(ds, "test", 2)
     first = test.first_per_user()
@@ -101,7 +101,7 @@ def test_popularity_metrics_by_hand() -> None:
 def test_evaluate_model_dir_document_and_mismatch(tmp_path) -> None:
     ds = synth_dataset(n_users=40, n_items=60, seed=1)
     cfg = TrainConfig(device="cpu", lr=3e-3, batch_size=64, epochs=1, correction="is")
-    train_agent(ds, tmp_path / "m", AgentConfig(ds.n_users, ds.n_items, embed_dim=8, hidden=16), cfg)
+    train_agent(ds, tmp_path / "m", AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16), cfg)
     doc = evaluate_model_dirs({None: tmp_path / "m"}, ds, k=5, out=tmp_path / "metrics.json", plots_dir=tmp_path)
     assert doc["k"] == 5 and set(doc["models"]) == {"is", "popularity", "behavior"}
     for m in doc["models"].values():

@@ -48,7 +48,7 @@ def test_library_matches_minimal_example(tmp_path, correction: str) -> None:
         seed=3,
     )
     torch.manual_seed(0)
-    agent = Agent(AgentConfig(ds.n_users, ds.n_items, embed_dim=8, hidden=16, hist_num=10, encoder="concat"))
+    agent = Agent(AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16, hist_num=10, encoder="concat"))
     net = ex.Net(ds.n_users, ds.n_items, args)
     with torch.no_grad():
         net.user_embedding.weight.copy_(agent.user_embedding.weight)

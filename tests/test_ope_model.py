@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
     result = train_agent(
         ds,
         model,
-        AgentConfig(n_users=ds.n_users, n_items=ds.n_items, embed_dim=8, hidden=16, trainable_embeddings=True),
+        AgentConfig(n_users=ds.n_users, n_items=ds.n_items, embed_size=8, hidden=16, trainable_embeddings=True),
         TrainConfig(epochs=1, batch_size=64, lr=1e-2, max_steps=5, device="cpu", correction="topk", k=3),
     )
     return csv, ds, model, result.agent.eval()

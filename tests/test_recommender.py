@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from topkrec.data.histories import HISTORIES_FILE, UserHistories, write_user_histories
 from topkrec.errors import ArtifactError, TopkrecError
-from topkrec.serve.histories import HISTORIES_FILE, UserHistories, write_user_histories
 from topkrec.serve.recommender import Recommender
 from topkrec.serve.synthetic import make_random_model
 
@@ -115,8 +115,9 @@ def test_unknown_user_served_from_history_and_unknown_items_reported(rec: Recomm
 
 
 def test_int_raw_ids_are_matched_as_strings(tmp_path: Path) -> None:
+    from topkrec.policy.artifact import save_agent
     from topkrec.policy.config import AgentConfig
-    from topkrec.policy.model import Agent, save_agent
+    from topkrec.policy.model import Agent
 
     torch.manual_seed(0)
     save_agent(tmp_path / "m", Agent(AgentConfig(n_users=3, n_items=20, hist_num=2)), user_raw=["10", "11", "12"])
@@ -150,7 +151,7 @@ def test_batch_equals_single_calls(rec: Recommender) -> None:
 
 
 def test_save_load_round_trip_gives_identical_output(rec: Recommender, model_dir: Path, tmp_path: Path) -> None:
-    from topkrec.policy.model import save_agent
+    from topkrec.policy.artifact import save_agent
 
     copy = save_agent(tmp_path / "copy", rec.agent.module, user_raw=rec.agent.user_raw, item_raw=rec.agent.item_raw)
     shutil.copy(model_dir / HISTORIES_FILE, copy / HISTORIES_FILE)
@@ -165,8 +166,9 @@ def test_save_load_round_trip_gives_identical_output(rec: Recommender, model_dir
 
 def test_histories_from_a_dataset_dir(tmp_path: Path) -> None:
     from topkrec.data.dataset import Dataset
+    from topkrec.policy.artifact import save_agent
     from topkrec.policy.config import AgentConfig
-    from topkrec.policy.model import Agent, save_agent
+    from topkrec.policy.model import Agent
 
     n_items = 30
     user = np.array([0, 0, 0, 1, 1, 2], dtype=np.int32)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from agent_data import synth_dataset
+from topkrec.data.histories import HISTORIES_FILE
 from topkrec.policy.config import AgentConfig, TrainConfig
-from topkrec.serve.histories import HISTORIES_FILE
 from topkrec.serve.recommender import Recommender
 from topkrec.train import train_agent
 
@@ -17,7 +17,7 @@ from topkrec.train import train_agent
 def test_trained_model_dir_serves_known_users_without_their_seen_items(tmp_path: Path) -> None:
     ds = synth_dataset(n_users=60, n_items=120, seed=1)
     cfg = TrainConfig(device="cpu", lr=3e-3, batch_size=64, max_steps=3, log_every=1)
-    train_agent(ds, tmp_path / "m", AgentConfig(ds.n_users, ds.n_items, embed_dim=8, hidden=16), cfg, force=True)
+    train_agent(ds, tmp_path / "m", AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16), cfg, force=True)
     assert (tmp_path / "m" / HISTORIES_FILE).exists()
     rec = Recommender.load(tmp_path / "m", device="cpu")
     assert rec.has_histories and rec.info()["n_items"] == ds.n_items

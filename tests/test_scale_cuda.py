@@ -47,8 +47,7 @@ def test_train_step_under_bf16_autocast_updates_both_heads(softmax):
     from topkrec.train import build_optimizer, train_step
 
     torch.manual_seed(1)
-    opts = {"negatives": 256} if softmax == "sampled" else {}
-    agent = Agent(AgentConfig(n_users=100, n_items=30_000, softmax=softmax, head_options=opts)).cuda()
+    agent = Agent(AgentConfig(n_users=100, n_items=30_000, softmax=softmax, negatives=256)).cuda()
     config = TrainConfig(batch_size=1024, lr=1e-2)
     optimizer = build_optimizer(agent, config)
     before = {n: p.detach().clone() for n, p in agent.named_parameters() if p.requires_grad}

@@ -15,7 +15,6 @@ from topkrec.scale.heads import (
     SampledSoftmaxHead,
     default_cutoffs,
     log_uniform_log_q,
-    sampled_head_options,
     sampled_log_prob_estimate,
     sampled_softmax_log_prob,
     set_proposal_counts,
@@ -187,7 +186,7 @@ def test_heads_reject_bad_shapes():
 
 
 def test_helpers_build_options_and_hand_counts_to_popularity_heads():
-    opts = sampled_head_options(64, "popularity", "estimate")
+    opts = {"negatives": 64, "proposal": "popularity", "normaliser": "estimate"}
     heads = [make_head("sampled", 4, 6, **opts), make_head("sampled", 4, 6), make_head("full", 4, 6)]
     assert set_proposal_counts(heads, torch.tensor([5.0, 4, 3, 2, 1, 0])) == 1
     assert bool(heads[0].proposal_from_counts) and not bool(heads[1].proposal_from_counts)

@@ -12,8 +12,8 @@ from agent_data import synth_dataset, train_recording_losses
 from topkrec.data.transitions import build_transitions
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
-from topkrec.scale.heads import SampledSoftmaxHead, log_uniform_log_q, sampled_head_options
-from topkrec.train import SparseDenseAdam, build_optimizer, item_popularity, train_agent, train_step
+from topkrec.scale.heads import SampledSoftmaxHead, log_uniform_log_q
+from topkrec.train import SparseDenseAdam, build_optimizer, train_agent, train_step
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,12 @@ def _acfg(ds, **options):
     return AgentConfig(
         ds.n_users,
         ds.n_items,
-        embed_dim=8,
+        embed_size=8,
         hidden=16,
         encoder="gru",
         softmax="sampled",
-        head_options=sampled_head_options(negatives=16, **options),
+        negatives=16,
+        **options,
     )
 
 
@@ -37,7 +38,7 @@ def test_train_agent_hands_popularity_heads_the_train_counts(tiny, tmp_path, cap
     cfg = TrainConfig(device="cpu", batch_size=32, epochs=1, max_steps=3)
     with caplog.at_level(logging.WARNING, logger="topkrec"):
         res = train_agent(tiny, tmp_path / "m", _acfg(tiny, proposal="popularity"), cfg, force=True)
-    counts = torch.as_tensor(item_popularity(tiny), dtype=torch.float64) + 1.0
+    counts = torch.as_tensor(tiny.train_item_counts(), dtype=torch.float64) + 1.0
     want = (counts / counts.sum()).log().float()
     for head in (res.agent.policy_head, res.agent.behavior_head):
         assert isinstance(head, SampledSoftmaxHead) and head.proposal == "popularity"
@@ -105,7 +106,7 @@ def test_resume_with_sampled_heads_continues_exactly(tiny, tmp_path) -> None:
 
 
 def test_row_sparse_adam_is_adam_on_touched_rows_and_lazy_elsewhere() -> None:
-    from topkrec.scale.sparse_adam import RowSparseAdam
+    from topkrec.optim import RowSparseAdam
 
     torch.manual_seed(0)
     w_sparse = torch.nn.Parameter(torch.randn(6, 3))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from topkrec.distributed import DistContext, env_rank, env_world_size
-from topkrec.policy.model import load_agent
+from topkrec.policy.artifact import load_agent
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "ddp_train_worker.py"
@@ -96,7 +96,7 @@ def test_agent_weights_are_trained_by_both_runs(tmp_path: Path) -> None:
 
     trained = load_agent(tmp_path / "one")
     torch.manual_seed(0)
-    fresh = Agent(AgentConfig(trained.config.n_users, trained.config.n_items, embed_dim=8, hidden=16))
+    fresh = Agent(AgentConfig(trained.config.n_users, trained.config.n_items, embed_size=8, hidden=16))
     assert not torch.allclose(trained.module.policy_head.weight, fresh.policy_head.weight, atol=1e-4)
 
 
@@ -113,17 +113,22 @@ def test_two_processes_with_unrewarded_rows(tmp_path: Path) -> None:
 
 def test_shard_scales_count_rewarded_rows_of_the_global_batch() -> None:
     """Unequal rewarded rows per rank: the π factors make the ranks' average the global mean."""
-    from topkrec.train import _shard_scales
+    from topkrec.train.loop import TrainData
 
-    class _T:  # the two fields _shard_scales reads
+    class _T:  # the two fields the scales read
         reward = torch.tensor([1.0, 0.0, 0.0, 2.0, 1.0, 3.0, 0.0, 1.0])
         rows = torch.arange(8)
 
+    def scales(dist: DistContext, idx: torch.Tensor, n_local: int, all_rewarded: bool) -> tuple[float, float]:
+        return TrainData(_T(), all_rewarded, 1).shard_scales(dist, idx, n_local)  # type: ignore[arg-type]
+
     idx = torch.tensor([0, 1, 2, 3, 4, 5])  # rank 0: rows 0-2 (1 rewarded), rank 1: rows 3-5 (3 rewarded)
-    scales = [_shard_scales(DistContext(rank=r, world_size=2), _T(), idx, 3, False) for r in (0, 1)]  # type: ignore[arg-type]
-    assert scales == [(1.0, 2 * 1 / 4), (1.0, 2 * 3 / 4)]
-    assert _shard_scales(DistContext(), _T(), idx, 6, False) == (1.0, 1.0)  # type: ignore[arg-type]
-    assert _shard_scales(DistContext(rank=1, world_size=2), _T(), torch.tensor([0, 1, 2]), 1, True) == (2 / 3, 2 / 3)  # type: ignore[arg-type]
+    assert [scales(DistContext(rank=r, world_size=2), idx, 3, False) for r in (0, 1)] == [
+        (1.0, 2 * 1 / 4),
+        (1.0, 2 * 3 / 4),
+    ]
+    assert scales(DistContext(), idx, 6, False) == (1.0, 1.0)
+    assert scales(DistContext(rank=1, world_size=2), torch.tensor([0, 1, 2]), 1, True) == (2 / 3, 2 / 3)
 
 
 @pytest.mark.slow
@@ -181,7 +186,11 @@ def test_resume_on_another_number_of_processes(tmp_path: Path) -> None:
     _run([*sampled, "--max-steps", "2"], None, tmp_path)
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     proc = subprocess.run(
-        [sys.executable, *launch, *sampled, "--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+        [sys.executable, *launch, *sampled, "--resume"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
         timeout=240,
     )
     assert proc.returncode != 0 and "resume on the same number of processes" in proc.stderr

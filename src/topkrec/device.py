@@ -10,6 +10,13 @@ if TYPE_CHECKING:
     import torch
 
 
+def check_device_name(name: str) -> None:
+    """Refuse a device name that is not auto, cpu, cuda or cuda:N (a settings check: no torch needed)."""
+    kind, _, index = name.partition(":")
+    if not (name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())):
+        raise TopkrecError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → cuda if available else cpu; ``cuda`` without CUDA is a clear error."""
     import torch

@@ -1,59 +1,31 @@
-"""CLI of the agent: ``train``, ``evaluate``, ``compare``, ``demo``. Heavy imports live inside the commands."""
+"""CLI of the agent: ``train``, ``evaluate``, ``compare``, ``demo``. Heavy imports live inside the commands.
+
+The settings of ``train``, ``compare`` and ``demo`` are not declared here: their options are generated
+from ``AgentConfig``, ``TrainConfig`` and ``PretrainConfig`` (``topkrec.cli.settings``), so every setting has
+one name, default, range and help text, and ``--config FILE`` / ``--preset NAME`` / ``--print-config`` work
+on all of them.
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 
-CORRECTION_HELP = "none | is | topk: no correction, importance weight π/β̂, or weight × top-K multiplier λ_K."
+from topkrec.cli.settings import settings_command
+from topkrec.config import SettingsGroup
+from topkrec.embeddings.config import PretrainConfig
+from topkrec.policy.config import PRESETS, AgentConfig, Correction, TrainConfig
+
+AGENT = SettingsGroup("agent", AgentConfig)
+TRAIN = SettingsGroup("train", TrainConfig)
 
 
-def _train_config(**kw: Any) -> Any:
-    from topkrec.errors import TopkrecError
-    from topkrec.policy.config import TrainConfig
-
-    cap = kw.pop("cap")
-    if kw.pop("no_cap"):
-        cap = None
-    elif cap is not None and not cap > 0:
-        raise TopkrecError(f"--cap must be positive (or pass --no-cap), got {cap}")
-    return TrainConfig(cap=cap, **kw)
-
-
-def _agent_config(dataset: Any, embeddings: Any, **kw: Any) -> Any:
-    from topkrec.policy.config import AgentConfig
-
-    temperature = kw.pop("temperature")
-    embed_dim = embeddings.embed_size if embeddings is not None else kw.pop("embed_dim")
-    kw.pop("embed_dim", None)
-    head_options = {"temperature": temperature} if temperature != 1.0 else {}
-    head_options.update(kw.pop("extra_head_options", None) or {})  # --softmax sampled options (topkrec.scale)
-    return AgentConfig(
-        n_users=dataset.n_users, n_items=dataset.n_items, embed_dim=embed_dim, head_options=head_options, **kw
-    )
-
-
-def _sampled_options(
-    softmax: str, negatives: int, sampled_logp: str, proposal: str = "log_uniform"
-) -> dict[str, Any] | None:
-    """head_options of ``--softmax sampled`` (negatives, proposal and how log π is computed)."""
-    if softmax != "sampled":
-        return None
-    from topkrec.scale.heads import sampled_head_options
-
-    return sampled_head_options(negatives=negatives, proposal=proposal.replace("-", "_"), normaliser=sampled_logp)
-
-
-def _load_inputs(data: Path, embeddings_dir: Path | None, gamma: float | None) -> tuple[Any, Any]:
-    from topkrec.data.dataset import Dataset, discounted_returns
+def _load_inputs(data: Path, embeddings_dir: Path | None) -> tuple[Any, Any]:
+    from topkrec.data.dataset import Dataset
 
     dataset = Dataset.load(data)
-    if gamma is not None and gamma != dataset.meta.get("gamma"):
-        # Returns were computed by prepare with meta["gamma"]; recompute for another discount.
-        dataset.returns = discounted_returns(dataset.reward, dataset.session, gamma)
     embeddings = None
     if embeddings_dir is not None:
         from topkrec.embeddings import load_embeddings
@@ -62,98 +34,34 @@ def _load_inputs(data: Path, embeddings_dir: Path | None, gamma: float | None) -
     return dataset, embeddings
 
 
+@settings_command([AGENT, TRAIN], PRESETS)
 def train_command(
     data: Path = typer.Option(..., "--data", help="Dataset directory (`topkrec prepare`)."),
     embeddings: Path | None = typer.Option(
         None, "--embeddings", help="Embeddings directory (`topkrec pretrain`); without it embeddings start random."
     ),
-    out: Path = typer.Option(..., "--out", help="Model directory to write (checkpoints go here too)."),
-    epochs: int = typer.Option(1, "--epochs", help="Passes over the train transitions."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Transitions per step."),
-    lr: float = typer.Option(1e-5, "--lr", help="Adam learning rate of π (reference 1e-5)."),
-    behavior_lr: float | None = typer.Option(None, "--behavior-lr", help="Adam learning rate of β̂ (default: --lr)."),
-    weight_decay: float = typer.Option(0.0, "--weight-decay"),
-    correction: str = typer.Option("topk", "--correction", help=CORRECTION_HELP),
-    k: int = typer.Option(10, "--k", help="K of the top-K correction (list length)."),
-    cap: float | None = typer.Option(math.exp(3.0), "--cap", help="Importance-weight cap (paper: e^3)."),
-    no_cap: bool = typer.Option(False, "--no-cap", help="Do not cap importance weights."),
-    snis: bool = typer.Option(False, "--snis", help="Self-normalise importance weights per batch."),
-    softmax: str = typer.Option("full", "--softmax", help="Head kind: full (or sampled/adaptive when available)."),
-    negatives: int = typer.Option(1024, "--negatives", help="--softmax sampled: shared negatives per batch."),
-    sampled_logp: str = typer.Option(
-        "exact", "--sampled-logp", help="--softmax sampled: log π for w and λ_K, exact (catalogue pass) | estimate."
-    ),
-    proposal: str = typer.Option(
-        "log-uniform",
-        "--proposal",
-        help="--softmax sampled: negatives' proposal, log-uniform (over frequency-ordered ids) | popularity | uniform.",
-    ),
-    encoder: str = typer.Option("concat", "--encoder", help="State encoder: concat | mean | gru | cfn."),
-    hidden: int = typer.Option(64, "--hidden", help="State width."),
-    hist_num: int = typer.Option(10, "--hist-num", help="Items of history in the state."),
-    embed_dim: int = typer.Option(32, "--embed-dim", help="Embedding width when no --embeddings are given."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature T of both heads."),
-    trainable_embeddings: bool = typer.Option(
-        False, "--trainable-embeddings", help="Fine-tune the pretrained embeddings."
-    ),
-    gamma: float | None = typer.Option(None, "--gamma", help="Discount of returns (default: the dataset's, 0.99)."),
-    bias_init: str = typer.Option(
-        "popularity", "--bias-init", help="Heads' initial output biases: popularity (log prior) or zero."
-    ),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    no_bf16: bool = typer.Option(False, "--no-bf16", help="No bf16 autocast on CUDA."),
-    log_every: int = typer.Option(50, "--log-every", help="Log metrics every N steps."),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Checkpoint every N steps (0: per epoch)."),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N steps in total."),
-    compile_step: bool = typer.Option(
-        False, "--compile", help="torch.compile the training step (first step compiles; measure before using)."
-    ),
+    out: Path = typer.Option(..., "--out", help="Model directory to write (checkpoints and config.toml go here too)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
+    *,
+    settings: dict[str, Any],
 ) -> None:
     """Train the REINFORCE agent (π and β̂) with the chosen off-policy correction."""
+    from topkrec import distributed
     from topkrec.cli.common import STATE
     from topkrec.train import train_agent
 
-    dataset, emb = _load_inputs(data, embeddings, gamma)
-    train_cfg = _train_config(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        behavior_lr=behavior_lr,
-        weight_decay=weight_decay,
-        correction=correction,
-        k=k,
-        cap=cap,
-        no_cap=no_cap,
-        snis=snis,
-        bias_init=bias_init,
-        seed=seed,
-        device=device,
-        bf16=not no_bf16,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
-        max_steps=max_steps,
-        compile=compile_step,
-    )
-    agent_cfg = _agent_config(
-        dataset,
-        emb,
-        embed_dim=embed_dim,
-        hist_num=hist_num,
-        hidden=hidden,
-        encoder=encoder,
-        softmax=softmax,
-        temperature=temperature,
-        extra_head_options=_sampled_options(softmax, negatives, sampled_logp, proposal),
-        trainable_embeddings=trainable_embeddings,
-    )
-    from topkrec import distributed
-
+    dataset, emb = _load_inputs(data, embeddings)
     try:
         result = train_agent(
-            dataset, out, agent_cfg, train_cfg, embeddings=emb, resume=resume, force=force, progress=STATE.progress
+            dataset,
+            out,
+            settings["agent"],
+            settings["train"],
+            embeddings=emb,
+            resume=resume,
+            force=force,
+            progress=STATE.progress,
         )
     finally:
         distributed.teardown()
@@ -224,43 +132,37 @@ def evaluate_command(
         typer.echo(f"wrote {out or model / 'metrics.json'}")
 
 
+@settings_command([AGENT, SettingsGroup("train", TrainConfig, exclude=frozenset({"correction"}))], PRESETS)
 def compare_command(
     data: Path = typer.Option(..., "--data", help="Dataset directory."),
     embeddings: Path | None = typer.Option(None, "--embeddings", help="Embeddings directory (optional)."),
-    out: Path = typer.Option(..., "--out", help="Directory for the three models and metrics.json."),
+    out: Path = typer.Option(..., "--out", help="Directory for one model per correction and metrics.json."),
     corrections: str = typer.Option("none,is,topk", "--corrections", help="Comma-separated variants to compare."),
-    epochs: int = typer.Option(1, "--epochs"),
-    batch_size: int = typer.Option(128, "--batch-size"),
-    lr: float = typer.Option(1e-5, "--lr"),
-    behavior_lr: float | None = typer.Option(None, "--behavior-lr"),
-    k: int = typer.Option(10, "--k"),
-    cap: float | None = typer.Option(math.exp(3.0), "--cap"),
-    no_cap: bool = typer.Option(False, "--no-cap"),
-    snis: bool = typer.Option(False, "--snis"),
-    softmax: str = typer.Option("full", "--softmax"),
-    encoder: str = typer.Option("concat", "--encoder"),
-    hidden: int = typer.Option(64, "--hidden"),
-    hist_num: int = typer.Option(10, "--hist-num"),
-    trainable_embeddings: bool = typer.Option(False, "--trainable-embeddings"),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
     reuse: bool = typer.Option(False, "--reuse", help="Load variants already trained under --out instead of training."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout."),
     force: bool = typer.Option(False, "--force", help="Retrain variants whose directory exists."),
+    *,
+    settings: dict[str, Any],
 ) -> None:
     """Train (or --reuse) one model per --correction, evaluate all with baselines, print one table."""
     import json
+    from dataclasses import replace
 
     from topkrec.cli.common import STATE
     from topkrec.device import resolve_device
     from topkrec.errors import TopkrecError
     from topkrec.evaluate.report import evaluate_model_dirs
+    from topkrec.policy.config import CORRECTIONS
     from topkrec.train import train_agent
 
     names = [c.strip() for c in corrections.split(",") if c.strip()]
     if not names:
         raise TopkrecError("--corrections is empty")
-    dataset, emb = _load_inputs(data, embeddings, None)
+    unknown = [n for n in names if n not in CORRECTIONS]
+    if unknown:
+        raise TopkrecError(f"--corrections: unknown {', '.join(unknown)}; use some of {', '.join(CORRECTIONS)}")
+    dataset, emb = _load_inputs(data, embeddings)
+    train_cfg: TrainConfig = settings["train"]
     dirs: dict[str | None, Path] = {}
     for name in names:
         model_dir = out / name
@@ -268,37 +170,14 @@ def compare_command(
         if reuse and (model_dir / "config.json").exists():
             typer.echo(f"{name}: reusing {model_dir}", err=True)
             continue
-        train_cfg = _train_config(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            behavior_lr=behavior_lr,
-            correction=name,
-            k=k,
-            cap=cap,
-            no_cap=no_cap,
-            snis=snis,
-            seed=seed,
-            device=device,
-        )
-        agent_cfg = _agent_config(
-            dataset,
-            emb,
-            embed_dim=32,
-            hist_num=hist_num,
-            hidden=hidden,
-            encoder=encoder,
-            softmax=softmax,
-            temperature=1.0,
-            trainable_embeddings=trainable_embeddings,
-        )
-        result = train_agent(dataset, model_dir, agent_cfg, train_cfg, emb, force=force, progress=STATE.progress)
+        cfg = replace(train_cfg, correction=cast(Correction, name))
+        result = train_agent(dataset, model_dir, settings["agent"], cfg, emb, force=force, progress=STATE.progress)
         typer.echo(f"{name}: {result.state.global_step} steps in {result.seconds:.1f} s", err=True)
     doc = evaluate_model_dirs(
         dirs,
         dataset,
-        k=k,
-        device=resolve_device(device),
+        k=train_cfg.k,
+        device=resolve_device(train_cfg.device),
         out=out / "metrics.json",
         plots_dir=out,
         progress=STATE.progress,
@@ -306,57 +185,68 @@ def compare_command(
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
     else:
-        print_table(f"corrections compared on {data} (k={k})", doc["models"], k)
+        print_table(f"corrections compared on {data} (k={train_cfg.k})", doc["models"], train_cfg.k)
         typer.echo(f"wrote {out / 'metrics.json'}")
 
 
-DEMO_TRAIN: dict[str, Any] = {
-    "epochs": 2,
-    "lr": 3e-3,
-    "cap": math.exp(3.0),
-    "correction": "topk",
-    "batch_size": 128,
-    "trainable_embeddings": True,
+DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "train": {"epochs": 2, "lr": 3e-3},
+    "agent": {"trainable_embeddings": True},
+    "pretrain": {"epochs": 2},
 }
-"""The demo's training settings: lr 3e-3 (the reference 1e-5 learns nothing in a short run), 2 epochs, and the
-pretrained embeddings fine-tuned (frozen two-tower embeddings blur items of one category together, and on
-the synthetic logs the next item depends on the exact previous item); everything else is the default."""
+"""The demo's own defaults, over the settings' defaults: lr 3e-3 (the reference 1e-5 learns nothing in a
+short run), 2 epochs, and the pretrained embeddings fine-tuned (frozen two-tower embeddings blur items of one
+category together, and on the synthetic logs the next item depends on the exact previous item); the
+two-tower model pretrains 2 epochs. Everything else is the default; the demo writes what it ran to
+``<out>/config.toml``."""
 
 
+@settings_command(
+    [
+        SettingsGroup("agent", AgentConfig, defaults=DEMO_DEFAULTS["agent"]),
+        SettingsGroup("train", TrainConfig, defaults=DEMO_DEFAULTS["train"]),
+        SettingsGroup("pretrain", PretrainConfig, prefix="pretrain-", defaults=DEMO_DEFAULTS["pretrain"]),
+    ],
+    PRESETS,
+)
 def demo_command(
     out: Path = typer.Option(Path("topkrec-demo"), "--out", help="Directory for data/, embeddings/, model/, report/."),
-    users: int = typer.Option(1500, "--users", help="Synthetic users."),
-    items: int = typer.Option(3000, "--items", help="Synthetic catalogue size."),
-    epochs: int = typer.Option(DEMO_TRAIN["epochs"], "--epochs", help="Agent training epochs."),
-    pretrain_epochs: int = typer.Option(2, "--pretrain-epochs", help="Two-tower pretraining epochs."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    users: int = typer.Option(1500, "--users", help="Synthetic users.", min=1),
+    items: int = typer.Option(3000, "--items", help="Synthetic catalogue size.", min=2),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
+    *,
+    settings: dict[str, Any],
 ) -> None:
-    """The whole pipeline on synthetic data: synth → prepare → pretrain → train (topk) → evaluate → recommend."""
+    """The whole pipeline on synthetic data: synth → prepare → pretrain → train → evaluate → recommend.
+
+    --seed seeds the synthetic logs and the agent, --pretrain-seed the two-tower model.
+    """
     import time
 
     from rich.console import Console
 
     from topkrec.cli import app
     from topkrec.cli.common import STATE
+    from topkrec.config import CONFIG_TOML, settings_toml
     from topkrec.data.dataset import Dataset
     from topkrec.device import resolve_device
-    from topkrec.embeddings import load_embeddings
     from topkrec.errors import TopkrecError
     from topkrec.evaluate.report import evaluate_model_dirs
-    from topkrec.io import check_output_dir
-    from topkrec.policy.config import AgentConfig
-    from topkrec.train import train_agent
+    from topkrec.io import atomic_write_bytes, check_output_dir, write_json
 
     check_output_dir(out, force)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
     timings: dict[str, float] = {}
     root_flags = [] if STATE.progress else ["--no-progress"]
+    train_cfg: TrainConfig = settings["train"]
+    config_path = out / CONFIG_TOML
+    atomic_write_bytes(
+        config_path, settings_toml(settings, "Settings of this topkrec demo (pretrain and train read them).").encode()
+    )
 
-    def cli(stage: str, args: list[str]) -> None:
-        console.rule(f"[bold]{stage}")
+    def cli(stage: str, args: list[str], title: str = "") -> None:
+        console.rule(f"[bold]{title or stage}")
         t0 = time.perf_counter()
         try:
             app([*root_flags, *args], standalone_mode=False)
@@ -367,64 +257,27 @@ def demo_command(
 
     t_start = time.perf_counter()
     raw, data, emb_dir, model, report = (out / n for n in ("raw", "data", "embeddings", "model", "report"))
-    cli(
-        "synth",
-        ["synth", "--out", str(raw), "--users", str(users), "--items", str(items), "--seed", str(seed), "--force"],
-    )
+    seed = str(train_cfg.seed)
+    cli("synth", ["synth", "--out", str(raw), "--users", str(users), "--items", str(items), "--seed", seed, "--force"])
     cli(
         "prepare", ["prepare", "--format", "tianchi", "--input", str(raw), "--out", str(data), "--no-sample", "--force"]
     )
+    cli("pretrain", ["pretrain", "--data", str(data), "--out", str(emb_dir), "--config", str(config_path), "--force"])
     cli(
-        "pretrain",
-        [
-            "pretrain",
-            "--data",
-            str(data),
-            "--out",
-            str(emb_dir),
-            "--epochs",
-            str(pretrain_epochs),
-            "--seed",
-            str(seed),
-            "--device",
-            device,
-            "--force",
-        ],
+        "train",
+        ["train", "--data", str(data), "--embeddings", str(emb_dir), "--out", str(model), "--config", str(config_path)]
+        + ["--force"],
+        f"train ({train_cfg.correction})",
     )
-
-    console.rule("[bold]train (topk)")
-    t0 = time.perf_counter()
-    dataset = Dataset.load(data)
-    embeddings = load_embeddings(emb_dir, dataset)
-    train_cfg = _train_config(
-        epochs=epochs,
-        batch_size=DEMO_TRAIN["batch_size"],
-        lr=DEMO_TRAIN["lr"],
-        correction=DEMO_TRAIN["correction"],
-        cap=DEMO_TRAIN["cap"],
-        no_cap=False,
-        seed=seed,
-        device=device,
-    )
-    agent_cfg = AgentConfig(
-        dataset.n_users,
-        dataset.n_items,
-        embed_dim=embeddings.embed_size,
-        trainable_embeddings=DEMO_TRAIN["trainable_embeddings"],
-    )
-    result = train_agent(
-        dataset, model, agent_cfg, train_cfg, embeddings=embeddings, force=True, progress=STATE.progress
-    )
-    timings["train"] = time.perf_counter() - t0
-    console.print(f"trained {result.state.global_step} steps in {result.seconds:.1f} s")
 
     console.rule("[bold]evaluate")
     t0 = time.perf_counter()
+    dataset = Dataset.load(data)
     doc = evaluate_model_dirs(
         {None: model},
         dataset,
         k=10,
-        device=resolve_device(device),
+        device=resolve_device(train_cfg.device),
         out=report / "metrics.json",
         plots_dir=report,
         progress=STATE.progress,
@@ -436,18 +289,24 @@ def demo_command(
     cli("recommend", ["recommend", "--model", str(model), "--user", user_raw, "--k", "10", "--dataset", str(data)])
 
     total = time.perf_counter() - t_start
-    doc["demo"] = {"timings_s": timings, "total_s": total, "train_settings": train_cfg.to_json()}
-    from topkrec.io import write_json
-
+    doc["demo"] = {
+        "timings_s": timings,
+        "total_s": total,
+        "train_settings": train_cfg.to_json(),
+        "settings": {
+            section: cfg.to_json() if hasattr(cfg, "to_json") else cfg.to_dict() for section, cfg in settings.items()
+        },
+    }
     write_json(report / "metrics.json", doc)
     print_table("demo: next-item metrics on the held-out split (k=10)", doc["models"], 10)
     m = doc["models"]
-    ratio = m["topk"]["ndcg@10"] / max(m["popularity"]["ndcg@10"], 1e-12)
+    name = train_cfg.correction
+    ratio = m[name]["ndcg@10"] / max(m["popularity"]["ndcg@10"], 1e-12)
     typer.echo(
-        f"agent (topk) ndcg@10 = {m['topk']['ndcg@10']:.4f}, {ratio:.2f}× popularity; "
+        f"agent ({name}) ndcg@10 = {m[name]['ndcg@10']:.4f}, {ratio:.2f}× popularity; "
         f"stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s"
     )
-    typer.echo(f"left under {out}/: raw/ data/ embeddings/ model/ report/ (metrics.json, plots)")
+    typer.echo(f"left under {out}/: raw/ data/ embeddings/ model/ report/ (metrics.json, plots), config.toml")
 
 
 def register(app: typer.Typer) -> None:

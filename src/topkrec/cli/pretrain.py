@@ -10,35 +10,28 @@ from typing import Any
 
 import typer
 
+from topkrec.cli.settings import settings_command
+from topkrec.config import SettingsGroup
+from topkrec.embeddings.config import PretrainConfig
+from topkrec.policy.config import PRESETS
+
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
     app.command("pretrain")(pretrain_command)
 
 
+@settings_command([SettingsGroup("pretrain", PretrainConfig)], PRESETS)
 def pretrain_command(
     data: Path = typer.Option(..., "--data", help="Dataset directory written by `topkrec prepare`."),
     out: Path = typer.Option(..., "--out", help="Embeddings directory to write."),
-    epochs: int = typer.Option(10, "--epochs", help="Passes over the train (user, item) pairs."),
-    batch_size: int = typer.Option(2048, "--batch-size", help="Positive pairs per step."),
-    lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate."),
-    embed_size: int = typer.Option(32, "--embed-size", help="Width of the output embeddings."),
-    hidden: str = typer.Option("256,128", "--hidden", help="Hidden widths of each tower's MLP, comma-separated."),
-    loss: str = typer.Option("cosine", "--loss", help="cosine | bce | softmax (in-batch negatives, log-Q)."),
-    neg_items: int = typer.Option(1, "--neg-items", help="Random unconsumed negatives per positive."),
-    temperature: float = typer.Option(0.1, "--temperature", help="Logit = cos / temperature (bce, softmax)."),
-    no_batch_norm: bool = typer.Option(False, "--no-batch-norm", help="Turn batch norm in the towers off."),
-    dense_embeddings: bool = typer.Option(
-        False, "--dense-embeddings", help="Dense embedding gradients + Adam instead of sparse rows + SparseAdam."
-    ),
-    bf16_on_cpu: bool = typer.Option(False, "--bf16-cpu", help="bf16 autocast on CPU too (always on CUDA)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling and negative sampling."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     export_npy: bool = typer.Option(
         False, "--export-npy", help="Also write <prefix>_user/item_embeddings.npy and user/item_map.json."
     ),
     npy_prefix: str = typer.Option("dssm", "--npy-prefix", help="File-name prefix of the --export-npy files."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out directory."),
+    *,
+    settings: dict[str, Any],
 ) -> None:
     """Pretrain user and item embeddings with a two-tower model; report eval loss and AUC per epoch.
 
@@ -49,28 +42,9 @@ def pretrain_command(
     from topkrec.errors import TopkrecError
     from topkrec.io import check_output_dir
 
-    try:
-        hidden_widths = tuple(int(h) for h in hidden.split(",") if h.strip())
-    except ValueError as e:
-        raise TopkrecError(f"--hidden must be comma-separated integers like 256,128 (got {hidden!r})") from e
     if not npy_prefix or any(c in npy_prefix for c in "/\\"):
         raise TopkrecError(f"--npy-prefix must be a plain file-name prefix (got {npy_prefix!r})")
-    from topkrec.embeddings.config import PretrainConfig
-
-    config = PretrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        embed_size=embed_size,
-        hidden=hidden_widths,
-        loss=loss,
-        neg_items=neg_items,
-        batch_norm=not no_batch_norm,
-        sparse_embeddings=not dense_embeddings,
-        bf16_on_cpu=bf16_on_cpu,
-        temperature=temperature,
-        seed=seed,
-    )
+    config: PretrainConfig = settings["pretrain"]
     if not data.is_dir():
         raise TopkrecError(f"--data {data} is not a directory; create a dataset with `topkrec prepare`")
     # Fail before training, not after. Under torchrun every rank checks, before any collective work, so a
@@ -81,7 +55,7 @@ def pretrain_command(
     from topkrec.data.dataset import Dataset
     from topkrec.device import resolve_device
 
-    ctx, torch_device = distributed.setup(resolve_device(device))
+    ctx, torch_device = distributed.setup(resolve_device(config.device))
     try:
         from topkrec.embeddings.train import pretrain
         from topkrec.metrics_log import MetricsLogger
@@ -119,8 +93,9 @@ def _write(
     """The embeddings directory, written atomically (rank 0 only under torchrun)."""
     import shutil
 
+    from topkrec.config import CONFIG_TOML, settings_toml
     from topkrec.embeddings import artifact
-    from topkrec.io import atomic_dir, write_json
+    from topkrec.io import atomic_dir, atomic_write_bytes, write_json
 
     with atomic_dir(out, force=force) as tmp:
         artifact.write_embeddings(tmp, result.user, result.item)
@@ -137,6 +112,8 @@ def _write(
             ),
         )
         write_json(tmp / artifact.METRICS_FILE, result.metrics())
+        header = "Settings of this two-tower pretraining; `topkrec pretrain --config config.toml` reproduces it."
+        atomic_write_bytes(tmp / CONFIG_TOML, settings_toml({"pretrain": result.config}, header).encode())
         if (data / "maps").is_dir():
             shutil.copytree(data / "maps", tmp / "maps")
         if export_npy:

@@ -78,6 +78,11 @@ class Dataset:
     def n_events(self) -> int:
         return int(self.user.shape[0])
 
+    def train_item_counts(self) -> np.ndarray:
+        """(n_items,) int64 train-split event count of each item (popularity; OOV test rows not counted)."""
+        train = ~np.asarray(self.is_test, dtype=bool)
+        return np.bincount(self.item[train], minlength=self.n_items + 1)[: self.n_items].astype(np.int64)
+
     def feature_cardinalities(self) -> dict[str, int]:
         """Rows needed per feature table (max code + 1, so code 0 = unknown is included)."""
         out: dict[str, int] = {}

@@ -39,7 +39,7 @@ from topkrec.evaluate.metrics import (
     reciprocal_rank,
     target_rank,
 )
-from topkrec.policy.model import LoadedAgent
+from topkrec.policy.artifact import LoadedAgent
 from topkrec.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -113,13 +113,6 @@ class ModelMetrics:
             "n_users": self.n_users,
             "ope": self.ope,
         }
-
-
-def item_counts(dataset: Dataset) -> torch.Tensor:
-    """(n_items,) train-split event count per item."""
-    train = ~np.asarray(dataset.is_test, dtype=bool)
-    counts = np.bincount(dataset.item[train], minlength=dataset.n_items + 1)[: dataset.n_items]
-    return torch.as_tensor(counts, dtype=torch.float64)
 
 
 def popularity_scorer(counts: torch.Tensor) -> Scorer:
@@ -318,7 +311,7 @@ def evaluate_agents(
         check_model_matches_dataset(agent, dataset)
     hist_nums = {a.config.hist_num for a in agents.values()}
     device = first_agent.device
-    counts = item_counts(dataset)
+    counts = torch.as_tensor(dataset.train_item_counts(), dtype=torch.float64)
     results: dict[str, ModelMetrics] = {}
     cache: dict[int, tuple[Transitions, Transitions]] = {}
     for hist in hist_nums:

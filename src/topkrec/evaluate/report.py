@@ -12,7 +12,7 @@ import torch
 from topkrec.data.dataset import Dataset
 from topkrec.evaluate.evaluator import EvalConfig, evaluate_agents
 from topkrec.io import write_json
-from topkrec.policy.model import LoadedAgent, load_agent
+from topkrec.policy.artifact import LoadedAgent, load_agent
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def evaluate_model_dirs(
     from dataclasses import replace
 
     from topkrec.evaluate.plots import plot_training_curves, plot_weight_histograms
-    from topkrec.train import read_train_log
+    from topkrec.policy.artifact import read_train_log
 
     cfg = replace(config or EvalConfig(), k=k)
     agents: dict[str, LoadedAgent] = {}

@@ -42,7 +42,7 @@ def model_target_prob(
     import torch
 
     from topkrec.ope.logs import read_table
-    from topkrec.policy.model import load_agent
+    from topkrec.policy.artifact import load_agent
 
     if k < 1:
         raise DataError("--target-k must be at least 1")

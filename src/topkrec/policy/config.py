@@ -1,96 +1,225 @@
-"""Configuration of the agent (the network) and of its training (DESIGN §3, reference settings)."""
+"""Configuration of the agent (the network) and of its training (DESIGN §3): every setting declared once.
+
+Each field made with :func:`topkrec.config.setting` is a user setting: its default, range, choices and
+help text live here and nowhere else. ``topkrec train``, ``compare`` and ``demo`` generate their options
+from these fields (:mod:`topkrec.cli.settings`), config files (``--config run.toml``) are read against
+them, and ``__post_init__`` validates them (:func:`topkrec.config.check_settings`) wherever a config is
+made: from flags, from a file, in Python, or when a model directory is loaded.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
 
+from topkrec.config import SettingsError, check_settings, setting
+from topkrec.device import check_device_name
 from topkrec.errors import ArtifactError
+
+__all__ = [
+    "CORRECTIONS",
+    "ENCODERS",
+    "PRESETS",
+    "SOFTMAX_KINDS",
+    "AgentConfig",
+    "Correction",
+    "TrainConfig",
+]
+
+Correction = Literal["none", "is", "topk"]
+CORRECTIONS: tuple[str, ...] = ("none", "is", "topk")
+Encoder = Literal["concat", "mean", "gru", "cfn"]
+ENCODERS: tuple[str, ...] = ("concat", "mean", "gru", "cfn")
+SoftmaxKind = Literal["full", "sampled", "adaptive"]
+SOFTMAX_KINDS: tuple[str, ...] = ("full", "sampled", "adaptive")
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """Shapes and kinds of the agent's modules; saved in the model dir's config.json."""
+    """Shapes and kinds of the agent's modules; saved in the model dir's config.json.
 
-    n_users: int
+    ``n_users`` and ``n_items`` are derived from the dataset (0 = not yet bound: settings resolved from
+    flags before the data is read; :meth:`for_dataset` binds them).
+    """
+
+    n_users: int = 0
     """Users in the dataset (rows of the user embedding table)."""
-    n_items: int
+    n_items: int = 0
     """Items in the catalogue; the item table has n_items + 1 rows, the last is the pad/OOV index."""
-    embed_dim: int = 32
-    """Width of the user and item embeddings (the pretrained two-tower size)."""
-    hist_num: int = 10
-    """Items of history in the state (the reference's hist_num)."""
-    hidden: int = 64
-    """Width of the state s that both heads read."""
-    encoder: str = "concat"
-    """State encoder: concat (reference), mean, gru, cfn."""
-    softmax: str = "full"
-    """Head kind for π and β̂ (``make_head`` registry): full, or sampled/adaptive when registered."""
-    head_options: dict[str, Any] = field(default_factory=dict)
-    """Extra options passed to ``make_head`` (e.g. temperature)."""
-    trainable_embeddings: bool = False
-    """Fine-tune the pretrained embeddings (frozen by default, as in the reference)."""
+    embed_size: int = setting(
+        32,
+        "Width of the user and item embeddings when no --embeddings are given (pretrained ones set it).",
+        aliases=("--embed-dim",),
+        ge=1,
+    )
+    hist_num: int = setting(10, "Items of history in the state (the reference's hist_num).", ge=1)
+    hidden: int = setting(64, "Width of the state s that both heads read.", ge=1)
+    encoder: Encoder = setting("concat", "State encoder: concat (the reference), mean, gru or cfn.")
+    softmax: SoftmaxKind = setting(
+        "full", "Head of π and β̂: full softmax, sampled (shared negatives, log-Q) or adaptive."
+    )
+    temperature: float = setting(1.0, "Softmax temperature T of both heads.", gt=0)
+    negatives: int = setting(1024, "--softmax sampled: shared negatives per batch.", ge=1)
+    sampled_logp: Literal["exact", "estimate"] = setting(
+        "exact", "--softmax sampled: log π for w and λ_K, exact (a catalogue pass) or estimated from the negatives."
+    )
+    proposal: Literal["log_uniform", "popularity", "uniform"] = setting(
+        "log_uniform", "--softmax sampled: the negatives' proposal (log-uniform over frequency-ordered ids)."
+    )
+    extra_head_options: dict[str, Any] = field(default_factory=dict)
+    """Head constructor options beyond the settings (e.g. ``{"fused": False}`` for a benchmark baseline)."""
+    trainable_embeddings: bool = setting(
+        False,
+        "Fine-tune the pretrained embeddings (frozen in the reference).",
+        flag="trainable-embeddings/frozen-embeddings",
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.n_users < 0 or self.n_items < 0:
+            raise SettingsError(f"n_users and n_items must be >= 0 (got {self.n_users}, {self.n_items})")
 
     @property
     def pad_index(self) -> int:
         return self.n_items
 
+    @property
+    def head_options(self) -> dict[str, Any]:
+        """Constructor options of the heads (``topkrec.policy.heads.make_head``) for this ``softmax``."""
+        options: dict[str, Any] = {"temperature": self.temperature}
+        if self.softmax == "sampled":
+            options.update(negatives=self.negatives, proposal=self.proposal, normaliser=self.sampled_logp)
+        return {**options, **self.extra_head_options}
+
+    def for_dataset(self, n_users: int, n_items: int) -> AgentConfig:
+        """This config bound to a dataset's counts."""
+        return replace(self, n_users=int(n_users), n_items=int(n_items))
+
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "pad_index": self.pad_index}
+        return {**asdict(self), "pad_index": self.pad_index, "head_options": self.head_options}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> AgentConfig:
-        return cls(**_known(cls, obj, "agent"))
+        obj = dict(_section(obj, "agent"))
+        # Model directories written before settings were declared once: embed_dim and a head_options dict.
+        if "embed_dim" in obj and "embed_size" not in obj:
+            obj["embed_size"] = obj["embed_dim"]
+        legacy = obj.get("head_options")
+        if isinstance(legacy, dict) and "extra_head_options" not in obj:
+            renamed = {"normaliser": "sampled_logp"}
+            extra = {}
+            for key, value in legacy.items():
+                name = renamed.get(key, key)
+                if name in ("temperature", "negatives", "proposal", "sampled_logp"):
+                    obj.setdefault(name, value)
+                else:
+                    extra[key] = value
+            obj["extra_head_options"] = extra
+        return cls(**_known(cls, obj))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the agent is trained. Defaults are the reference settings (DESIGN, "Reference settings")."""
+    """How the agent is trained (DESIGN §3, §7)."""
 
-    epochs: int = 1
-    """Passes over the train transitions (the reference pipeline runs 1 at lr 1e-5)."""
-    batch_size: int = 128
-    lr: float = 1e-5
-    """Adam learning rate of π (and the encoder)."""
-    behavior_lr: float | None = None
-    """Adam learning rate of β̂; None = same as lr."""
-    weight_decay: float = 0.0
-    correction: str = "topk"
-    """none | is | topk (DESIGN §3)."""
-    k: int = 10
-    """K of the top-K correction (the number of recommendations)."""
-    cap: float | None = math.exp(3.0)
-    """Importance-weight cap c in min(π/β̂, c); None = no cap. The paper's production cap is e^3."""
-    snis: bool = False
-    """Divide the importance weights by their batch mean (self-normalised IS)."""
-    bias_init: str = "popularity"
-    """Initial output biases of π and β̂: "popularity" = log of each item's train count (the log prior, so
-    both heads start as the popularity policy), or "zero"."""
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = True
-    """bf16 autocast on CUDA (ignored on CPU); log-probs for w and λ_K stay float32."""
-    log_every: int = 50
-    """Log metrics every this many steps."""
-    checkpoint_every: int = 0
-    """Write a checkpoint every this many steps (0 = only at each epoch end)."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps in total (a checkpoint is written there)."""
-    compile: bool = False
-    """Run the step's forward through ``torch.compile`` (off by default: on this 2-core CPU it measured no
-    faster than eager at the reference shapes, and the first step pays ~20 s of compilation)."""
+    epochs: int = setting(1, "Passes over the train transitions.", ge=0)
+    batch_size: int = setting(128, "Transitions per step (the global batch under torchrun).", ge=1, resume_locked=True)
+    lr: float = setting(1e-5, "Adam learning rate of π and the encoder (reference 1e-5).", gt=0, resume_locked=True)
+    behavior_lr: float | None = setting(
+        None, "Adam learning rate of β̂ (none: the same as --lr).", gt=0, resume_locked=True
+    )
+    weight_decay: float = setting(0.0, "Adam weight decay.", ge=0, resume_locked=True)
+    correction: Correction = setting(
+        "topk",
+        "none: no correction; is: importance weight min(π/β̂, cap); topk: weight × λ_K = K(1−π)^(K−1).",
+        resume_locked=True,
+    )
+    k: int = setting(10, "K of the top-K correction (the number of recommendations).", ge=1, resume_locked=True)
+    cap: float | None = setting(
+        math.exp(3.0),
+        "Importance-weight cap c in min(π/β̂, c) (the paper's production cap e^3).",
+        none_flag="--no-cap",
+        gt=0,
+        resume_locked=True,
+    )
+    snis: bool = setting(
+        False, "Divide the importance weights by their batch mean (self-normalised IS).", resume_locked=True
+    )
+    gamma: float | None = setting(
+        None,
+        "Discount of the returns (none: the dataset's, from prepare; 0.99 by default).",
+        ge=0,
+        le=1,
+        resume_locked=True,
+    )
+    bias_init: Literal["popularity", "zero"] = setting(
+        "popularity",
+        "Initial output biases of π and β̂: the log train count of each item (both heads start as popularity) or 0.",
+        resume_locked=True,
+    )
+    seed: int = setting(
+        0, "Seed of initialisation and of each epoch's permutation (seeded by (seed, epoch)).", ge=0, resume_locked=True
+    )
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N.")
+    bf16: bool = setting(True, "bf16 autocast on CUDA (ignored on CPU); log-probs for w and λ_K stay fp32.")
+    log_every: int = setting(50, "Log metrics every N steps.", ge=1)
+    checkpoint_every: int = setting(0, "Write a checkpoint every N steps (0: at each epoch end only).", ge=0)
+    max_steps: int | None = setting(
+        None, "Stop after N optimizer steps in total (a checkpoint is written there).", ge=0
+    )
+    compile: bool = setting(
+        False, "torch.compile the step's forward (the first step compiles; measured no faster on a 2-core CPU)."
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        check_device_name(self.device)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> TrainConfig:
-        return cls(**_known(cls, obj, "train"))
+        return cls(**_known(cls, _section(obj, "train")))
 
 
-def _known(cls: type, obj: dict[str, Any], what: str) -> dict[str, Any]:
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "seed": {
+        # The reference notebook's agent (DESIGN, "Reference settings"): one epoch at lr 1e-5 on frozen
+        # pretrained embeddings, concat encoder over 10 items, hidden 64, K 10, batch 128, weight clip 2.0.
+        "agent": {"encoder": "concat", "hist_num": 10, "hidden": 64, "trainable_embeddings": False, "softmax": "full"},
+        "train": {
+            "epochs": 1,
+            "batch_size": 128,
+            "lr": 1e-5,
+            "behavior_lr": None,
+            "weight_decay": 0.0,
+            "correction": "topk",
+            "k": 10,
+            "cap": 2.0,
+            "gamma": 0.99,
+        },
+        # The reference DSSM as the seed notebook runs it: 4 epochs at lr 1e-3, cosine loss, one negative.
+        "pretrain": {"epochs": 4, "lr": 1e-3, "batch_size": 2048, "loss": "cosine", "neg_items": 1, "embed_size": 32},
+    }
+}
+"""Named settings (``--preset NAME``), applied over the defaults and under config files and flags."""
+
+
+def _section(obj: Any, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ArtifactError(f"config.json: the {what!r} section is not an object")
+    return obj
+
+
+def _known(cls: type, obj: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
-    return {k: v for k, v in obj.items() if k in names}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in obj.items() if k in names}
+
+
+def resume_locked_settings() -> tuple[str, ...]:
+    """Train settings that must not change between an interrupted run and its ``--resume``."""
+    from topkrec.config import setting_fields
+
+    return tuple(f.name for f, spec in setting_fields(TrainConfig) if spec.resume_locked)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ENCODERS: tuple[str, ...] = ("concat", "mean", "gru", "cfn")
+from topkrec.policy.config import ENCODERS
 
 
 class CFNCell(nn.Module):

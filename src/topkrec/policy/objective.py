@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from topkrec.data.dataset import discounted_returns
+from topkrec.policy.config import CORRECTIONS
 
-Correction = Literal["none", "is", "topk"]
-CORRECTIONS: tuple[str, ...] = ("none", "is", "topk")
 DEFAULT_CAP = math.exp(3.0)  # the paper's production cap, e^3 ≈ 20.09
 
 __all__ = [

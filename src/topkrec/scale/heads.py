@@ -55,7 +55,6 @@ __all__ = [
     "log_uniform_log_q",
     "negatives_logsumexp",
     "sampled_log_prob_estimate",
-    "sampled_head_options",
     "sampled_softmax_log_prob",
     "set_proposal_counts",
 ]
@@ -353,13 +352,6 @@ def negatives_logsumexp(
     """
     lse: torch.Tensor = _NegativesLogSumExp.apply(state, weight, bias, hit_rows, hit_cols)
     return lse
-
-
-def sampled_head_options(
-    negatives: int = 1024, proposal: str = "log_uniform", normaliser: str = "exact"
-) -> dict[str, Any]:
-    """``AgentConfig.head_options`` for ``--softmax sampled --negatives N --proposal P --sampled-logp M``."""
-    return {"negatives": int(negatives), "proposal": proposal, "normaliser": normaliser}
 
 
 def set_proposal_counts(heads: Sequence[nn.Module], item_counts: torch.Tensor | Sequence[float]) -> int:

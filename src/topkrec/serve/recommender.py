@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from topkrec.data.histories import HISTORIES_FILE, UserHistories
 from topkrec.errors import ArtifactError, TopkrecError
 from topkrec.serve.exploration import ExplorationConfig, explore_candidates
-from topkrec.serve.histories import HISTORIES_FILE, UserHistories
 
 if TYPE_CHECKING:
     import torch
 
-    from topkrec.policy.model import LoadedAgent
+    from topkrec.policy.artifact import LoadedAgent
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Recommender:
         are served from their user embedding and the given history only (a warning says so).
         """
         from topkrec.device import resolve_device
-        from topkrec.policy.model import load_agent
+        from topkrec.policy.artifact import load_agent
 
         d = Path(model_dir)
         agent = load_agent(d, resolve_device(device))
@@ -202,7 +202,8 @@ class Recommender:
             "hist_num": cfg.hist_num,
             "encoder": cfg.encoder,
             "softmax": cfg.softmax,
-            "embed_dim": cfg.embed_dim,
+            "embed_size": cfg.embed_size,
+            "embed_dim": cfg.embed_size,  # the name before settings were declared once; kept for clients
             "hidden": cfg.hidden,
             "correction": self.agent.train_config.correction,
             "train_k": self.agent.train_config.k,

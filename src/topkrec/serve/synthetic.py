@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from topkrec.serve.histories import HISTORIES_FILE, UserHistories
+from topkrec.data.histories import HISTORIES_FILE, UserHistories
+from topkrec.policy.config import Encoder, SoftmaxKind
 
 __all__ = ["make_random_model"]
 
@@ -22,9 +23,9 @@ def make_random_model(
     n_items: int = 100_000,
     hist_num: int = 10,
     hidden: int = 64,
-    embed_dim: int = 32,
-    encoder: str = "concat",
-    softmax: str = "full",
+    embed_size: int = 32,
+    encoder: Encoder = "concat",
+    softmax: SoftmaxKind = "full",
     mean_events: int = 20,
     seed: int = 0,
     force: bool = False,
@@ -35,15 +36,16 @@ def make_random_model(
     """
     import torch
 
+    from topkrec.policy.artifact import save_agent
     from topkrec.policy.config import AgentConfig
-    from topkrec.policy.model import Agent, save_agent
+    from topkrec.policy.model import Agent
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     config = AgentConfig(
         n_users=n_users,
         n_items=n_items,
-        embed_dim=embed_dim,
+        embed_size=embed_size,
         hist_num=hist_num,
         hidden=hidden,
         encoder=encoder,
@@ -51,8 +53,8 @@ def make_random_model(
     )
     agent = Agent(
         config,
-        user_init=torch.randn(n_users, embed_dim) / embed_dim**0.5,
-        item_init=torch.randn(n_items + 1, embed_dim) / embed_dim**0.5,
+        user_init=torch.randn(n_users, embed_size) / embed_size**0.5,
+        item_init=torch.randn(n_items + 1, embed_size) / embed_size**0.5,
     )
     bias = getattr(agent.policy_head, "bias", None)
     if isinstance(bias, torch.Tensor) and bias.shape == (n_items,):

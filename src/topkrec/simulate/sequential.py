@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from topkrec.policy.config import Correction, Encoder
 from topkrec.simulate.environment import (
     EnvConfig,
     Environment,
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SequentialConfig", "item_level_estimates", "prepare_logs", "run_sequential", "t_interval"]
 
-CORRECTION_NAMES: tuple[str, ...] = ("none", "is", "topk")
+CORRECTION_NAMES: tuple[Correction, ...] = ("none", "is", "topk")
 REWARD_MAP: tuple[tuple[str, float], ...] = (("pv", 1.0), ("cart", 2.0), ("fav", 2.0), ("buy", 3.0), ("skip", 0.0))
 
 
@@ -82,7 +83,7 @@ class SequentialConfig:
     hidden: int = 64
     embed_dim: int = 16
     hist_num: int = 10
-    encoder: str = "concat"
+    encoder: Encoder = "concat"
     cap: float | None = math.exp(3.0)
     """Importance-weight cap during training (the paper's e³)."""
     ope_cap: float = math.exp(3.0)
@@ -300,7 +301,7 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
         agent_cfg = AgentConfig(
             n_users=dataset.n_users,
             n_items=dataset.n_items,
-            embed_dim=config.embed_dim,
+            embed_size=config.embed_dim,
             hist_num=config.hist_num,
             hidden=config.hidden,
             encoder=config.encoder,

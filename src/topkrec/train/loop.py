@@ -1,0 +1,315 @@
+"""The training loop: build → resume → for each batch: step → meter → log / checkpoint (DESIGN §3, §7, §8).
+
+Every data tensor lives on the training device, each epoch is a seeded permutation of the train
+transitions, and a batch is gathered by index (``Transitions.batch``) — no DataLoader, no per-sample
+Python. The permutation of epoch e is drawn from a generator seeded by (seed, e), so a run resumed from
+a checkpoint at any step replays exactly the batches the uninterrupted run would have seen; with the
+weights, Adam state and RNG state restored, ``--resume`` ends with bitwise-identical weights on CPU.
+
+Under torchrun (``topkrec.distributed``) every rank draws the same permutation and trains on its part
+of each global batch; rank 0 alone writes. Nothing here syncs with the host per step: the step's
+values are summed on the device and read once per ``log_every`` interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from topkrec import distributed
+from topkrec.data.dataset import Dataset
+from topkrec.data.transitions import Transitions, build_transitions
+from topkrec.device import resolve_device
+from topkrec.errors import TopkrecError
+from topkrec.metrics_log import MetricsLogger
+from topkrec.optim import Optimizer, build_optimizer
+from topkrec.policy.artifact import HISTORIES_FILE, TrainerState, write_checkpoint
+from topkrec.policy.config import AgentConfig, TrainConfig
+from topkrec.policy.model import Agent
+from topkrec.policy.objective import STAT_FIELDS, PolicyLossStats
+from topkrec.progress import progress_bar
+from topkrec.train.build import build_agent, resume_from_checkpoint, with_gamma
+from topkrec.train.step import StepOutput, TrainObjective, train_step
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Checkpointer", "IntervalMeter", "TrainData", "TrainResult", "train_agent"]
+
+
+@dataclass
+class TrainResult:
+    agent: Agent
+    state: TrainerState
+    history: list[dict[str, Any]] = field(default_factory=list)
+    out: Path | None = None
+    seconds: float = 0.0
+
+
+def train_agent(
+    dataset: Dataset,
+    out: Path | str,
+    agent_config: AgentConfig | None = None,
+    config: TrainConfig | None = None,
+    embeddings: Any | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = False,
+    jsonl: Path | None = None,
+    on_step: Callable[[int, StepOutput], None] | None = None,
+    initial_agent: Agent | None = None,
+    metrics: MetricsLogger | None = None,
+) -> TrainResult:
+    """Train π and β̂ on the train split of ``dataset``; checkpoint into the model dir ``out``.
+
+    ``embeddings``: ``PretrainedEmbeddings`` (``topkrec.embeddings.load_embeddings``) or None (tables
+    start random and are trained). ``initial_agent`` starts from given weights (its config is used).
+    ``resume`` continues from the checkpoint in ``out``; ``metrics`` receives every logged record.
+    """
+    from topkrec.io import check_output_dir
+
+    config, out = config or TrainConfig(), Path(out)
+    if not resume:
+        check_output_dir(out, force)  # every rank checks (read-only), before any collective call
+    dist, device = distributed.setup(resolve_device(config.device))  # one process: a no-op
+    dataset = with_gamma(dataset, config.gamma)
+    agent = build_agent(dataset, agent_config, config, embeddings, initial_agent).to(device).train()
+    optimizer = build_optimizer(agent, config, allow_sparse=not dist.enabled)
+    data = TrainData.build(dataset, agent.config.hist_num, device, config, dist)
+    state, history = resume_from_checkpoint(out, agent, optimizer, config) if resume else (TrainerState(), [])
+    state.world_size = dist.world_size
+    objective = _objective(agent, config, device, dist, data.all_rewarded)
+    metrics = metrics or MetricsLogger(jsonl if dist.is_main else None)
+    metrics.history = history
+    meter = IntervalMeter(device, config.log_every)
+    checkpointer = Checkpointer(out, dataset, dist.is_main)
+    total = data.total_steps(config)
+    t0 = time.perf_counter()
+    try:
+        with _sigterm_as_interrupt(), progress_bar(total, "train", enabled=progress and dist.is_main) as bar:
+            bar.update(min(state.global_step, total))
+            for global_idx, epoch_end in data.batches(state, config):
+                batch = data.transitions.batch(dist.shard(global_idx))
+                scales = data.shard_scales(dist, global_idx, len(batch))
+                step = train_step(agent, optimizer, batch, config, None, data.all_rewarded, objective, scales)
+                state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1
+                meter.add(step, len(batch), state.global_step)
+                if on_step is not None:
+                    on_step(state.global_step, step)
+                bar.update(1)
+                if meter.due(state.global_step) or epoch_end:
+                    record = meter.flush(dist, state.epoch + state.step_in_epoch / data.steps_per_epoch)
+                    metrics.log(state.global_step, record)
+                    bar.update(0, info=f"epoch {state.epoch + 1} π {record['train/policy_loss']:.3g}")
+                if epoch_end:
+                    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                if (epoch_end and state.epoch < config.epochs) or _every(config.checkpoint_every, state.global_step):
+                    checkpointer.save(agent, optimizer, config, state, metrics.history, meter)
+        state.finished = state.epoch >= config.epochs
+        checkpointer.save(agent, optimizer, config, state, metrics.history, meter)
+        dist.barrier()  # every rank waits for rank 0's last write before the group goes away
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (torchrun forwards either to every rank): every completed step is consistent.
+        logger.warning("interrupted: writing a checkpoint at global step %d", state.global_step)
+        checkpointer.save(agent, optimizer, config, state, metrics.history, meter)
+        raise
+    return TrainResult(agent, state, metrics.history, out, time.perf_counter() - t0)
+
+
+def _every(interval: int, step: int) -> bool:
+    return bool(interval) and step % interval == 0
+
+
+def _objective(
+    agent: Agent, config: TrainConfig, device: torch.device, dist: distributed.DistContext, all_rewarded: bool
+) -> torch.nn.Module:
+    """The step's loss module, DDP-wrapped under torchrun and compiled with ``--compile``."""
+    autocast = torch.bfloat16 if (config.bf16 and device.type == "cuda") else None
+    # A rank whose part of a batch has no rewarded row does not use π's head that step.
+    objective = dist.wrap(TrainObjective(agent, config, autocast), device, find_unused_parameters=not all_rewarded)
+    if dist.enabled:
+        logger.info("data parallel: %d process(es), global batch %d", dist.world_size, config.batch_size)
+    if config.compile:
+        objective = torch.compile(objective)  # type: ignore[assignment]
+    return objective
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The train split as device tensors, and how it is cut into (global) batches."""
+
+    transitions: Transitions
+    all_rewarded: bool  # known once for the split, so a step never has to look at the rewards on the host
+    steps_per_epoch: int
+
+    @classmethod
+    def build(
+        cls, dataset: Dataset, hist_num: int, device: torch.device, config: TrainConfig, dist: distributed.DistContext
+    ) -> TrainData:
+        transitions = build_transitions(dataset, "train", hist_num, device)
+        if len(transitions) == 0:
+            raise TopkrecError("the dataset has no train events to learn from")
+        if dist.enabled and config.batch_size < dist.world_size:
+            raise TopkrecError(
+                f"--batch-size {config.batch_size} is the global batch: it must be >= the {dist.world_size} processes"
+            )
+        all_rewarded = bool((transitions.reward[transitions.rows] != 0).all())
+        return cls(transitions, all_rewarded, math.ceil(len(transitions) / config.batch_size))
+
+    def total_steps(self, config: TrainConfig) -> int:
+        total = self.steps_per_epoch * config.epochs
+        return total if config.max_steps is None else min(total, config.max_steps)
+
+    def batches(self, state: TrainerState, config: TrainConfig) -> Iterator[tuple[torch.Tensor, bool]]:
+        """(global batch indices, last batch of its epoch?) from where ``state`` stands; the caller advances it."""
+        perm_epoch, perm = -1, None
+        while state.epoch < config.epochs:
+            if config.max_steps is not None and state.global_step >= config.max_steps:
+                return
+            if perm is None or perm_epoch != state.epoch:
+                gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + int(state.epoch))
+                perm = torch.randperm(len(self.transitions), generator=gen).to(self.transitions.device)
+                perm_epoch = state.epoch
+            start = state.step_in_epoch * config.batch_size
+            yield perm[start : start + config.batch_size], state.step_in_epoch + 1 == self.steps_per_epoch
+
+    def shard_scales(
+        self, dist: distributed.DistContext, global_idx: torch.Tensor, n_local: int
+    ) -> tuple[float, float]:
+        """(β̂, π) loss factors of this rank so that DDP's average is the global batch's gradient (1, 1 alone).
+
+        β̂'s mean is over every row; π's over the rewarded rows, which need counting when some rows have no
+        reward (that path syncs with the host anyway, to select the rows).
+        """
+        if not dist.enabled:
+            return 1.0, 1.0
+        behavior = dist.loss_scale(n_local, len(global_idx))
+        if self.all_rewarded:
+            return behavior, behavior
+        rewarded = self.transitions.reward[self.transitions.rows[global_idx]] != 0
+        n_global = int(rewarded.sum())
+        if n_global == 0:
+            return behavior, 0.0
+        return behavior, dist.loss_scale(int(dist.shard(rewarded).sum()), n_global)
+
+
+class IntervalMeter:
+    """Sums the steps' values on the device between two log lines; reads them once per interval.
+
+    It also watches for a non-finite loss without syncing: the first such step is kept on the device and
+    checked at each flush and before each checkpoint (``raise_if_diverged``).
+    """
+
+    def __init__(self, device: torch.device, log_every: int) -> None:
+        self.log_every = max(1, log_every)
+        self.sums = torch.zeros(2 + len(STAT_FIELDS), device=device)
+        self.first_bad = torch.full((), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
+        self.n_steps = self.n_stat_steps = self.rows = 0
+        self.started = time.perf_counter()
+
+    def add(self, step: StepOutput, rows: int, global_step: int) -> None:
+        self.sums += step.values
+        bad = ~torch.isfinite(step.values[:2]).all()
+        self.first_bad = torch.where(bad, self.first_bad.clamp_max(global_step), self.first_bad)
+        self.n_steps += 1
+        self.n_stat_steps += step.n_policy_rows > 0
+        self.rows += rows
+
+    def due(self, global_step: int) -> bool:
+        return global_step % self.log_every == 0
+
+    def raise_if_diverged(self) -> None:
+        first = int(self.first_bad)
+        if first != torch.iinfo(torch.int64).max:
+            raise TopkrecError(
+                f"training diverged: the loss became NaN or infinite at step {first}; lower --lr (or --behavior-lr), "
+                "set a --cap, or check the data's rewards. No checkpoint was written after that step"
+            )
+
+    def flush(self, dist: distributed.DistContext, epoch: float) -> dict[str, float]:
+        """Means over the interval's steps (and over ranks), from the summed step values: one sync."""
+        packed = torch.cat([self.sums, self.sums.new_tensor([self.n_steps, self.n_stat_steps, self.rows])]).double()
+        dist.all_reduce_sum(packed)
+        values = packed.tolist()
+        self.raise_if_diverged()
+        k = 2 + len(STAT_FIELDS)
+        steps, stat_steps, rows = values[k:]
+        record = {
+            "train/policy_loss": values[0] / max(steps, 1),
+            "train/behavior_loss": values[1] / max(steps, 1),
+        }
+        if stat_steps:
+            record.update(PolicyLossStats(*(v / stat_steps for v in values[2:k])).as_metrics("train/"))
+        record["time/samples_per_s"] = rows / max(time.perf_counter() - self.started, 1e-9)
+        record["train/epoch"] = epoch
+        self.sums.zero_()
+        self.n_steps = self.n_stat_steps = self.rows = 0
+        self.started = time.perf_counter()
+        return record
+
+
+class Checkpointer:
+    """Writes the model directory (weights, optimizer, RNG, trainer state, log) atomically; rank 0 only."""
+
+    def __init__(self, out: Path, dataset: Dataset, is_main: bool) -> None:
+        from topkrec.data.histories import UserHistories
+        from topkrec.embeddings import dataset_fingerprint
+
+        self.out, self.is_main = out, is_main
+        self.user_raw, self.item_raw = dataset.user_raw, dataset.item_raw
+        self.data_info = {"n_events": dataset.n_events, "fingerprint": dataset_fingerprint(dataset)}
+        # Serving needs each known user's history: it is stored beside the weights.
+        self.extra_files = {HISTORIES_FILE: UserHistories.from_dataset(dataset).to_bytes()} if is_main else {}
+
+    def save(
+        self,
+        agent: Agent,
+        optimizer: Optimizer,
+        config: TrainConfig,
+        state: TrainerState,
+        history: list[dict[str, Any]],
+        meter: IntervalMeter,
+    ) -> None:
+        meter.raise_if_diverged()  # never replace a good checkpoint with NaN weights
+        if not self.is_main:  # one writer; the weights are the same on every rank
+            return
+        write_checkpoint(
+            self.out,
+            agent,
+            optimizer,
+            config,
+            state,
+            history,
+            self.user_raw,
+            self.item_raw,
+            self.data_info,
+            self.extra_files,
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler's preemption, torchrun shutting the ranks down) ends training as Ctrl-C
+    does: the loop writes a checkpoint and the CLI exits with status 130. Only from the main thread,
+    where Python delivers signals; the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
