@@ -234,7 +234,7 @@ def run_case(case: Case) -> dict[str, Any]:
     peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else _peak_rss_gb()
     uses_triton = False
     if device.type == "cuda" and case.softmax == "full" and not case.baseline:
-        from topkrec.scale.linear_softmax import triton_available
+        from topkrec.kernels import triton_available
 
         uses_triton = triton_available()
     return {

@@ -47,7 +47,7 @@ for m in ('torch', 'triton', 'numpy', 'pytest', 'polars', 'safetensors', 'rich',
         print(m, 'MISSING', type(e).__name__)
 import torch
 print('cuda', torch.cuda.is_available(), torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')
-from topkrec.scale.linear_softmax import triton_available
+from topkrec.kernels import triton_available
 print('topkrec triton path', triton_available())
 PYEOF"
 

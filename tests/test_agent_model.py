@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from topkrec.errors import ArtifactError
+from topkrec.heads import HEADS, HeadOutput, make_head
 from topkrec.policy.artifact import load_agent, save_agent
 from topkrec.policy.config import AgentConfig
 from topkrec.policy.encoders import ENCODERS
-from topkrec.policy.heads import HEADS, HeadOutput, make_head
 from topkrec.policy.model import Agent
 from topkrec.policy.objective import action_log_prob
 

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from topkrec.data.transitions import TransitionBatch
+from topkrec.heads import make_head
+from topkrec.heads.sampled import SampledSoftmaxHead
 from topkrec.policy.config import AgentConfig, TrainConfig
-from topkrec.policy.heads import make_head
 from topkrec.policy.model import Agent
-from topkrec.scale.heads import SampledSoftmaxHead
 
 pytestmark = pytest.mark.cuda
 

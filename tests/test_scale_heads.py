@@ -9,11 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from topkrec.errors import TopkrecError
-from topkrec.policy.heads import HEADS, make_head
-from topkrec.scale.heads import (
-    AdaptiveSoftmaxHead,
+from topkrec.heads import HEADS, AdaptiveSoftmaxHead, default_cutoffs, make_head
+from topkrec.heads.sampled import (
     SampledSoftmaxHead,
-    default_cutoffs,
     log_uniform_log_q,
     sampled_log_prob_estimate,
     sampled_softmax_log_prob,

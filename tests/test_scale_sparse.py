@@ -10,9 +10,9 @@ import torch
 
 from agent_data import synth_dataset, train_recording_losses
 from topkrec.data.transitions import build_transitions
+from topkrec.heads.sampled import SampledSoftmaxHead, log_uniform_log_q
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
-from topkrec.scale.heads import SampledSoftmaxHead, log_uniform_log_q
 from topkrec.train import SparseDenseAdam, build_optimizer, train_agent, train_step
 
 

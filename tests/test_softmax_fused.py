@@ -6,12 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from topkrec.scale.linear_softmax import (
-    chunked_logsumexp,
-    chunked_topk,
-    default_chunk_size,
-    linear_log_softmax_gather,
-)
+from topkrec.kernels import chunked_topk, default_chunk_size, linear_log_softmax_gather
+from topkrec.kernels.chunked import chunked_logsumexp
 
 
 @pytest.fixture(autouse=True)

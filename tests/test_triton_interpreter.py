@@ -51,6 +51,6 @@ def test_kernels_match_the_pytorch_maths_in_the_interpreter(interpreter: None) -
 
 def test_autotune_key_buckets_the_row_count() -> None:
     pytest.importorskip("triton")
-    from topkrec.scale.triton_softmax import _rows_bucket
+    from topkrec.kernels.triton_softmax import _rows_bucket
 
     assert [_rows_bucket(n) for n in (1, 2, 3, 64, 65, 4000, 4096)] == [1, 2, 4, 64, 128, 4096, 4096]

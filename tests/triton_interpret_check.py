@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from topkrec.scale import triton_softmax as ts
+from topkrec.kernels import triton_softmax as ts
 
 CASES = [(5, 300, 8), (70, 1000, 16), (130, 700, 64)]
 TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-5, 1e-3)}  # (lse abs, gradient rel)

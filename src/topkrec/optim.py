@@ -167,7 +167,7 @@ def build_optimizer(agent: Agent, config: TrainConfig, allow_sparse: bool = True
     touches every row each step, so the heads then keep dense gradients and dense Adam) or
     ``allow_sparse`` is false (several processes: DDP all-reduces dense gradients on every backend).
     """
-    from topkrec.scale.heads import SampledSoftmaxHead
+    from topkrec.heads.sampled import SampledSoftmaxHead
 
     behavior_lr = config.behavior_lr if config.behavior_lr is not None else config.lr
     sparse_ok = allow_sparse and config.weight_decay == 0.0

@@ -86,7 +86,7 @@ class AgentConfig:
 
     @property
     def head_options(self) -> dict[str, Any]:
-        """Constructor options of the heads (``topkrec.policy.heads.make_head``) for this ``softmax``."""
+        """Constructor options of the heads (``topkrec.heads.make_head``) for this ``softmax``."""
         options: dict[str, Any] = {"temperature": self.temperature}
         if self.softmax == "sampled":
             options.update(negatives=self.negatives, proposal=self.proposal, normaliser=self.sampled_logp)

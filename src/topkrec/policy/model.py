@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from topkrec.errors import ArtifactError
+from topkrec.heads import ItemHead, make_head
 from topkrec.policy.config import AgentConfig
 from topkrec.policy.encoders import StateEncoder
-from topkrec.policy.heads import ItemHead, make_head
 
 __all__ = ["Agent"]
 

@@ -356,7 +356,7 @@ class Recommender:
         """(B, n_items) float32 policy logits for user indices (B,) (−1 = unknown) and histories (B, H)."""
         import torch
 
-        from topkrec.policy.heads import FullSoftmaxHead
+        from topkrec.heads import FullSoftmaxHead
 
         with torch.inference_mode():
             u = torch.as_tensor(user, dtype=torch.long, device=self.device)
@@ -433,7 +433,7 @@ class Recommender:
         return logits
 
     def _blocked_scoring_applies(self, k: int, rows: int) -> bool:
-        from topkrec.policy.heads import FullSoftmaxHead
+        from topkrec.heads import FullSoftmaxHead
 
         return (
             rows >= _BLOCKED_MIN_ROWS
@@ -448,7 +448,7 @@ class Recommender:
         this thread's scratch buffer: valid until the thread's next call."""
         import torch
 
-        from topkrec.policy.heads import FullSoftmaxHead
+        from topkrec.heads import FullSoftmaxHead
 
         with torch.inference_mode():
             u = torch.as_tensor(prep.user[start:stop], dtype=torch.long, device=self.device)

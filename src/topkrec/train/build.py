@@ -63,7 +63,7 @@ def build_agent(
             agent.item_embedding.weight[cfg.pad_index].zero_()
     counts = torch.as_tensor(dataset.train_item_counts())
     init_output_bias(agent, counts, config.bias_init)
-    from topkrec.scale.heads import set_proposal_counts
+    from topkrec.heads.sampled import set_proposal_counts
 
     # --proposal popularity samples negatives ∝ train count + 1 (a no-op for the other heads).
     if set_proposal_counts([agent.policy_head, agent.behavior_head], counts):

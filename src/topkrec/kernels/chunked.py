@@ -1,4 +1,4 @@
-"""log softmax(h Wᵀ + b)[a] over a large catalogue without materialising the (B × N) logits.
+"""log softmax(h Wᵀ + b)[a] chunk by chunk (or in Triton tiles) without materialising the (B × N) logits.
 
 Training a softmax policy over N items needs, per row b, only the log-probability of the logged
 action a_b (DESIGN §3):
@@ -15,7 +15,7 @@ and its gradient. With g_b = ∂L/∂ log π(a_b|s_b) and p = softmax(h_b Wᵀ +
 a running log-sum-exp per row, the backward pass recomputes each chunk's logits and turns them into
 −g·p on the fly. Peak memory is O(B × chunk) instead of O(B × N), and the logits are never written
 as a whole. On CUDA with Triton installed, the same Function runs tiled Triton kernels
-(:mod:`topkrec.scale.triton_softmax`) that never write any logits to memory at all.
+(:mod:`topkrec.kernels.triton_softmax`) that never write any logits to memory at all.
 
 Precision: matmuls run in ``compute_dtype`` (bf16 under CUDA autocast, fp32 otherwise); the
 log-sum-exp, the softmax and every accumulation are fp32, and the returned log-probabilities are fp32.
@@ -36,7 +36,7 @@ __all__ = [
     "chunked_logsumexp",
     "chunked_topk",
     "default_chunk_size",
-    "linear_log_softmax_gather",
+    "chunked_linear_log_softmax_gather",
     "resolve_compute_dtype",
     "target_logits",
     "triton_available",
@@ -151,7 +151,7 @@ def catalogue_logsumexp(
         bias = None if bias is None else (bias.detach() / temperature if temperature != 1.0 else bias.detach())
         use_triton = impl == "triton" or (impl == "auto" and hidden.is_cuda and triton_available())
         if use_triton:
-            from topkrec.scale import triton_softmax
+            from topkrec.kernels import triton_softmax
 
             try:
                 with torch.autocast(hidden.device.type, enabled=False):
@@ -232,7 +232,7 @@ class LinearLogSoftmaxGather(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             lse = None
             if use_triton:
-                from topkrec.scale import triton_softmax
+                from topkrec.kernels import triton_softmax
 
                 try:
                     lse = triton_softmax.logsumexp_forward(hidden, weight, bias, compute_dtype)
@@ -261,7 +261,7 @@ class LinearLogSoftmaxGather(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             grads = None
             if ctx.use_triton:
-                from topkrec.scale import triton_softmax
+                from topkrec.kernels import triton_softmax
 
                 try:
                     grads = triton_softmax.logsumexp_backward(hidden, weight, bias, lse, g, dtype, need)
@@ -285,7 +285,7 @@ class LinearLogSoftmaxGather(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
-def linear_log_softmax_gather(
+def chunked_linear_log_softmax_gather(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,

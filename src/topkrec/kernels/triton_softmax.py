@@ -13,7 +13,7 @@ Large-Vocabulary Language Models", 2024, which does the same for language-model 
   result is deterministic and autotuning (which re-runs kernels) is safe.
 
 The one-hot terms of the gradients and the target logit are added by the caller
-(:mod:`topkrec.scale.linear_softmax`), which owns the autograd Function and the PyTorch fallback.
+(:mod:`topkrec.kernels.chunked`), which owns the autograd Function and the PyTorch fallback.
 Matmuls take bf16 (or fp32, then exact IEEE products) inputs with fp32 accumulation.
 """
 
