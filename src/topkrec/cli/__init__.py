@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from topkrec.cli import agent, data, pretrain, serve, simulate
+from topkrec.cli import agent, data, ope, pretrain, serve, simulate
 from topkrec.cli.common import STATE
 
 app = typer.Typer(
@@ -66,7 +66,7 @@ def _version() -> None:
     typer.echo(__version__)
 
 
-for _area in (data, pretrain, agent, simulate, serve):
+for _area in (data, pretrain, agent, simulate, ope, serve):
     _area.register(app)
 
 
