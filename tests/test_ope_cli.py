@@ -266,3 +266,13 @@ def test_ope_tiny_propensity_gives_valid_json_and_a_low_ess_warning(tmp_path):
     (tmp_path / "tiny.csv").write_text("\n".join([*rows[:-1], "1,1,1e-310,0.5"]) + "\n")
     r = _run(*args, "--json")
     assert r.returncode == 2 and "overflows" in r.stderr
+
+
+def test_ope_out_that_cannot_be_written_is_one_line(tmp_path):
+    _obd_csv(tmp_path / "all.csv", n=30)
+    (tmp_path / "file").write_text("x")
+    cases = ((tmp_path, "is a directory"), (tmp_path / "file" / "ope.json", "cannot write --out"))
+    for out, message in cases:
+        args = ["--logs", str(tmp_path / "all.csv"), *BASE, "--target", "uniform", "--n-actions", "8"]
+        r = _run(*args, "--out", str(out))
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

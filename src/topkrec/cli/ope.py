@@ -307,7 +307,12 @@ def ope(
         typer.echo(f"warning: {w}", err=True)
     text = json.dumps(result, indent=2, allow_nan=False)
     if out is not None:
-        write_json(out, result)
+        if out.is_dir():
+            raise TopkrecError(f"--out {out} is a directory; give a file name such as {out / 'ope.json'}")
+        try:
+            write_json(out, result)
+        except OSError as e:
+            raise TopkrecError(f"cannot write --out {out}: {e.strerror or e}") from e
     if as_json:
         typer.echo(text)
         return
