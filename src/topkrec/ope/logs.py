@@ -23,7 +23,6 @@ __all__ = [
     "MAX_CATEGORIES",
     "LoggedBandit",
     "TargetDistribution",
-    "direct_method_uniform",
     "encode_context",
     "position_slots",
     "read_logged_bandit",
@@ -234,19 +233,3 @@ def read_target_distribution(
             f"position (first at row {row}: {totals[row]:.6g})"
         )
     return TargetDistribution(probs=probs, path=path), codes
-
-
-def direct_method_uniform(action: np.ndarray, reward: np.ndarray, n_actions: int) -> tuple[np.ndarray, np.ndarray]:
-    """A context-free reward model for DR under the uniform target: r̂(a) = mean logged reward of a.
-
-    Returns (r̂ of each logged action, v̂ = (1/N) Σ_a r̂(a) per row). Actions of the N that never
-    appear in the log get the overall mean reward. The model is fitted on the same log (no
-    cross-fitting), which is fine for a per-action mean with many rows per action.
-    """
-    codes, inverse = np.unique(action, return_inverse=True)
-    sums = np.bincount(inverse, weights=reward, minlength=codes.shape[0])
-    counts = np.bincount(inverse, minlength=codes.shape[0])
-    means = sums / counts
-    unseen = max(n_actions - codes.shape[0], 0)
-    value = (means.sum() + unseen * float(reward.mean())) / max(n_actions, codes.shape[0])
-    return means[inverse], np.full(reward.shape, value)
