@@ -276,3 +276,29 @@ def test_ope_out_that_cannot_be_written_is_one_line(tmp_path):
         args = ["--logs", str(tmp_path / "all.csv"), *BASE, "--target", "uniform", "--n-actions", "8"]
         r = _run(*args, "--out", str(out))
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_ope_slate_logging_uniform_without_replacement(tmp_path):
+    from topkrec.ope import pi_weights_uniform_without_replacement, pseudo_inverse, slate_codes, slate_sums
+
+    rng = np.random.default_rng(4)
+    m, n_slates = 6, 300
+    items = np.stack([rng.permutation(m)[:N_POS] for _ in range(n_slates)]).reshape(-1)  # uniform, distinct
+    pos = np.tile(np.arange(N_POS), n_slates)
+    click = (rng.random(items.shape) < 0.1 + 0.05 * items).astype(int)
+    lines = ["slate,item_id,position,click,propensity_score"]
+    lines += [f"{i // N_POS},{items[i]},{pos[i]},{click[i]},{1 / m!r}" for i in range(items.shape[0])]
+    (tmp_path / "u.csv").write_text("\n".join(lines) + "\n")
+    target = rng.dirichlet(np.ones(m), size=N_POS)  # (L, m)
+    np.save(tmp_path / "t.npy", np.broadcast_to(target.T[None], (items.shape[0], m, N_POS)).copy())
+    args = ["--logs", str(tmp_path / "u.csv"), *SLATE_BASE, "--target-dist", str(tmp_path / "t.npy")]
+    args += ["--position-col", "position", "--slate-col", "slate", "--n-boot", "20", "--json"]
+    r = _run(*args, "--slate-logging", "uniform")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    codes, n = slate_codes(np.arange(items.shape[0]) // N_POS)
+    w = pi_weights_uniform_without_replacement(codes, target[pos, items], target.sum(0)[items], m, n)
+    expected = float(pseudo_inverse(slate_sums(codes, click, n), w))
+    assert out["slate_logging"] == "uniform" and out["estimators"]["pi"]["value"] == pytest.approx(expected)
+    product = json.loads(_run(*args).stdout)["estimators"]["pi"]["value"]
+    assert product != pytest.approx(expected)  # the product form is the wrong one for this logger
