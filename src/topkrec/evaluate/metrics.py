@@ -48,20 +48,26 @@ def check_finite_scores(scores: torch.Tensor, name: str) -> None:
 def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """(B, k) indices of the k highest scores per row, best first; equal scores by lower index first.
 
-    Linear in N like ``torch.topk``: the k-th largest score is the threshold, every item above it is in,
-    and the tied items at the threshold fill the remaining places in index order.
+    ``torch.topk`` of k + 1 picks the set; a row is "crowded" when its (k+1)-th score equals its k-th, i.e.
+    more items tie at the k-th score than there are places left. Only those rows are redone, keeping the
+    lowest-index tied items. Then each row's k items are put in (score descending, index ascending) order.
+    No extra pass over the scores unless a row is crowded.
     """
     n = scores.shape[1]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    threshold = scores.topk(k, dim=1).values[:, -1:]  # (B, 1) the k-th largest value (ties do not matter here)
-    above = scores > threshold
-    tied = scores == threshold
-    room = k - above.sum(dim=1, keepdim=True)  # (B, 1) places left for tied items
-    chosen = above | (tied & (tied.cumsum(dim=1) <= room))
-    idx = chosen.nonzero()[:, 1].view(-1, k)  # each row has exactly k, in increasing index order
-    values = scores.gather(1, idx)
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices  # stable: ties keep index order
+    values, idx = scores.topk(min(k + 1, n), dim=1)
+    if k < n:
+        crowded = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1)
+        idx = idx[:, :k]
+        if crowded.numel():
+            sub, thr = scores[crowded], values[crowded, k - 1 : k]
+            above, tied = sub > thr, sub == thr
+            room = k - above.sum(dim=1, keepdim=True)  # places left for the tied items
+            chosen = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= room))
+            idx[crowded] = chosen.nonzero()[:, 1].view(-1, k)  # exactly k per row, in index order
+    idx = idx.sort(dim=1).values  # index order, so that the stable sort below breaks ties by index
+    order = torch.sort(scores.gather(1, idx), dim=1, descending=True, stable=True).indices
     return idx.gather(1, order)
 
 
