@@ -19,6 +19,7 @@ from topkrec.evaluate.metrics import (
     recall_from_rank,
     reciprocal_rank,
     target_rank,
+    topk_indices,
 )
 from topkrec.evaluate.report import evaluate_model_dirs
 from topkrec.policy.config import AgentConfig, TrainConfig
@@ -96,6 +97,86 @@ def test_popularity_metrics_by_hand() -> None:
     assert m.ips == pytest.approx(w.mean())
     assert m.snips == pytest.approx(1.0)
     assert m.ess == pytest.approx(w.sum() ** 2 / (w**2).sum())
+
+
+def _reference_topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Top k per row by (score descending, item index ascending), by NumPy's lexsort."""
+    index = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.lexsort((index, -scores), axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("n_values", [1, 2, 3, 50])
+def test_topk_and_rank_share_one_tie_convention_on_integer_scores(n_values: int) -> None:
+    g = torch.Generator().manual_seed(n_values)
+    scores = torch.randint(0, n_values, (300, 40), generator=g).float()
+    for k in (1, 5, 40):
+        top = topk_indices(scores, k)
+        assert np.array_equal(top.numpy(), _reference_topk(scores.numpy(), k))
+        # "rank < k" ⇔ "in the top-k list", for every (state, item)
+        in_list = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
+        for item in range(scores.shape[1]):
+            rank = target_rank(scores, torch.full((scores.shape[0],), item))
+            assert torch.equal(rank < k, in_list[:, item])
+            # and the rank is the position in the full list
+            pos = (top == item).nonzero()
+            assert torch.equal(rank[pos[:, 0]], pos[:, 1])
+
+
+def test_all_equal_scores_recommend_the_lowest_indices_in_order() -> None:
+    scores = torch.zeros(3, 1000)  # torch.topk returns these ties in no particular order on CPU
+    assert topk_indices(scores, 10).tolist() == [list(range(10))] * 3
+
+
+def test_coverage_tail_share_ndcg_all_follow_the_tie_convention() -> None:
+    ds = tiny_dataset()
+    counts = torch.as_tensor(ds.train_item_counts(), dtype=torch.float64)  # [3, 1, 2, 1]: items 1 and 3 tie
+    test = build_transitions(ds, "test", 2)
+    first = test.first_per_user()
+    blp = torch.log(torch.full((len(test),), 0.25))
+    m = evaluate_scorer(popularity_scorer(counts), test, first, counts, blp, EvalConfig(k=3, n_boot=20))
+    # top-3 = [0, 2, 1] (1 before 3 by index) for every state
+    assert m.coverage == pytest.approx(3 / 4)
+    assert m.tail_share == pytest.approx(2 / 3)  # head = item 0
+    # user 0 relevant {1} at position 2 → 1/log2(4) = 0.5; user 1 relevant {0} at position 0 → 1
+    assert m.ndcg_all == pytest.approx(0.75)
+
+    def flat(user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(user.shape[0], 4)  # every item ties: the list is items 0, 1, 2
+
+    m = evaluate_scorer(flat, test, first, counts, blp, EvalConfig(k=3, n_boot=20))
+    assert m.coverage == pytest.approx(3 / 4) and m.tail_share == pytest.approx(2 / 3)
+    assert m.ndcg_all == pytest.approx((1 / math.log2(3) + 1.0) / 2)
+    assert m.recall == pytest.approx(2 / 3)  # targets 1 (rank 1), 4 (OOV), 0 (rank 0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_scores_are_refused_naming_the_model(bad: float) -> None:
+    ds = tiny_dataset()
+    counts = torch.as_tensor(ds.train_item_counts(), dtype=torch.float64)
+    test = build_transitions(ds, "test", 2)
+    blp = torch.log(torch.full((len(test),), 0.25))
+
+    def broken(user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(user.shape[0], 4)
+        out[:, 2] = bad
+        return out
+
+    with pytest.raises(TopkrecError, match="model 'diverged'.*(NaN|infinite) scores"):
+        evaluate_scorer(broken, test, test.first_per_user(), counts, blp, EvalConfig(k=2, n_boot=5), name="diverged")
+
+
+def test_metrics_json_has_no_nan() -> None:
+    import json
+
+    from topkrec.evaluate.evaluator import ModelMetrics
+
+    m = ModelMetrics(
+        k=5, ndcg=0.1, recall=0.2, mrr=0.1, ndcg_all=0.0, coverage=0.5, tail_share=0.5,
+        ips=math.nan, capped_ips=math.nan, snips=math.nan, ess=0.0, n_events=3, n_users=1,
+    )  # fmt: skip
+    doc = m.as_dict()
+    assert doc["ips"] is None and doc["snips"] is None and doc["capped_ips"] is None and doc["ess"] == 0.0
+    json.dumps(doc, allow_nan=False)
 
 
 def test_evaluate_model_dir_document_and_mismatch(tmp_path) -> None:

@@ -78,3 +78,24 @@ def test_ope_cli_with_model(trained):
         [sys.executable, "-m", "topkrec", "ope", *args, "--model", str(model)], capture_output=True, text=True
     )
     assert r.returncode == 2 and "--user-col" in r.stderr
+
+
+def test_ope_cli_with_model_refuses_a_log_outside_its_catalogue_and_warns_on_a_partial_one(trained, tmp_path):
+    import polars as pl
+
+    csv, _, model, _ = trained
+    df = pl.read_csv(csv)
+    df.with_columns(pl.format("x{}", pl.col("item")).alias("item")).write_csv(tmp_path / "foreign.csv")
+    args = ["--action-col", "item", "--reward-col", "reward", "--propensity-col", "propensity", "--model", str(model)]
+    base = [sys.executable, "-m", "topkrec", "ope", *args, "--user-col", "user", "--n-boot", "20", "--json"]
+    r = subprocess.run([*base, "--logs", str(tmp_path / "foreign.csv")], capture_output=True, text=True)
+    assert r.returncode == 2 and "none of the" in r.stderr and "catalogue" in r.stderr, r.stderr
+    half = df.with_columns(
+        pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.format("x{}", pl.col("item"))).otherwise(pl.col("item"))
+        .cast(pl.String).alias("item")
+    )  # fmt: skip
+    half.write_csv(tmp_path / "half.csv")
+    r = subprocess.run([*base, "--logs", str(tmp_path / "half.csv")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert any("not in the model's catalogue" in w for w in out["warnings"]) and "warning:" in r.stderr

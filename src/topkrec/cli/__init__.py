@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from topkrec.cli import agent, config, data, pretrain, serve, simulate
+from topkrec.cli import agent, config, data, ope, pretrain, serve, simulate
 from topkrec.cli.common import STATE
 
 app = typer.Typer(
@@ -66,7 +66,7 @@ def _version() -> None:
     typer.echo(__version__)
 
 
-for _area in (data, pretrain, agent, simulate, serve, config):
+for _area in (data, pretrain, agent, simulate, ope, serve, config):
     _area.register(app)
 
 

@@ -33,11 +33,13 @@ from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import Transitions, build_transitions
 from topkrec.errors import ArtifactError, TopkrecError
 from topkrec.evaluate.metrics import (
+    check_finite_scores,
     ndcg_all_at_k,
     ndcg_from_rank,
     recall_from_rank,
     reciprocal_rank,
     target_rank,
+    topk_indices,
 )
 from topkrec.policy.artifact import LoadedAgent
 from topkrec.progress import progress_bar
@@ -97,6 +99,8 @@ class ModelMetrics:
     log_weights: np.ndarray | None = None  # (n,) log(π/β̂) per rankable test event, for the histogram
 
     def as_dict(self) -> dict[str, Any]:
+        """DESIGN §9 keys; a number that could not be computed (NaN, e.g. OPE without rankable events) is None,
+        so metrics.json stays valid JSON."""
         k = self.k
         return {
             f"ndcg@{k}": self.ndcg,
@@ -105,14 +109,18 @@ class ModelMetrics:
             f"ndcg_all@{k}": self.ndcg_all,
             "coverage": self.coverage,
             "tail_share": self.tail_share,
-            "ips": self.ips,
-            "capped_ips": self.capped_ips,
-            "snips": self.snips,
-            "ess": self.ess,
+            "ips": _finite_or_none(self.ips),
+            "capped_ips": _finite_or_none(self.capped_ips),
+            "snips": _finite_or_none(self.snips),
+            "ess": _finite_or_none(self.ess),
             "n_events": self.n_events,
             "n_users": self.n_users,
             "ope": self.ope,
         }
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 def popularity_scorer(counts: torch.Tensor) -> Scorer:
@@ -167,12 +175,13 @@ def chunk_rows(config: EvalConfig, n_items: int, device: torch.device | str) -> 
 
 
 @torch.no_grad()
-def _action_logp(scorer: Scorer, test: Transitions, chunk: int) -> torch.Tensor:
+def _action_logp(scorer: Scorer, test: Transitions, chunk: int, name: str = "behavior") -> torch.Tensor:
     """(n,) log-probability of each test action under the scorer's softmax (−inf for OOV)."""
     out = []
     for s in range(0, len(test), chunk):
         b = test.batch(torch.arange(s, min(s + chunk, len(test)), device=test.device))
         logits = scorer(b.user, b.history).float()
+        check_finite_scores(logits, name)
         n = logits.shape[1]
         lp = torch.log_softmax(logits, dim=1).gather(1, b.action.clamp(0, n - 1)[:, None]).squeeze(1)
         out.append(torch.where(b.action < n, lp, torch.full_like(lp, -math.inf)))
@@ -209,11 +218,12 @@ def evaluate_scorer(
         for s in range(0, n, chunk):
             b = test.batch(torch.arange(s, min(s + chunk, n), device=dev))
             scores = scorer(b.user, b.history).float()
+            check_finite_scores(scores, name)
             rank = target_rank(scores, b.action)
             ndcg_sum += float(ndcg_from_rank(rank, k).sum())
             recall_sum += float(recall_from_rank(rank, k).sum())
             rr_sum += float(reciprocal_rank(rank).sum())
-            top = scores.topk(k, dim=1).indices
+            top = topk_indices(scores, k)  # ties by item index, as target_rank
             rec_counts += torch.bincount(top.flatten(), minlength=n_items).double()
             lp = torch.log_softmax(scores, dim=1).gather(1, b.action.clamp(0, n_items - 1)[:, None]).squeeze(1)
             policy_logp[s : s + len(b)] = torch.where(b.action < n_items, lp, torch.full_like(lp, -math.inf))
@@ -229,7 +239,8 @@ def evaluate_scorer(
         for s in range(0, len(first), chunk):
             b = first.batch(torch.arange(s, min(s + chunk, len(first)), device=dev))
             scores = scorer(b.user, b.history).float()
-            top = scores.topk(k, dim=1).indices
+            check_finite_scores(scores, name)
+            top = topk_indices(scores, k)
             relevant = torch.isin(b.user[:, None] * (n_items + 1) + top, keys)
             n_rel = n_rel_per_user[b.user]
             has = n_rel > 0
@@ -323,7 +334,7 @@ def evaluate_agents(
         agent.module.eval()
         test, first = cache[agent.config.hist_num]
         policy, behavior = agent_scorers(agent)
-        behavior_logps[name] = _action_logp(behavior, test, chunk)
+        behavior_logps[name] = _action_logp(behavior, test, chunk, name=f"{name} (its β̂ head)")
         results[name] = evaluate_scorer(
             policy, test, first, counts, behavior_logps[name], config, progress=progress, name=name
         )

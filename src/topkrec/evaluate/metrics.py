@@ -1,8 +1,15 @@
 """Ranking metrics as pure functions of score matrices (DESIGN §4); tested against hand-computed values.
 
-Ranks are 0-based: rank r means r items score higher. Ties are broken by item index (lower index
-first), which for popularity scores is the train-frequency order the dataset assigns ids in, and keeps
-every metric deterministic.
+Ranks are 0-based: rank r means r items rank before the item. **One tie convention for every metric**:
+equal scores are ordered by item index, lower index first — in ``target_rank`` (ndcg@K, recall@K, mrr)
+and in ``topk_indices`` (the top-K lists behind ndcg_all@K, coverage and tail_share), so "rank < K" and
+"in the top-K list" always agree. For popularity scores the lower index is the more frequent item (the
+order the dataset assigns ids in). ``torch.topk`` is not used for lists: its order among ties is
+unspecified (on CPU it differs from the index order).
+
+**Scores must be finite.** NaN has no order (every comparison with it is false, so a NaN model would
+rank every target first), and ±inf breaks the softmax of the off-policy numbers; ``check_finite_scores``
+refuses both with an error naming the model.
 """
 
 from __future__ import annotations
@@ -11,14 +18,57 @@ import math
 
 import torch
 
+from topkrec.errors import TopkrecError
+
 __all__ = [
+    "check_finite_scores",
     "dcg_discounts",
     "ndcg_all_at_k",
     "ndcg_from_rank",
     "recall_from_rank",
     "reciprocal_rank",
     "target_rank",
+    "topk_indices",
 ]
+
+
+def check_finite_scores(scores: torch.Tensor, name: str) -> None:
+    """Raise ``TopkrecError`` naming ``name`` if any score is NaN or ±inf."""
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):
+        bad_rows = int((~finite).any(dim=1).sum()) if scores.ndim == 2 else int((~finite).sum())
+        kind = "NaN" if bool(torch.isnan(scores).any()) else "infinite"
+        raise TopkrecError(
+            f"model {name!r} gives {kind} scores ({bad_rows} of {scores.shape[0]} states in this batch); its weights "
+            "are probably not finite (a diverged training run) — retrain it, e.g. with a lower --lr; no metric is "
+            "computed on non-finite scores"
+        )
+
+
+def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) indices of the k highest scores per row, best first; equal scores by lower index first.
+
+    ``torch.topk`` of k + 1 picks the set; a row is "crowded" when its (k+1)-th score equals its k-th, i.e.
+    more items tie at the k-th score than there are places left. Only those rows are redone, keeping the
+    lowest-index tied items. Then each row's k items are put in (score descending, index ascending) order.
+    No extra pass over the scores unless a row is crowded.
+    """
+    n = scores.shape[1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    values, idx = scores.topk(min(k + 1, n), dim=1)
+    if k < n:
+        crowded = (values[:, k] == values[:, k - 1]).nonzero().squeeze(1)
+        idx = idx[:, :k]
+        if crowded.numel():
+            sub, thr = scores[crowded], values[crowded, k - 1 : k]
+            above, tied = sub > thr, sub == thr
+            room = k - above.sum(dim=1, keepdim=True)  # places left for the tied items
+            chosen = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= room))
+            idx[crowded] = chosen.nonzero()[:, 1].view(-1, k)  # exactly k per row, in index order
+    idx = idx.sort(dim=1).values  # index order, so that the stable sort below breaks ties by index
+    order = torch.sort(scores.gather(1, idx), dim=1, descending=True, stable=True).indices
+    return idx.gather(1, order)
 
 
 def target_rank(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

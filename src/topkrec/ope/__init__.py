@@ -1,34 +1,75 @@
-"""Off-policy evaluation: IPS, capped IPS, SNIPS, doubly robust, effective sample size, bootstrap CIs.
+"""Off-policy evaluation: IPS, capped IPS, SNIPS, DM, the DR family, slate estimators, ESS, bootstrap CIs.
 
-Plain NumPy functions (``topkrec.ope.estimators``); ``topkrec ope`` is the command around them.
+Plain NumPy functions (``topkrec.ope.estimators``, ``topkrec.ope.slates``); cross-fitted reward models in
+``topkrec.ope.reward_model``; ``topkrec ope`` is the command around them.
 """
 
 from topkrec.ope.estimators import (
     DEFAULT_CAP,
+    LOW_ESS_MIN,
+    LOW_ESS_SHARE,
+    MAX_BOOT,
     BootstrapResult,
     OpeReport,
     bootstrap_ci,
     capped_ips,
     check_inputs,
+    default_dros_lambda,
+    direct_method,
     doubly_robust,
+    dr_shrinkage,
     effective_sample_size,
     importance_weights,
     ips,
+    low_ess_warning,
     off_policy_report,
+    self_normalized_dr,
+    shrunk_weights,
     snips,
+    switch_dr,
+)
+from topkrec.ope.slates import (
+    pi_weights_enumerated,
+    pi_weights_product,
+    pi_weights_uniform_without_replacement,
+    position_breakdown,
+    pseudo_inverse,
+    self_normalized_pi,
+    slate_codes,
+    slate_estimates,
+    slate_sums,
 )
 
 __all__ = [
     "DEFAULT_CAP",
+    "LOW_ESS_MIN",
+    "LOW_ESS_SHARE",
+    "MAX_BOOT",
     "BootstrapResult",
     "OpeReport",
     "bootstrap_ci",
     "capped_ips",
     "check_inputs",
+    "default_dros_lambda",
+    "direct_method",
     "doubly_robust",
+    "dr_shrinkage",
     "effective_sample_size",
     "importance_weights",
     "ips",
+    "low_ess_warning",
     "off_policy_report",
+    "pi_weights_enumerated",
+    "pi_weights_product",
+    "pi_weights_uniform_without_replacement",
+    "position_breakdown",
+    "pseudo_inverse",
+    "self_normalized_dr",
+    "self_normalized_pi",
+    "shrunk_weights",
+    "slate_codes",
+    "slate_estimates",
+    "slate_sums",
     "snips",
+    "switch_dr",
 ]

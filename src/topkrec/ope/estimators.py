@@ -9,17 +9,31 @@ Every estimator takes, per logged event i, the observed reward r_i, the probabil
                                                         (downward for non-negative rewards);
 - ``snips``        Σ w_i r_i / Σ w_i                   self-normalised, consistent, small bias;
 - ``doubly_robust`` (1/n) Σ [v̂_i + w_i (r_i − r̂_i)]  with a reward model: r̂_i its prediction for the
-                                                        logged action, v̂_i = Σ_a π(a|x_i) r̂(x_i, a).
+                                                        logged action, v̂_i = Σ_a π(a|x_i) r̂(x_i, a);
+- ``direct_method`` (1/n) Σ v̂_i                       the reward model alone (biased if it is wrong);
+- ``self_normalized_dr`` (1/n) Σ v̂_i + Σ w_i (r_i − r̂_i) / Σ w_i   (Kallus & Uehara 2019; the
+                                                        correction term self-normalised like SNIPS);
+- ``switch_dr``    (1/n) Σ [v̂_i + w_i (r_i − r̂_i) 1{w_i ≤ τ}]   (Wang et al. ICML 2017): the DR
+                                                        correction only where the weight is at most τ;
+                                                        τ = ∞ is DR, τ = 0 is DM;
+- ``dr_shrinkage`` (1/n) Σ [v̂_i + ŵ_i (r_i − r̂_i)], ŵ = λw/(w² + λ)  (DRos, Su et al. ICML 2020):
+                                                        optimistic shrinkage of the weights; λ = ∞ is
+                                                        DR, λ = 0 is DM.
+
+The Switch-DR and DRos forms are those of the Open Bandit Pipeline (Saito et al. 2021), the field's
+reference library, so their values can be compared one to one.
 
 The estimators reduce over the last axis, so the bootstrap evaluates many resamples in one call on
-(n_boot, n) arrays. Plain NumPy: no torch needed to use them.
+(n_boot, n) arrays: a ratio estimator (SNIPS, SNDR) is recomputed per resample. Plain NumPy: no torch
+needed to use them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,20 +41,36 @@ from topkrec.errors import DataError
 
 __all__ = [
     "DEFAULT_CAP",
+    "LOW_ESS_MIN",
+    "LOW_ESS_SHARE",
+    "MAX_BOOT",
     "BootstrapResult",
     "OpeReport",
     "bootstrap_ci",
     "capped_ips",
     "check_inputs",
+    "default_dros_lambda",
+    "direct_method",
     "doubly_robust",
+    "dr_shrinkage",
     "effective_sample_size",
     "importance_weights",
     "ips",
+    "low_ess_warning",
     "off_policy_report",
+    "self_normalized_dr",
+    "shrunk_weights",
     "snips",
+    "switch_dr",
 ]
 
 DEFAULT_CAP = math.exp(3.0)  # the paper's production weight cap (§4.5), as in topkrec.policy.objective
+LOW_ESS_SHARE = 0.01
+"""A report warns when the effective sample size is below this share of the rows (or below ``LOW_ESS_MIN``):
+the estimates then rest on a handful of rows with large weights, whatever their intervals say."""
+LOW_ESS_MIN = 10.0
+MAX_BOOT = 100_000
+"""Upper bound on bootstrap resamples: a percentile interval does not improve past a few thousand."""
 
 Estimator = Callable[..., np.ndarray | float]
 
@@ -89,12 +119,89 @@ def doubly_robust(
     return np.mean(_f64(value_hat_target) + w * (_f64(reward) - _f64(reward_hat_logged)), axis=-1)
 
 
-def effective_sample_size(weights: np.ndarray) -> np.ndarray:
-    """(Σw)² / Σw² over the last axis: n for equal weights, 1 when one weight dominates."""
+def direct_method(value_hat_target: np.ndarray) -> np.ndarray:
+    """Direct method: the reward model's expected reward under the target, v̂_i = Σ_a π(a|x_i) r̂(x_i, a), averaged."""
+    return np.mean(_f64(value_hat_target), axis=-1)
+
+
+def self_normalized_dr(
+    reward: np.ndarray,
+    target_prob: np.ndarray,
+    logging_prob: np.ndarray,
+    reward_hat_logged: np.ndarray,
+    value_hat_target: np.ndarray,
+) -> np.ndarray:
+    """Self-normalised DR: mean of v̂ + Σ w·(r − r̂) / Σ w (DM where every weight is 0)."""
+    w = importance_weights(target_prob, logging_prob)
+    correction = np.sum(w * (_f64(reward) - _f64(reward_hat_logged)), axis=-1)
+    total = np.sum(w, axis=-1)
+    ratio = np.divide(correction, total, out=np.zeros_like(correction), where=total > 0)
+    return np.mean(_f64(value_hat_target), axis=-1) + ratio
+
+
+def switch_dr(
+    reward: np.ndarray,
+    target_prob: np.ndarray,
+    logging_prob: np.ndarray,
+    reward_hat_logged: np.ndarray,
+    value_hat_target: np.ndarray,
+    tau: float,
+) -> np.ndarray:
+    """Switch-DR (Wang et al. 2017): mean of v̂ + w·(r − r̂)·1{w ≤ τ}; τ = ∞ gives DR, τ = 0 gives DM."""
+    if not tau >= 0:
+        raise ValueError(f"tau must be >= 0, got {tau}")
+    w = importance_weights(target_prob, logging_prob)
+    kept = np.where(w <= tau, w, 0.0)
+    return np.mean(_f64(value_hat_target) + kept * (_f64(reward) - _f64(reward_hat_logged)), axis=-1)
+
+
+def shrunk_weights(weights: np.ndarray, lam: float) -> np.ndarray:
+    """DRos weights λw/(w² + λ): w itself for λ = ∞, 0 for λ = 0; never above √λ/2."""
+    if not lam >= 0:
+        raise ValueError(f"lambda must be >= 0, got {lam}")
     w = _f64(weights)
+    if math.isinf(lam):
+        return w
+    den = w * w + lam
+    return np.divide(lam * w, den, out=np.zeros_like(w), where=den > 0)
+
+
+def dr_shrinkage(
+    reward: np.ndarray,
+    target_prob: np.ndarray,
+    logging_prob: np.ndarray,
+    reward_hat_logged: np.ndarray,
+    value_hat_target: np.ndarray,
+    lam: float,
+) -> np.ndarray:
+    """DR with optimistic shrinkage (DRos, Su et al. 2020): DR with w replaced by λw/(w² + λ)."""
+    w = shrunk_weights(importance_weights(target_prob, logging_prob), lam)
+    return np.mean(_f64(value_hat_target) + w * (_f64(reward) - _f64(reward_hat_logged)), axis=-1)
+
+
+def effective_sample_size(weights: np.ndarray) -> np.ndarray:
+    """(Σw)² / Σw² over the last axis: n for equal weights, 1 when one weight dominates.
+
+    Computed on w / max(w), so it stays finite (and exact) for weights near the float64 limit.
+    """
+    w = _f64(weights)
+    scale = np.max(np.abs(w), axis=-1, keepdims=True) if w.size else np.ones(w.shape[:-1] + (1,))
+    w = np.divide(w, scale, out=np.zeros_like(w), where=scale > 0)
     sq = np.sum(w * w, axis=-1)
     total = np.sum(w, axis=-1)
     return np.divide(total * total, sq, out=np.zeros_like(sq), where=sq > 0)
+
+
+def low_ess_warning(ess: float, n: int, share: float = LOW_ESS_SHARE, minimum: float = LOW_ESS_MIN) -> str | None:
+    """A warning when the ESS is below ``share`` of n or below ``minimum``, else None."""
+    if n <= 0 or (ess >= share * n and ess >= minimum):
+        return None
+    return (
+        f"effective sample size {ess:.1f} is {100 * ess / n:.2g} % of the {n} rows "
+        f"(warned below {100 * share:g} % or {minimum:g}): a few rows with large weights carry the "
+        "importance-weighted estimates, so their intervals are unreliable; prefer capped IPS, SNIPS or the "
+        "DR family, or a target closer to the logging policy"
+    )
 
 
 @dataclass(frozen=True)
@@ -122,8 +229,8 @@ def bootstrap_ci(
     ``estimator`` must reduce over the last axis (all estimators here do): resamples are evaluated
     as (chunk, n) arrays, with chunks sized to keep at most ``max_elements`` values per array.
     """
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 1 <= n_boot <= MAX_BOOT:
+        raise ValueError(f"n_boot must be in [1, {MAX_BOOT}], got {n_boot}")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     cols = [_f64(a) for a in arrays]
@@ -170,24 +277,48 @@ def check_inputs(
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(f"{names[1]} must lie in [0, 1]; {int(bad.sum())} rows do not (first at row {row}: {t[row]!r})")
+    with np.errstate(over="ignore"):
+        bad = ~np.isfinite(t / p)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"the importance weight {names[1]}/{names[2]} overflows float64 at {int(bad.sum())} rows "
+            f"(first at row {row}: {t[row]!r}/{p[row]!r}); {names[2]} this small cannot be right"
+        )
 
 
 @dataclass(frozen=True)
 class OpeReport:
     """Every estimator with its bootstrap CI, plus ESS and n: the DESIGN §9 ``ope --json`` keys."""
 
-    estimators: dict[str, BootstrapResult]  # ips, capped_ips, snips, and dr when a reward model is given
+    estimators: dict[str, BootstrapResult]  # ips, capped_ips, snips; dm, dr, sndr, switch_dr, dros with a reward model
     ess: float
     n: int
     cap: float
+    level: float = 0.95
+    switch_tau: float | None = None
+    dros_lambda: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "estimators": {name: r.as_dict() for name, r in self.estimators.items()},
             "ess": self.ess,
             "n": self.n,
             "cap": self.cap,
+            "level": self.level,
         }
+        if self.switch_tau is not None:
+            out["switch_tau"] = self.switch_tau
+        if self.dros_lambda is not None:
+            out["dros_lambda"] = self.dros_lambda
+        out["warnings"] = list(self.warnings)
+        return out
+
+
+def default_dros_lambda(cap: float) -> float:
+    """λ = cap²: DRos then weights no row by more than cap/2 and leaves weights well below cap nearly unchanged."""
+    return cap * cap
 
 
 def off_policy_report(
@@ -200,30 +331,71 @@ def off_policy_report(
     value_hat_target: np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    level: float = 0.95,
+    switch_tau: float | None = None,
+    dros_lambda: float | None = None,
 ) -> OpeReport:
-    """Check the inputs, then IPS, capped IPS, SNIPS (and DR given a reward model) with 95 % bootstrap CIs.
+    """Check the inputs, then IPS, capped IPS, SNIPS (and, given a reward model, DM, DR, SNDR, Switch-DR,
+    DRos) with percentile bootstrap intervals at ``level``.
 
-    Each estimator is bootstrapped with the same seed, so the resamples are the same events.
+    Every estimator is bootstrapped with the same seed, so the resamples are the same events. Switch-DR's
+    τ defaults to ``cap`` and DRos's λ to ``cap²`` (``default_dros_lambda``). A low effective sample size
+    (``low_ess_warning``) is reported in ``warnings``.
     """
     check_inputs(reward, target_prob, logging_prob)
+    if not cap > 0:
+        raise ValueError(f"cap must be positive, got {cap}")
     arrays = (_f64(reward), _f64(target_prob), _f64(logging_prob))
+    boot: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level}
 
     def _capped(r: np.ndarray, t: np.ndarray, p: np.ndarray) -> np.ndarray:
         return capped_ips(r, t, p, cap=cap)
 
     results = {
-        "ips": bootstrap_ci(ips, *arrays, n_boot=n_boot, seed=seed),
-        "capped_ips": bootstrap_ci(_capped, *arrays, n_boot=n_boot, seed=seed),
-        "snips": bootstrap_ci(snips, *arrays, n_boot=n_boot, seed=seed),
+        "ips": bootstrap_ci(ips, *arrays, **boot),
+        "capped_ips": bootstrap_ci(_capped, *arrays, **boot),
+        "snips": bootstrap_ci(snips, *arrays, **boot),
     }
     if (reward_hat_logged is None) != (value_hat_target is None):
         raise ValueError("doubly robust needs both reward_hat_logged and value_hat_target")
+    tau = lam = None
     if reward_hat_logged is not None and value_hat_target is not None:
         rh, vh = _f64(reward_hat_logged), _f64(value_hat_target)
         if rh.shape != arrays[0].shape or vh.shape != arrays[0].shape:
             raise DataError("reward-model predictions must have one value per logged row")
         if not (np.isfinite(rh).all() and np.isfinite(vh).all()):
             raise DataError("reward-model predictions contain missing or non-finite values")
-        results["dr"] = bootstrap_ci(doubly_robust, *arrays, rh, vh, n_boot=n_boot, seed=seed)
+        tau = cap if switch_tau is None else float(switch_tau)
+        lam = default_dros_lambda(cap) if dros_lambda is None else float(dros_lambda)
+        if not tau >= 0 or not lam >= 0:
+            raise ValueError(f"switch_tau and dros_lambda must be >= 0, got {tau} and {lam}")
+
+        def _dm(r: np.ndarray, t: np.ndarray, p: np.ndarray, rh_: np.ndarray, vh_: np.ndarray) -> np.ndarray:
+            return direct_method(vh_)
+
+        def _switch(r: np.ndarray, t: np.ndarray, p: np.ndarray, rh_: np.ndarray, vh_: np.ndarray) -> np.ndarray:
+            return switch_dr(r, t, p, rh_, vh_, tau=tau)
+
+        def _dros(r: np.ndarray, t: np.ndarray, p: np.ndarray, rh_: np.ndarray, vh_: np.ndarray) -> np.ndarray:
+            return dr_shrinkage(r, t, p, rh_, vh_, lam=lam)
+
+        with_model = (*arrays, rh, vh)
+        results["dm"] = bootstrap_ci(_dm, *with_model, **boot)
+        results["dr"] = bootstrap_ci(doubly_robust, *with_model, **boot)
+        results["sndr"] = bootstrap_ci(self_normalized_dr, *with_model, **boot)
+        results["switch_dr"] = bootstrap_ci(_switch, *with_model, **boot)
+        results["dros"] = bootstrap_ci(_dros, *with_model, **boot)
     weights = importance_weights(arrays[1], arrays[2])
-    return OpeReport(estimators=results, ess=float(effective_sample_size(weights)), n=int(weights.shape[0]), cap=cap)
+    ess = float(effective_sample_size(weights))
+    n = int(weights.shape[0])
+    warning = low_ess_warning(ess, n)
+    return OpeReport(
+        estimators=results,
+        ess=ess,
+        n=n,
+        cap=cap,
+        level=level,
+        switch_tau=tau,
+        dros_lambda=lam,
+        warnings=[warning] if warning else [],
+    )

@@ -15,7 +15,7 @@ import numpy as np
 
 from topkrec.errors import DataError
 
-__all__ = ["model_target_prob", "previous_items"]
+__all__ = ["model_target", "model_target_prob", "previous_items"]
 
 
 def previous_items(user_codes: np.ndarray, items: np.ndarray, hist_num: int, pad: int) -> np.ndarray:
@@ -39,6 +39,20 @@ def model_target_prob(
     batch_size: int = 4096,
 ) -> np.ndarray:
     """Probability of each row's logged action under the model's π: π(a|s), or 1 − (1 − π)^k for slates."""
+    return model_target(model_dir, logs, action_col, user_col, time_col, k, batch_size)[0]
+
+
+def model_target(
+    model_dir: Path,
+    logs: Path,
+    action_col: str,
+    user_col: str,
+    time_col: str | None = None,
+    k: int = 1,
+    batch_size: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(target probability (n,), known (n,) bool): ``model_target_prob`` and which logged actions are in the
+    model's catalogue (the others get probability 0)."""
     import torch
 
     from topkrec.ope.logs import read_table
@@ -81,4 +95,4 @@ def model_target_prob(
     probs[order] = probs_sorted
     if k > 1:
         probs = -np.expm1(k * np.log1p(-np.minimum(probs, 1.0 - 1e-16)))
-    return probs
+    return probs, item != cfg.pad_index
