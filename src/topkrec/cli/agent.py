@@ -43,15 +43,20 @@ def train_command(
     out: Path = typer.Option(..., "--out", help="Model directory to write (checkpoints and config.toml go here too)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
+    tensorboard: Path | None = typer.Option(
+        None, "--tensorboard", help="Also write the metrics as TensorBoard scalars here (extra `tensorboard`)."
+    ),
     *,
     settings: dict[str, Any],
 ) -> None:
     """Train the REINFORCE agent (π and β̂) with the chosen off-policy correction."""
     from topkrec import distributed
     from topkrec.cli.common import STATE
+    from topkrec.metrics_log import MetricsLogger
     from topkrec.train import train_agent
 
     dataset, emb = _load_inputs(data, embeddings)
+    metrics = MetricsLogger(tensorboard_dir=tensorboard if distributed.env_rank() == 0 else None)
     try:
         result = train_agent(
             dataset,
@@ -62,8 +67,10 @@ def train_command(
             resume=resume,
             force=force,
             progress=STATE.progress,
+            metrics=metrics,
         )
     finally:
+        metrics.close()
         distributed.teardown()
     if distributed.env_rank() != 0:
         return

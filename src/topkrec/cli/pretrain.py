@@ -30,6 +30,9 @@ def pretrain_command(
     ),
     npy_prefix: str = typer.Option("dssm", "--npy-prefix", help="File-name prefix of the --export-npy files."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out directory."),
+    tensorboard: Path | None = typer.Option(
+        None, "--tensorboard", help="Also write the metrics as TensorBoard scalars here (extra `tensorboard`)."
+    ),
     *,
     settings: dict[str, Any],
 ) -> None:
@@ -62,7 +65,11 @@ def pretrain_command(
 
         dataset = Dataset.load(data)
         progress = STATE.progress and ctx.is_main
-        result = pretrain(dataset, config, torch_device, progress=progress, metrics_logger=MetricsLogger())
+        metrics = MetricsLogger(tensorboard_dir=tensorboard if ctx.is_main else None)
+        try:
+            result = pretrain(dataset, config, torch_device, progress=progress, metrics_logger=metrics)
+        finally:
+            metrics.close()
         if ctx.is_main:  # result.config: what was trained (several CUDA processes turn sparse embeddings off)
             _write(out, force, result, dataset, data, torch_device.type, ctx.world_size, export_npy, npy_prefix)
         ctx.barrier()  # every rank waits for rank 0's write before the group is torn down

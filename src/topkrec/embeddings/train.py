@@ -369,7 +369,9 @@ class PretrainTrainer:
                 train_loss = loss_total / max(n_samples, 1.0)
                 elapsed = time.perf_counter() - t0
                 if not math.isfinite(train_loss):  # the same verdict on every rank: all stop together
-                    raise FloatingPointError(f"train loss became {train_loss} in epoch {epoch}; lower --lr")
+                    raise TopkrecError(
+                        f"pretraining diverged: the train loss became {train_loss} in epoch {epoch}; lower --lr"
+                    )
                 eval_loss, eval_auc = self.evaluate_shared()
                 m = EpochMetrics(epoch, train_loss, eval_loss, eval_auc, n_samples / max(elapsed, 1e-9))
                 history.append(m)

@@ -63,7 +63,8 @@ class Agent(nn.Module):
         u = self.user_embedding(user.clamp_min(0)) * known[:, None].to(self.user_embedding.weight.dtype)
         h = self.item_embedding(history)
         mask = history != self.config.pad_index
-        return self.encoder(u, h, mask)
+        state: torch.Tensor = self.encoder(u, h, mask)
+        return state
 
     def module_state(self, name: str) -> dict[str, torch.Tensor]:
         """The tensors saved in ``<name>.safetensors`` (encoder = embeddings + encoder)."""
