@@ -108,7 +108,7 @@ def test_oracle_beats_uniform_and_sessions_end():
         return np.argsort(-util, axis=1)[:, :k]
 
     rng = np.random.default_rng(5)
-    best = rollout(env, oracle, 2, rng, deterministic=True)
+    best = rollout(env, oracle, 2, rng, form="slate")
     uniform = rollout(env, lambda s: np.full((s.users.size, SMALL.n_items), 1 / SMALL.n_items), 2, rng)
     assert best.value > res.value > uniform.value
 
@@ -130,11 +130,19 @@ def test_logs_round_trip_through_prepare(tmp_path, impressions):
     assert np.allclose(ds.reward, log.reward)
     assert np.allclose(ds.propensity, log.propensity, rtol=1e-12)
     assert np.array_equal(ds.ts, log.ts)
+    # the step column survives, counted from each user's first step; rows of a slate share it
+    assert ds.step is not None
+    first = np.r_[True, log.user[1:] != log.user[:-1]]
+    user_first = np.maximum.accumulate(np.where(first, np.arange(first.size), 0))
+    assert np.array_equal(ds.step, log.step - log.step[user_first])
+    same_time = (np.diff(log.ts) == 0) & ~first[1:]
+    assert np.array_equal(np.diff(ds.step)[same_time], np.zeros(int(same_time.sum())))
     # sessions: one per (user, logged session) that left rows
     assert ds.summary()["n_sessions"] == np.unique(log.session).size
     # and the command line gives the same dataset
     out = tmp_path / "data_cli"
-    flags = ["--event-col", "event", "--propensity-col", "propensity", "--no-dedupe", "--test-size", "0"]
+    flags = ["--event-col", "event", "--propensity-col", "propensity", "--step-col", "step", "--no-dedupe"]
+    flags += ["--test-size", "0"]
     r = subprocess.run(
         [sys.executable, "-m", "topkrec", "prepare", "--format", "events", "--input", str(csv), "--out", str(out),
          "--reward", "pv=1,cart=2,fav=2,buy=3,skip=0", *flags],
@@ -145,7 +153,7 @@ def test_logs_round_trip_through_prepare(tmp_path, impressions):
 
     cli = Dataset.load(out)
     assert np.array_equal(cli.item, ds.item) and np.allclose(cli.propensity, ds.propensity)
-    assert np.allclose(cli.returns, ds.returns)
+    assert np.allclose(cli.returns, ds.returns) and np.array_equal(cli.step, ds.step)
 
 
 def test_t_interval():
