@@ -163,7 +163,7 @@ def test_t_interval():
 
 
 def test_quick_run_end_to_end():
-    res = run_sequential(SequentialConfig.quick(n_seeds=2))
+    res = run_sequential(replace(SequentialConfig.quick(n_seeds=2), ope_pl=True))
     assert res["scenario"] == "sequential"
     pol = res["policies"]
     assert {"none", "is", "topk", "logging", "popularity", "behavior", "uniform", "oracle"} <= set(pol)
@@ -179,10 +179,24 @@ def test_quick_run_end_to_end():
     lg = pol["logging"]
     assert abs(lg["estimates"]["ips"]["value"] - lg["true_value"]) < 0.25 * lg["true_value"]
     assert sorted(res["ordering"]) == ["is", "none", "topk"]
+    assert sorted(res["orderings"]["pl"]) == ["is_pl", "none_pl", "topk_pl"]
+    assert res["world"] == "default"
+    # paired differences: per seed exactly the difference of the two policies' per-seed values
+    paired = res["paired"]
+    assert {"topk-none", "topk_pl-none_pl", "topk_greedy-is_greedy", "topk_pl-topk", "none_greedy-popularity"} <= set(
+        paired
+    )
+    for key, pair in paired.items():
+        a, b = key.split("-")
+        np.testing.assert_allclose(
+            pair["per_seed"], np.array(pol[a]["per_seed"]) - np.array(pol[b]["per_seed"]), atol=1e-12
+        )
+        assert pair["ci_low"] <= pair["mean"] <= pair["ci_high"] and len(pair["within_seed_se"]) == 2
+    assert {pol[n]["form"] for n in ("topk", "topk_pl", "topk_greedy")} == {"draws", "pl", "slate"}
     # Σ_rows w has a known expectation (the distinct items the target would show): with exact logged
     # propensities the ratio is 1 up to noise — a check of the recorded α_β and of α_π = 1 − (1 − π)^K
     for seed in res["seeds"]:
-        for name in ("none", "topk", "topk_greedy"):
+        for name in ("none", "topk", "topk_pl", "topk_greedy"):
             assert 0.85 < seed["estimates"][name]["control_ratio"] < 1.15, (name, seed["estimates"][name])
 
 

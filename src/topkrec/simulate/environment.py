@@ -187,14 +187,14 @@ class Environment:
         """The user's choice on each slate: (position engaged or −1 (B,), behaviour code 0..3 or −1 (B,)).
 
         ``slates`` (B, K) item ids; ``shown`` (B, K) False for positions not shown (duplicates).
-        ``choice_noise`` (B, 1 + I) Gumbel shocks keyed by item (column 0: no engagement), so the same
-        item gets the same shock wherever a policy puts it; ``kind_noise`` (B, 4) Gumbel.
+        ``choice_noise`` (B, 1 + K) Gumbel shocks: column 0 for "no engagement", then one per slate
+        position — ``step`` reads them from a stream keyed by item, so the same item gets the same shock
+        wherever a policy puts it. ``kind_noise`` (B, 4) Gumbel.
         """
         c = self.config
-        rows = np.arange(slates.shape[0])[:, None]
         affinity = np.einsum("bd,bkd->bk", taste, self.item_vec[slates])  # (B, K)
         util = c.taste_scale * affinity + c.pop_weight * self.item_logpop[slates]
-        util = np.where(shown, util + choice_noise[rows, 1 + slates], -np.inf)
+        util = np.where(shown, util + choice_noise[:, 1:], -np.inf)
         util0 = c.no_engage_utility + choice_noise[:, :1]
         choice = np.argmax(np.concatenate([util0, util], axis=1), axis=1) - 1  # −1 = none
         engaged = choice >= 0
@@ -234,7 +234,10 @@ class Environment:
             taste,
             slates,
             shown,
-            streams.draw(Component.CHOICE, round_, step, users, c.n_items + 1),
+            # column 0 = no engagement, column 1 + i = item i: read only the shown items' columns
+            streams.draw(
+                Component.CHOICE, round_, step, users, c.n_items + 1, cols=np.c_[np.zeros_like(users), 1 + slates]
+            ),
             streams.draw(Component.KIND, round_, step, users, len(BEHAVIORS)),
         )
         engaged = choice >= 0

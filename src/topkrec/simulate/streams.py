@@ -68,21 +68,32 @@ class NoiseStreams:
             raise ValueError(f"stream keys must be non-negative integers, got {tuple(key)}")
         self.key = tuple(int(k) for k in key)
 
-    def draw(self, component: Component, round_: int, step: int, rows: np.ndarray, width: int) -> np.ndarray:
-        """(len(rows), width) numbers of ``component`` at (round, step) for the users ``rows``."""
+    def draw(
+        self,
+        component: Component,
+        round_: int,
+        step: int,
+        rows: np.ndarray,
+        width: int,
+        cols: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(len(rows), width) numbers of ``component`` at (round, step) for the users ``rows``; with ``cols``
+        (len(rows), m) column indices, only those entries (len(rows), m) — the same numbers, fewer transformed."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((rows.shape[0], width))
+        out = np.empty((rows.shape[0], width if cols is None else cols.shape[1]))
         if rows.size == 0:
             return out
         blocks = rows // BLOCK
         for b in np.unique(blocks):
             gen = np.random.default_rng([*self.key, int(component), round_, step, int(b)])
-            if component in _GUMBEL:
-                values = gen.gumbel(size=(BLOCK, width))
-            elif component in _NORMAL:
-                values = gen.standard_normal(size=(BLOCK, width))
+            sel = np.flatnonzero(blocks == b)
+            if component in _NORMAL:
+                values = gen.standard_normal(size=(BLOCK, width))[rows[sel] - b * BLOCK]
             else:
-                values = gen.random(size=(BLOCK, width))
-            sel = blocks == b
-            out[sel] = values[rows[sel] - b * BLOCK]
+                values = gen.random(size=(BLOCK, width))[rows[sel] - b * BLOCK]
+            if cols is not None:
+                values = np.take_along_axis(values, cols[sel], axis=1)
+            out[sel] = values
+        if component in _GUMBEL:  # Gumbel(0, 1) = −log(−log U), U kept inside (0, 1)
+            out = -np.log(-np.log(np.clip(out, 1e-300, 1.0 - 2**-53)))
         return out
