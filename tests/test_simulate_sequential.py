@@ -203,11 +203,22 @@ def test_quick_run_end_to_end():
 @pytest.mark.slow
 def test_cli_sequential_quick(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "topkrec", "simulate", "sequential", "--quick", "--seeds", "1", "--json", "--plots",
-         "--out", str(tmp_path)],
+        [sys.executable, "-m", "topkrec", "simulate", "sequential", "--quick", "--seeds", "2", "--world", "many-good",
+         "--plots", "--out", str(tmp_path)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
+    assert "paired differences" in r.stdout and "many-good" in r.stdout
+    res = json.loads((tmp_path / "result.json").read_text())
     assert res["scenario"] == "sequential" and "true_value" in res["policies"]["topk"]
+    assert res["world"] == "many-good" and res["config"]["env"]["item_clusters"] > 0
+    assert "topk_pl-none_pl" in res["paired"] and len(res["paired"]["topk_pl-none_pl"]["per_seed"]) == 2
     assert (tmp_path / "sequential.png").exists()
+
+
+def test_cli_sequential_rejects_an_unknown_world(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "topkrec", "simulate", "sequential", "--world", "moon", "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and "unknown --world 'moon'" in r.stderr and "Traceback" not in r.stderr
