@@ -111,3 +111,19 @@ def test_same_seed_same_noise_for_every_policy() -> None:
         return met
 
     assert users_met(0) == users_met(10)
+
+
+@pytest.mark.slow
+def test_example_gym_rollout_runs(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "gym_rollout.py"), "--sessions", "30"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = {line.split(":")[0].strip(): line for line in r.stdout.splitlines() if "reward per session" in line}
+    assert set(lines) == {"random", "popularity prior", "topkrec (topk, greedy)"}
