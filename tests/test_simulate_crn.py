@@ -165,6 +165,11 @@ def test_k_draws_waste_slots_on_duplicates_where_pl_does_not() -> None:
     _, shown_pl = pl_slates(p, 5, rng)
     assert shown_draws.sum(axis=1).mean() < 3.5  # ~3 distinct items in a "slate of 5"
     assert shown_pl.sum(axis=1).min() == 5
+    # and a rollout reports it
+    env = Environment(SMALL)
+    sharp = lambda s: np.tile(np.r_[0.7, 0.3, np.zeros(SMALL.n_items - 2)], (s.users.size, 1))  # noqa: E731
+    assert rollout(env, sharp, 1, NoiseStreams((0,)), form="draws").distinct_per_slate < 2.0
+    assert rollout(env, sharp, 1, NoiseStreams((0,)), form="pl").distinct_per_slate == 2.0
 
 
 def test_pl_logs_record_exact_inclusion_probabilities() -> None:

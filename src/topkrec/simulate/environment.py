@@ -379,10 +379,16 @@ class RolloutResult:
     last_engaged: np.ndarray  # (U,)
     history_events: np.ndarray | None = None  # (U, H) event codes of those history items
     log: LoggedEvents | None = None
+    items_shown: int = 0  # distinct items shown, summed over every slate of the rollout
 
     @property
     def value(self) -> float:
         return float(self.session_return.mean())
+
+    @property
+    def distinct_per_slate(self) -> float:
+        """Mean number of distinct items in a slate (K for Plackett–Luce and greedy slates, fewer for K draws)."""
+        return self.items_shown / max(int(self.session_length.sum()), 1)
 
 
 def as_streams(streams: NoiseStreams | Sequence[int] | np.random.Generator) -> NoiseStreams:
@@ -452,6 +458,7 @@ def rollout(
         hist_ev = np.where(hist >= 0, 1, 0).astype(np.int64)
     last = np.full(c.n_users, -1, dtype=np.int64) if last_engaged is None else last_engaged.copy()
     returns, lengths, engagements = [], [], []
+    items_shown = 0
     keys = ("user", "item", "event", "reward", "ts", "prop", "draw", "ses", "step", "hist")
     rows: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     event_names = np.array(EVENT_TOKENS, dtype=object)
@@ -481,6 +488,7 @@ def rollout(
                 slates, shown = pl_slates(out, k, streams.draw(Component.PL, s, step, idx, c.n_items))
                 draw = np.take_along_axis(out, slates, axis=1)
                 alpha = np.take_along_axis(pl_inclusion(out, k), slates, axis=1) if record else np.ones(slates.shape)
+            items_shown += int(shown.sum())
             res = env.step(streams, s, step, idx, taste[idx], slates, shown)
             engaged = res.engaged
             total[idx] += res.reward
@@ -536,4 +544,5 @@ def rollout(
         last_engaged=last,
         history_events=hist_ev,
         log=log,
+        items_shown=items_shown,
     )

@@ -505,6 +505,7 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
             "se": float(ret.std(ddof=1) / math.sqrt(ret.size)),
             "mean_session_length": float(res.session_length.mean()),
             "engagements_per_session": float(res.engagements.mean()),
+            "distinct_per_slate": res.distinct_per_slate,
         }
         timings[f"rollout_{name}"] = time.perf_counter() - t
     paired: dict[str, dict[str, float]] = {}
@@ -600,6 +601,7 @@ def run_sequential(
             "form": per_seed[0]["values"][name]["form"],
             "mean_session_length": float(np.mean([s["values"][name]["mean_session_length"] for s in per_seed])),
             "engagements_per_session": float(np.mean([s["values"][name]["engagements_per_session"] for s in per_seed])),
+            "distinct_per_slate": float(np.mean([s["values"][name]["distinct_per_slate"] for s in per_seed])),
         }
         if name in per_seed[0]["estimates"]:
             est: dict[str, Any] = {}
