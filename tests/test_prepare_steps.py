@@ -72,3 +72,13 @@ def test_step_col_errors_name_the_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "'slate'" in r.stderr and "eleven" in r.stderr, r.stderr
     r = prepare(write(tmp_path / "ok.csv", ROWS), tmp_path / "d3", "--step-col", "nope")
     assert r.returncode == 2 and "nope" in r.stderr, r.stderr
+
+
+def test_train_gamma_override_keeps_the_per_step_discount(tmp_path: Path) -> None:
+    from topkrec.cli.agent import _load_inputs
+
+    r = prepare(write(tmp_path / "log.csv", ROWS), tmp_path / "d", "--step-col", "slate")
+    assert r.returncode == 0, r.stderr
+    ds, _ = _load_inputs(tmp_path / "d", None, 0.9)  # `topkrec train --gamma 0.9` on a γ = 0.5 dataset
+    np.testing.assert_allclose(ds.returns, discounted_returns(ds.reward, ds.session, 0.9, step=ds.step))
+    assert not np.allclose(ds.returns, discounted_returns(ds.reward, ds.session, 0.9))

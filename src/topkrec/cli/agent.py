@@ -53,7 +53,7 @@ def _load_inputs(data: Path, embeddings_dir: Path | None, gamma: float | None) -
     dataset = Dataset.load(data)
     if gamma is not None and gamma != dataset.meta.get("gamma"):
         # Returns were computed by prepare with meta["gamma"]; recompute for another discount.
-        dataset.returns = discounted_returns(dataset.reward, dataset.session, gamma)
+        dataset.returns = discounted_returns(dataset.reward, dataset.session, gamma, step=dataset.step)
     embeddings = None
     if embeddings_dir is not None:
         from topkrec.embeddings import load_embeddings
