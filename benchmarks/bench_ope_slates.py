@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from topkrec.data.dataset import Dataset
-from topkrec.policy.model import load_agent
+from topkrec.policy.artifact import load_agent
 from topkrec.simulate.environment import (
     Environment,
     SessionState,

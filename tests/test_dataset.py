@@ -100,3 +100,58 @@ def test_load_errors(tmp_path: Path) -> None:
     (tmp_path / "ds" / "events.parquet").write_bytes(b"garbage")
     with pytest.raises(ArtifactError, match="re-run `topkrec prepare`"):
         Dataset.load(tmp_path / "ds")
+
+
+def plain_step_returns(reward: np.ndarray, session: np.ndarray, step: np.ndarray, gamma: float) -> np.ndarray:
+    """R = own reward + Σ over later steps s' of the same session of γ^(s' − s) · (that step's total reward)."""
+    out = np.zeros(reward.size)
+    for i in range(reward.size):
+        later = (session == session[i]) & (step > step[i])
+        out[i] = reward[i] + np.sum(gamma ** (step[later] - step[i]) * reward[later])
+    return out
+
+
+def test_step_returns_discount_once_per_step_hand_values() -> None:
+    # one session, slates at steps 0 (3 rows), 1 (2 rows) and 3 (step 2 left no row): γ = 0.5
+    reward = np.array([0.0, 1.0, 0.0, 2.0, 0.0, 3.0])
+    step = np.array([0, 0, 0, 1, 1, 3])
+    got = discounted_returns(reward, np.zeros(6, dtype=np.int64), 0.5, step=step)
+    # step totals 1, 2, 3; G(3) = 3, G(1) = 2 + 0.5² · 3 = 2.75; rows keep their own reward, not their slate-mates'
+    np.testing.assert_allclose(got, [1.375, 2.375, 1.375, 2.75, 0.75, 3.0])
+    # per row (the old rule) the same log would discount by slate position
+    per_row = discounted_returns(reward, np.zeros(6, dtype=np.int64), 0.5)
+    assert not np.allclose(per_row, got)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.9, 1.0])
+def test_step_returns_match_a_plain_loop(gamma: float) -> None:
+    rng = np.random.default_rng(3)
+    session = np.sort(rng.integers(0, 60, size=1500))
+    step = np.zeros(session.size, dtype=np.int64)
+    for s in np.unique(session):  # non-decreasing steps with repeats (slates) and gaps within each session
+        idx = np.flatnonzero(session == s)
+        step[idx] = np.cumsum(rng.choice([0, 0, 1, 2], size=idx.size))
+    reward = rng.integers(0, 4, size=session.size).astype(np.float64)
+    got = discounted_returns(reward, session, gamma, step=step)
+    np.testing.assert_allclose(got, plain_step_returns(reward, session, step, gamma), rtol=1e-5, atol=1e-5)
+    # every row its own step (step = position) is the per-row rule
+    position = np.arange(session.size)
+    per_row = plain_returns(reward, session, gamma)
+    np.testing.assert_allclose(discounted_returns(reward, session, gamma, step=position), per_row, rtol=1e-5, atol=1e-5)
+
+
+def test_step_column_round_trips(tmp_path: Path) -> None:
+    ds = make_dataset(propensity=False)
+    ds.step = np.arange(ds.n_events, dtype=np.int32) // 3
+    with atomic_dir(tmp_path / "d") as tmp:
+        ds.save(tmp)
+    back = Dataset.load(tmp_path / "d")
+    assert back.step is not None and back.step.dtype == np.int32
+    np.testing.assert_array_equal(back.step, ds.step)
+    assert Dataset.load(_saved(tmp_path / "e", make_dataset(propensity=False))).step is None
+
+
+def _saved(d: Path, ds: Dataset) -> Path:
+    with atomic_dir(d) as tmp:
+        ds.save(tmp)
+    return d

@@ -108,7 +108,7 @@ def test_oracle_beats_uniform_and_sessions_end():
         return np.argsort(-util, axis=1)[:, :k]
 
     rng = np.random.default_rng(5)
-    best = rollout(env, oracle, 2, rng, deterministic=True)
+    best = rollout(env, oracle, 2, rng, form="slate")
     uniform = rollout(env, lambda s: np.full((s.users.size, SMALL.n_items), 1 / SMALL.n_items), 2, rng)
     assert best.value > res.value > uniform.value
 
@@ -130,11 +130,19 @@ def test_logs_round_trip_through_prepare(tmp_path, impressions):
     assert np.allclose(ds.reward, log.reward)
     assert np.allclose(ds.propensity, log.propensity, rtol=1e-12)
     assert np.array_equal(ds.ts, log.ts)
+    # the step column survives, counted from each user's first step; rows of a slate share it
+    assert ds.step is not None
+    first = np.r_[True, log.user[1:] != log.user[:-1]]
+    user_first = np.maximum.accumulate(np.where(first, np.arange(first.size), 0))
+    assert np.array_equal(ds.step, log.step - log.step[user_first])
+    same_time = (np.diff(log.ts) == 0) & ~first[1:]
+    assert np.array_equal(np.diff(ds.step)[same_time], np.zeros(int(same_time.sum())))
     # sessions: one per (user, logged session) that left rows
     assert ds.summary()["n_sessions"] == np.unique(log.session).size
     # and the command line gives the same dataset
     out = tmp_path / "data_cli"
-    flags = ["--event-col", "event", "--propensity-col", "propensity", "--no-dedupe", "--test-size", "0"]
+    flags = ["--event-col", "event", "--propensity-col", "propensity", "--step-col", "step", "--no-dedupe"]
+    flags += ["--test-size", "0"]
     r = subprocess.run(
         [sys.executable, "-m", "topkrec", "prepare", "--format", "events", "--input", str(csv), "--out", str(out),
          "--reward", "pv=1,cart=2,fav=2,buy=3,skip=0", *flags],
@@ -145,7 +153,7 @@ def test_logs_round_trip_through_prepare(tmp_path, impressions):
 
     cli = Dataset.load(out)
     assert np.array_equal(cli.item, ds.item) and np.allclose(cli.propensity, ds.propensity)
-    assert np.allclose(cli.returns, ds.returns)
+    assert np.allclose(cli.returns, ds.returns) and np.array_equal(cli.step, ds.step)
 
 
 def test_t_interval():
@@ -155,7 +163,7 @@ def test_t_interval():
 
 
 def test_quick_run_end_to_end():
-    res = run_sequential(SequentialConfig.quick(n_seeds=2))
+    res = run_sequential(replace(SequentialConfig.quick(n_seeds=2), ope_pl=True))
     assert res["scenario"] == "sequential"
     pol = res["policies"]
     assert {"none", "is", "topk", "logging", "popularity", "behavior", "uniform", "oracle"} <= set(pol)
@@ -171,21 +179,46 @@ def test_quick_run_end_to_end():
     lg = pol["logging"]
     assert abs(lg["estimates"]["ips"]["value"] - lg["true_value"]) < 0.25 * lg["true_value"]
     assert sorted(res["ordering"]) == ["is", "none", "topk"]
+    assert sorted(res["orderings"]["pl"]) == ["is_pl", "none_pl", "topk_pl"]
+    assert res["world"] == "default"
+    # paired differences: per seed exactly the difference of the two policies' per-seed values
+    paired = res["paired"]
+    assert {"topk-none", "topk_pl-none_pl", "topk_greedy-is_greedy", "topk_pl-topk", "none_greedy-popularity"} <= set(
+        paired
+    )
+    for key, pair in paired.items():
+        a, b = key.split("-")
+        np.testing.assert_allclose(
+            pair["per_seed"], np.array(pol[a]["per_seed"]) - np.array(pol[b]["per_seed"]), atol=1e-12
+        )
+        assert pair["ci_low"] <= pair["mean"] <= pair["ci_high"] and len(pair["within_seed_se"]) == 2
+    assert {pol[n]["form"] for n in ("topk", "topk_pl", "topk_greedy")} == {"draws", "pl", "slate"}
     # Σ_rows w has a known expectation (the distinct items the target would show): with exact logged
     # propensities the ratio is 1 up to noise — a check of the recorded α_β and of α_π = 1 − (1 − π)^K
     for seed in res["seeds"]:
-        for name in ("none", "topk", "topk_greedy"):
+        for name in ("none", "topk", "topk_pl", "topk_greedy"):
             assert 0.85 < seed["estimates"][name]["control_ratio"] < 1.15, (name, seed["estimates"][name])
 
 
 @pytest.mark.slow
 def test_cli_sequential_quick(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "topkrec", "simulate", "sequential", "--quick", "--seeds", "1", "--json", "--plots",
-         "--out", str(tmp_path)],
+        [sys.executable, "-m", "topkrec", "simulate", "sequential", "--quick", "--seeds", "2", "--world", "many-good",
+         "--plots", "--out", str(tmp_path)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
+    assert "paired differences" in r.stdout and "many-good" in r.stdout
+    res = json.loads((tmp_path / "result.json").read_text())
     assert res["scenario"] == "sequential" and "true_value" in res["policies"]["topk"]
+    assert res["world"] == "many-good" and res["config"]["env"]["item_clusters"] > 0
+    assert "topk_pl-none_pl" in res["paired"] and len(res["paired"]["topk_pl-none_pl"]["per_seed"]) == 2
     assert (tmp_path / "sequential.png").exists()
+
+
+def test_cli_sequential_rejects_an_unknown_world(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "topkrec", "simulate", "sequential", "--world", "moon", "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and "unknown --world 'moon'" in r.stderr and "Traceback" not in r.stderr

@@ -83,6 +83,12 @@ def prepare(
     propensity_col: str | None = typer.Option(
         None, "--propensity-col", help="events format: logging propensity column, kept as events.parquet `propensity`."
     ),
+    step_col: str | None = typer.Option(
+        None,
+        "--step-col",
+        help="events format: integer slate-step column (rows of one slate share it, non-decreasing per user); "
+        "returns are then discounted once per step. Kept as events.parquet `step`.",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing non-empty --out."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of the table."),
 ) -> None:
@@ -134,7 +140,13 @@ def prepare(
         seed=seed,
         skip_bad_rows=skip_bad_rows,
         columns=EventColumns(
-            user=user_col, item=item_col, time=time_col, event=event_col, reward=reward_col, propensity=propensity_col
+            user=user_col,
+            item=item_col,
+            time=time_col,
+            event=event_col,
+            reward=reward_col,
+            propensity=propensity_col,
+            step=step_col,
         ),
     )
     prepared, warnings = run_prepare(input, cfg)

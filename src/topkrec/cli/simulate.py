@@ -27,8 +27,14 @@ def simulate(
     lr: float | None = typer.Option(None, "--lr", help="Stateless: Adam learning rate (default 0.1 / 0.02)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Stateless sampled updates: actions per step."),
     seed: int = typer.Option(0, "--seed", help="Random seed (sequential: the first of --seeds seeds)."),
-    seeds: int = typer.Option(3, "--seeds", help="Sequential: independent environments/logs/trainings."),
+    seeds: int = typer.Option(5, "--seeds", help="Sequential: independent environments/logs/trainings."),
+    world: str = typer.Option(
+        "default", "--world", help="Sequential: default | costly-bias | many-good (see docs/simulate.md)."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Sequential: a small preset that runs in well under a minute."),
+    ope_pl: bool = typer.Option(
+        False, "--ope-pl", help="Sequential: also estimate the Plackett–Luce forms off-policy (~2 CPU-min per seed)."
+    ),
     interactions_only: bool = typer.Option(
         False,
         "--interactions-only",
@@ -64,14 +70,18 @@ def simulate(
     elif scenario == "sequential":
         from dataclasses import replace
 
-        from topkrec.simulate.sequential import SequentialConfig, run_sequential
+        from topkrec.simulate.sequential import WORLDS, SequentialConfig, run_sequential
 
         if seeds < 1:
             raise TopkrecError("--seeds must be at least 1")
+        if world not in WORLDS:
+            raise TopkrecError(f"unknown --world {world!r}; use one of {', '.join(WORLDS)}")
         config_seq = (
-            SequentialConfig.quick(seed=seed, n_seeds=seeds) if quick else SequentialConfig(seed=seed, n_seeds=seeds)
+            SequentialConfig.quick(seed=seed, n_seeds=seeds, world=world)
+            if quick
+            else SequentialConfig.for_world(world, seed=seed, n_seeds=seeds)
         )
-        config_seq = replace(config_seq, log_impressions=not interactions_only)
+        config_seq = replace(config_seq, log_impressions=not interactions_only, ope_pl=ope_pl)
         result = run_sequential(config_seq, progress=STATE.progress)
     else:
         raise TopkrecError(f"unknown scenario {scenario!r}; use one of {', '.join((*STATELESS, 'sequential'))}")
@@ -109,13 +119,27 @@ def _print_simulation_table(result: dict) -> None:
             probs = " ".join(f"{x:.2f}".removeprefix("0") for x in p["probs"])
             table.add_row(name, probs, f"{p['expected_reward']:.3f}", f"{p['topk_value']:.3f}")
     else:
-        table = Table(title=f"{result['scenario']}: true value (rollouts) and off-policy estimates")
-        for col in ("policy", "true value", "95% CI", "IPS", "capped IPS", "SNIPS"):
-            table.add_column(col, justify="left" if col == "policy" else "right")
+        n_seeds = len(next(iter(policies.values()))["per_seed"])
+        title = f"{result['scenario']} ({result.get('world', 'default')} world, {n_seeds} seeds): true value and OPE"
+        table = Table(title=title)
+        for col in ("policy", "slate form", "true value", "95% CI", "IPS", "capped IPS", "SNIPS"):
+            table.add_column(col, justify="left" if col in ("policy", "slate form") else "right")
         for name, p in policies.items():
             est = p.get("estimates", {})
             cells = [f"{est[e]['value']:.3f}" if e in est else "-" for e in ("ips", "capped_ips", "snips")]
-            table.add_row(name, f"{p['true_value']:.3f}", f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}]", *cells)
+            ci = f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}]"
+            table.add_row(name, p.get("form", ""), f"{p['true_value']:.3f}", ci, *cells)
+        console.print(table)
+        table = Table(
+            title="paired differences A − B (same world, users and noise per seed; 95% t interval over seeds)"
+        )
+        for col in ("A − B", "mean", "95% CI", "per seed"):
+            table.add_column(col, justify="left" if col == "A − B" else "right")
+        for pair, d in result.get("paired", {}).items():
+            per_seed = " ".join(f"{x:+.2f}" for x in d["per_seed"])
+            table.add_row(
+                pair.replace("-", " − "), f"{d['mean']:+.3f}", f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", per_seed
+            )
     console.print(table)
 
 

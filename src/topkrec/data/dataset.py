@@ -13,6 +13,10 @@ Layout of a dataset directory::
                        return   float32 discounted in-session return R_t with meta["gamma"]
                        propensity float64  OPTIONAL: the logging policy's probability of the logged item,
                                 when the raw log had one (``prepare --format events --propensity-col``)
+                       step     int32   OPTIONAL: the slate step of the row, counted from the user's first
+                                step (0); non-decreasing within a user, rows of one slate share it, gaps
+                                kept (a step that left no row still counts in the discount). Absent:
+                                every row is its own step. (``prepare --format events --step-col``)
     users.parquet    user (int32) + user feature columns (int32 codes, 0 = unknown), one row per user index
     items.parquet    item (int32) + item feature columns (int32 codes, 0 = unknown), one row per item index
     maps/user_map.parquet  index (int32), raw (str)   raw id of each user index
@@ -65,6 +69,7 @@ class Dataset:
     item_raw: np.ndarray | None = None  # (n_items,) str
     meta: dict[str, Any] = field(default_factory=dict)
     propensity: np.ndarray | None = None  # (E,) float64 logged propensities, None when the log had none
+    step: np.ndarray | None = None  # (E,) int32 slate step within the user, None when every row is its own step
 
     @property
     def pad_index(self) -> int:
@@ -121,6 +126,8 @@ class Dataset:
         ]
         if self.propensity is not None:
             columns.append(pl.Series("propensity", self.propensity.astype(np.float64)))
+        if self.step is not None:
+            columns.append(pl.Series("step", self.step.astype(np.int32)))
         user_raw = self.user_raw if self.user_raw is not None else np.arange(self.n_users).astype(str)
         item_raw = self.item_raw if self.item_raw is not None else np.arange(self.n_items).astype(str)
         write_dataset_dir(
@@ -180,6 +187,7 @@ class Dataset:
             item_raw=imap["raw"].to_numpy(),
             meta=meta,
             propensity=ev["propensity"].to_numpy().astype(np.float64) if "propensity" in ev.columns else None,
+            step=ev["step"].to_numpy().astype(np.int32) if "step" in ev.columns else None,
         )
 
 
@@ -195,7 +203,7 @@ def write_dataset_dir(
 ) -> None:
     """Write the files of a dataset directory from frames (used by ``Dataset.save`` and ``prepare``).
 
-    ``events`` has the EVENT_COLUMNS (+ optional ``propensity``) in file order; ``users``/``items`` have
+    ``events`` has the EVENT_COLUMNS (+ optional ``propensity``, ``step``) in file order; ``users``/``items`` have
     ``user``/``item`` 0..n-1 plus int32 feature codes; ``user_raw``/``item_raw`` give each index's raw id.
     """
     import polars as pl
@@ -241,28 +249,63 @@ def write_dataset_dir(
     write_json(d / "summary.json", summary)
 
 
-def discounted_returns(reward: np.ndarray, session: np.ndarray, gamma: float) -> np.ndarray:
-    """R_t = Σ_{t'≥t, same session} γ^{t'−t} r_{t'} for events laid out session-contiguously.
+def discounted_returns(
+    reward: np.ndarray, session: np.ndarray, gamma: float, step: np.ndarray | None = None
+) -> np.ndarray:
+    """Discounted in-session returns for events laid out session-contiguously.
 
-    Exact and vectorised over events: R_t = r_t + γ·R_{t+1} is applied one "distance from the session
-    end" level at a time (level 0 = last event of each session), so the Python loop runs over the
-    longest session's length, never over events. Sessions are ordered by length (a sort of sessions,
-    not of events), so the events at level L are the prefix of sessions longer than L. A closed form
-    through γ^t cumulative sums would lose precision on long sessions (γ^2000 ≈ 2e-9).
+    Without ``step`` every event is its own step: R_t = Σ_{t'≥t, same session} γ^{t'−t} r_{t'}.
+
+    With ``step`` (non-decreasing within a session; the rows of one slate share a step) the discount is
+    paid once per step, by step distance: a row at step s gets
+
+        R = r_row + Σ_{s' > s, same session} γ^{s'−s} · (Σ of the rewards of the rows at step s').
+
+    A row's return holds its own reward and the whole future, but not the rewards of its slate-mates
+    (the other rows of its step): those are the rewards of other actions taken at the same step, and the
+    return is the credit of this action (the paper's R_t, §4.1, per action of the step). A step that
+    left no row (e.g. a slate without engagement in an interactions-only log) still counts in the
+    distance, so steps 3 and 5 are γ² apart.
+
+    Exact and vectorised over events: G = T + γ^d·G_next is applied one "distance from the session
+    end" level at a time over the steps (level 0 = last step of each session), so the Python loop runs
+    over the longest session's number of steps, never over events. A closed form through γ^t cumulative
+    sums would lose precision on long sessions (γ^2000 ≈ 2e-9).
     """
     reward = np.asarray(reward, dtype=np.float64)
     session = np.asarray(session)
     n = reward.shape[0]
-    out = reward.copy()
     if n == 0:
-        return out.astype(np.float32)
-    starts = np.flatnonzero(np.r_[True, session[1:] != session[:-1]])
-    lengths = np.diff(np.r_[starts, n])
+        return reward.astype(np.float32)
+    if step is None:
+        group_start = np.r_[True, session[1:] != session[:-1]]
+        totals, group_step = reward, np.arange(n)
+        first = None
+    else:
+        step = np.asarray(step, dtype=np.int64)
+        new_group = np.r_[True, (session[1:] != session[:-1]) | (step[1:] != step[:-1])]
+        first = np.flatnonzero(new_group)
+        group_of_row = np.cumsum(new_group) - 1
+        totals = np.bincount(group_of_row, weights=reward, minlength=first.size)
+        group_step = step[first]
+        group_session = session[first]
+        group_start = np.r_[True, group_session[1:] != group_session[:-1]]
+    # per group: the discount to the next group of the same session (0 at a session's last group)
+    m = totals.shape[0]
+    starts = np.flatnonzero(group_start)
+    lengths = np.diff(np.r_[starts, m])
+    gap = np.diff(group_step).astype(np.float64) if m > 1 else np.zeros(0)
+    factor = np.r_[gamma ** np.maximum(gap, 0.0), 0.0] if step is not None else np.full(m, gamma)
+    future = np.zeros(m)  # Σ over later groups, discounted to this group's step
+    value = totals.astype(np.float64).copy()  # G = T + future
     by_length = np.argsort(-lengths, kind="stable")
-    last = (starts + lengths - 1)[by_length]  # last event of each session, longest sessions first
+    last = (starts + lengths - 1)[by_length]  # last group of each session, longest sessions first
     n_longer = np.searchsorted(-lengths[by_length], -np.arange(int(lengths.max())), side="left")
-    # n_longer[L] = number of sessions with length > L
+    # n_longer[L] = number of sessions with more than L groups
     for level in range(1, int(lengths.max())):
         idx = last[: n_longer[level]] - level
-        out[idx] += gamma * out[idx + 1]
-    return out.astype(np.float32)
+        future[idx] = factor[idx] * value[idx + 1]
+        value[idx] += future[idx]
+    if step is None:
+        return value.astype(np.float32)
+    return (reward + future[group_of_row]).astype(np.float32)

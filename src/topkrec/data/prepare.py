@@ -12,7 +12,8 @@ Steps (DESIGN §1; each configurable through :class:`PrepareConfig`):
    user indices in raw-id order;
 6. sessions (``interval``: a gap > ``session_gap`` seconds starts one; ``one``: one per user); the
    train/test boundary always starts a new session, so train returns never include test rewards;
-7. rewards from the behaviour→reward map (or a reward column), discounted in-session returns;
+7. rewards from the behaviour→reward map (or a reward column), discounted in-session returns (one γ
+   per slate step when the log has a step column, see ``discounted_returns``);
 8. user/item features joined by raw id and coded 1-based (0 = unknown); age bucketed
    (<30→1, <40→2, <50→3, else 4).
 
@@ -312,6 +313,30 @@ def feature_table(key: str, raw_ids: pl.Series, features: pl.DataFrame | None) -
 
 
 # ---------------------------------------------------------------------------------------- main
+def _user_steps(
+    user: np.ndarray, raw_step: np.ndarray, lines: pl.Series, keep: np.ndarray, order: np.ndarray | None, src: str
+) -> np.ndarray:
+    """The ``--step-col`` values as each user's step counted from their first (int32), checked to be
+    non-decreasing within a user in time order; gaps are kept (they count in the discount)."""
+    raw_step = raw_step.astype(np.int64)
+    first_of_user = np.r_[True, user[1:] != user[:-1]]
+    back = np.flatnonzero(~first_of_user & (np.r_[0, np.diff(raw_step)] < 0))
+    if back.size:
+        input_rows = np.arange(lines.len()) if order is None else order
+        line = lines[int(input_rows[np.flatnonzero(keep)][back[0]])]
+        where = "row" if src.endswith((".parquet", ".pq")) else "line"
+        raise DataError(
+            f"{src} {where} {line}: step {int(raw_step[back[0]])} is smaller than the user's step before it "
+            f"({int(raw_step[back[0] - 1])}) in time order ({back.size} such rows); --step-col must be "
+            "non-decreasing within a user (the rows of one slate share a step)"
+        )
+    user_first = np.maximum.accumulate(np.where(first_of_user, np.arange(user.size), 0))
+    rel = raw_step - raw_step[user_first]
+    if rel.size and rel.max() > np.iinfo(np.int32).max:
+        raise DataError(f"{src}: --step-col spans more than 2^31 steps within one user; number the steps per user")
+    return rel.astype(np.int32)
+
+
 def read_raw(input_path: Path, cfg: PrepareConfig) -> RawLog:
     """Read the raw files of ``cfg.format`` (a clear DataError for anything missing or malformed)."""
     input_path = Path(input_path)
@@ -379,7 +404,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
         user_code, user_uniques = dense_codes(ev["user"])
         item_code, item_uniques = dense_codes(ev["item"])
         ts = ev["ts"].to_numpy().astype(np.int64)
-        extra = {c: ev[c].to_numpy() for c in ("propensity", "category") if c in ev.columns}
+        extra = {c: ev[c].to_numpy() for c in ("propensity", "category", "step") if c in ev.columns}
         if "propensity" in extra:
             p = extra["propensity"]
             bad_p = np.flatnonzero(~np.isfinite(p) | (p <= 0) | (p > 1))
@@ -442,7 +467,8 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
             raise DataError(f"{src}: no training events left (every user is in test); lower --test-size")
         item_raw = item_uniques.gather(by_freq)
         session = sessions(user, ts, is_test, cfg.session, cfg.session_gap)
-        returns = discounted_returns(reward, session, cfg.gamma)
+        step = _user_steps(user, extra["step"], ev["_line"], keep, order, src) if "step" in extra else None
+        returns = discounted_returns(reward, session, cfg.gamma, step=step)
         timings["split_ids_sessions_returns"] = time.perf_counter() - t
         logger.info("prepare: %s took %.2f s", "split_ids_sessions_returns", timings["split_ids_sessions_returns"])
 
@@ -472,6 +498,8 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
         }
         if "propensity" in extra:
             columns["propensity"] = pl.Series("propensity", extra["propensity"].astype(np.float64))
+        if step is not None:
+            columns["step"] = pl.Series("step", step.astype(np.int32))
         events = pl.DataFrame(list(columns.values()))
         beh_counts = np.bincount(beh_code, minlength=len(labels))
         summary: dict[str, Any] = {
@@ -501,6 +529,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
             "reward_source": "column" if has_reward_col else "behavior_map",
             "sampling": sampling_info,
             "has_propensity": "propensity" in extra,
+            "has_step": step is not None,
             "ts_min": int(ts.min()),
             "ts_max": int(ts.max()),
             "prepare_seconds": {k: round(v, 3) for k, v in timings.items()},

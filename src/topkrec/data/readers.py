@@ -2,8 +2,8 @@
 
 Every reader returns a :class:`RawLog`: an events frame with the columns ``user``, ``item``,
 ``behavior`` (str), ``ts`` (int64 unix seconds), ``_line`` (the 1-based line — or row, for Parquet —
-of the input, for error messages) and optionally ``reward`` (float64), ``propensity`` (float64) and
-``category`` (Taobao); plus optional user and item feature frames keyed by the raw id.
+of the input, for error messages) and optionally ``reward`` (float64), ``propensity`` (float64), ``step``
+(int64) and ``category`` (Taobao); plus optional user and item feature frames keyed by the raw id.
 
 Reading is columnar (Polars). A fast path reads the whole file as text columns and casts them; when
 anything is off (a ragged row, an empty field, a value that does not parse) a slower diagnostic path
@@ -321,6 +321,8 @@ class EventColumns:
     event: str | None = None
     reward: str | None = None
     propensity: str | None = None
+    step: str | None = None
+    """Integer slate-step column: rows of one slate share a value, non-decreasing within a user."""
 
 
 def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, reward: Reward) -> RawLog:
@@ -339,6 +341,8 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
         want[cols.reward] = "--reward-col"
     if cols.propensity:
         want[cols.propensity] = "--propensity-col"
+    if cols.step:
+        want[cols.step] = "--step-col"
     rename = {cols.user: "user", cols.item: "item", cols.time: "ts"}
     if cols.event:
         rename[cols.event] = "behavior"
@@ -346,8 +350,11 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
         rename[cols.reward] = "reward"
     if cols.propensity:
         rename[cols.propensity] = "propensity"
+    if cols.step:
+        rename[cols.step] = "step"
     # Without a reward column the behaviour must be one the --reward map prices.
     kinds: dict[str, Kind] = {"user": "str", "item": "str", "ts": "int", "reward": "float", "propensity": "float"}
+    kinds["step"] = "int"
     kinds["behavior"] = "str" if cols.reward else behaviors
     hints = _behavior_hint(reward) if not cols.reward else None
 

@@ -2,26 +2,32 @@
 
 For each seed:
 
-1. build a world (``environment.Environment``) and let the logging policy β run ``logged_sessions``
-   sessions per user, recording every shown item with its exact propensity α_β = 1 − (1 − β)^K;
+1. build a world (``environment.Environment``, one of ``WORLDS``) and let the logging policy β run
+   ``logged_sessions`` sessions per user, recording every shown item with its exact propensity
+   α_β = 1 − (1 − β)^K and its slate step;
 2. write those logs as an ``events`` CSV and run the library's ``prepare`` on them (the same code as
-   ``topkrec prepare --format events --event-col event --propensity-col propensity --no-dedupe``);
-3. train the agent with ``--correction none``, ``is`` and ``topk`` (``topkrec.train.train_agent``)
-   on the prepared dataset;
-4. roll every policy out in the same world from where the logs ended — fresh sessions, common random
-   numbers across policies — and take the mean total reward per session as its **true value**;
-5. estimate each trained policy's value from the logs alone (item-level IPS / capped IPS / SNIPS,
-   see ``item_level_estimates``) and report the error against the true value.
+   ``topkrec prepare --format events --event-col event --propensity-col propensity --step-col step
+   --no-dedupe``), so returns are discounted once per slate step;
+3. train the agent with ``--correction none``, ``is`` and ``topk`` through the library's public entry
+   point (``topkrec.train.train_agent``) on the prepared dataset;
+4. roll every policy out in the same world from where the logs ended — fresh sessions on one set of
+   noise streams (``streams.NoiseStreams``: exact common random numbers, every random number indexed by
+   (session, step, user)) — and take the mean total reward per session as its **true value**;
+5. estimate each trained policy's value from a held-out log of β alone (item-level IPS / capped IPS /
+   SNIPS, see ``item_level_estimates``) and report the error against the true value.
 
-The 95 % confidence interval of a true value is a t interval over the per-seed values (each seed is a
-new world, new logs and a new training run), so it covers training variance too.
+Comparisons are reported twice: the marginal 95 % t interval of each policy's value over the seeds (each
+seed a new world, new logs and a new training run, so it covers world-to-world and training variance),
+and the **paired** per-seed difference of two policies with its own t interval — the honest comparison,
+since both policies of a pair meet the same world, users and noise within a seed.
 
-``none``/``is``/``topk`` are the trained π used as the paper's top-K policy (K independent draws
-from π, the policy the objective is about); ``*_greedy`` are the same models serving their K most
-probable items (``topkrec recommend``'s deterministic mode). Baselines: ``logging`` (β itself),
-``popularity`` (the K items most engaged with in the logs), ``behavior`` (the β̂ head of the
-``none`` model, sampled like π), ``uniform``, and ``oracle`` (the K items of highest true utility
-for the user's current taste: a reference point, not a learner).
+Every trained π is served in three slate forms (``environment.SlateForm``): ``none``/``is``/``topk`` —
+K independent draws from π (the paper's top-K policy, the form the top-K correction is derived for);
+``*_pl`` — K distinct items by Plackett–Luce sampling without replacement (what exploration serves);
+``*_greedy`` — the K most probable items (``topkrec recommend``'s deterministic mode). Baselines:
+``logging`` (β itself), ``popularity`` (the K items most engaged with in the logs), ``behavior`` (the
+β̂ head of the ``none`` model, K draws like β), ``uniform``, and ``oracle`` (the K items of highest true
+utility for the user's current taste: a reference point, not a learner).
 """
 
 from __future__ import annotations
@@ -42,19 +48,59 @@ from topkrec.simulate.environment import (
     Environment,
     LoggedEvents,
     LoggingPolicyConfig,
+    PolicyFn,
     RolloutResult,
     SessionState,
-    inclusion_probability,
+    SlateForm,
     logging_policy_probs,
     rollout,
 )
+from topkrec.simulate.streams import NoiseStreams
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SequentialConfig", "item_level_estimates", "prepare_logs", "run_sequential", "t_interval"]
+__all__ = [
+    "WORLDS",
+    "SequentialConfig",
+    "comparison_pairs",
+    "item_level_estimates",
+    "paired_interval",
+    "prepare_logs",
+    "run_sequential",
+    "t_interval",
+    "world_settings",
+]
 
 CORRECTION_NAMES: tuple[Correction, ...] = ("none", "is", "topk")
+FORM_ITEMS: tuple[tuple[SlateForm, str], ...] = (("draws", ""), ("pl", "_pl"), ("slate", "_greedy"))
+"""Policy-name suffix of each slate form: ``topk`` (K draws), ``topk_pl`` (Plackett–Luce), ``topk_greedy``."""
+FORM_SUFFIX: dict[str, str] = dict(FORM_ITEMS)
 REWARD_MAP: tuple[tuple[str, float], ...] = (("pv", 1.0), ("cart", 2.0), ("fav", 2.0), ("buy", 3.0), ("skip", 0.0))
+WORLDS: tuple[str, ...] = ("default", "costly-bias", "many-good")
+
+
+def world_settings(name: str) -> tuple[EnvConfig, LoggingPolicyConfig]:
+    """The world and logging policy of a named scenario (issue 13, item 4).
+
+    - ``default``: users also like popular items (0.3·logpop in every utility), β is popularity-heavy
+      (T = 0.7) — β's bias is partly right, so correcting it gains little;
+    - ``costly-bias``: no popularity term in the utility (popularity says nothing about what a user
+      likes) and a sharply popularity-biased β (T = 0.4) — imitating β's bias costs reward;
+    - ``many-good``: ``costly-bias`` plus items and users gathered around 20 taste clusters (~15 good
+      items per user), the setting where the top-K correction's theory says K matters (a biased β,
+      K ≥ 2, several good items per user).
+
+    The values were set before any run and not tuned toward an ordering.
+    """
+    if name == "default":
+        return EnvConfig(), LoggingPolicyConfig()
+    if name == "costly-bias":
+        return EnvConfig(pop_weight=0.0), LoggingPolicyConfig(pop_temperature=0.4)
+    if name == "many-good":
+        return EnvConfig(pop_weight=0.0, item_clusters=20), LoggingPolicyConfig(pop_temperature=0.4)
+    from topkrec.errors import TopkrecError
+
+    raise TopkrecError(f"unknown world {name!r}; use one of {', '.join(WORLDS)}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +109,8 @@ class SequentialConfig:
 
     env: EnvConfig = field(default_factory=EnvConfig)
     logging_policy: LoggingPolicyConfig = field(default_factory=LoggingPolicyConfig)
+    world: str = "default"
+    """Name of the world the env and logging policy came from (``world_settings``), or "custom"."""
     logged_sessions: int = 5
     """Sessions per user recorded by the logging policy (the training logs)."""
     log_impressions: bool = True
@@ -73,8 +121,8 @@ class SequentialConfig:
     """Sessions per user of a held-out log of β, on which the off-policy estimates are computed."""
     eval_sessions: int = 5
     """Sessions per user rolled out to measure each policy's true value."""
-    n_seeds: int = 3
-    """Independent worlds / logs / trainings; the CI is over these."""
+    n_seeds: int = 5
+    """Independent worlds / logs / trainings; the intervals are over these."""
     seed: int = 0
     """Seed of the first world; seed i uses seed + i."""
     epochs: int = 8
@@ -89,14 +137,26 @@ class SequentialConfig:
     ope_cap: float = math.exp(3.0)
     """Cap of the capped IPS estimate."""
     n_boot: int = 200
+    ope_pl: bool = False
+    """Also estimate the Plackett–Luce forms off-policy. Their exact inclusion probabilities cost ~10 CPU-ms
+    per logged step at 300 items (quadrature, ``topkrec.serve.exploration``): ~2 CPU-min per seed by default."""
     threads: int = 1
     """Torch intra-op threads while the scenario runs (small models: one thread avoids contention)."""
 
     @classmethod
-    def quick(cls, seed: int = 0, n_seeds: int = 3) -> SequentialConfig:
+    def for_world(cls, world: str = "default", **overrides: Any) -> SequentialConfig:
+        """The config of a named world (``WORLDS``) with any field overridden."""
+        env, lp = world_settings(world)
+        return cls(env=env, logging_policy=lp, world=world, **overrides)
+
+    @classmethod
+    def quick(cls, seed: int = 0, n_seeds: int = 3, world: str = "default") -> SequentialConfig:
         """A small preset for tests: well under a minute on 2 cores."""
+        env, lp = world_settings(world)
         return cls(
-            env=EnvConfig(n_users=120, n_items=80, slate_size=4, max_len=12),
+            env=replace(env, n_users=120, n_items=80, slate_size=4, max_len=12),
+            logging_policy=lp,
+            world=world,
             logged_sessions=2,
             eval_sessions=3,
             n_seeds=n_seeds,
@@ -107,6 +167,29 @@ class SequentialConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def comparison_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """The (A, B) pairs whose paired difference A − B is reported, among the policies in ``names``.
+
+    Within each slate form: topk − none, topk − is, is − none. Across forms, per correction: the
+    Plackett–Luce form against K draws, greedy against Plackett–Luce. Every learned policy against
+    popularity. β̂ and popularity against β, and the oracle against popularity.
+    """
+    pairs: list[tuple[str, str]] = []
+    for suffix in FORM_SUFFIX.values():
+        pairs += [
+            (f"topk{suffix}", f"none{suffix}"),
+            (f"topk{suffix}", f"is{suffix}"),
+            (f"is{suffix}", f"none{suffix}"),
+        ]
+    for corr in CORRECTION_NAMES:
+        pairs += [(f"{corr}_pl", corr), (f"{corr}_greedy", f"{corr}_pl")]
+    for suffix in FORM_SUFFIX.values():
+        pairs += [(f"{corr}{suffix}", "popularity") for corr in CORRECTION_NAMES]
+    pairs += [("behavior", "logging"), ("popularity", "logging"), ("oracle", "popularity")]
+    have = set(names)
+    return [(a, b) for a, b in pairs if a in have and b in have]
 
 
 # 0.975 quantiles of Student's t with n − 1 degrees of freedom, by n
@@ -124,8 +207,20 @@ def t_interval(values: np.ndarray) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def paired_interval(per_seed_differences: Any) -> dict[str, Any]:
+    """The paired comparison of two policies from their per-seed differences of value (A − B, both
+    measured on the same seed's world, users and noise): mean, 95 % t interval over the seeds, and the
+    differences themselves. A policy against itself gives exactly [0, 0]."""
+    diffs = np.asarray(per_seed_differences, dtype=np.float64)
+    mean, lo, hi = t_interval(diffs)
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "per_seed": diffs.tolist()}
+
+
 def prepare_logs(csv_path: Path, out_dir: Path):  # -> topkrec.data.dataset.Dataset
-    """Run the library's ``prepare`` on an environment log (events format) and load the dataset."""
+    """Run the library's ``prepare`` on an environment log (events format) and load the dataset.
+
+    The log's ``step`` column goes through ``--step-col``, so the rows of one slate share a step and
+    returns are discounted once per step (γ^(step distance)), not once per impression row."""
     from topkrec.data.dataset import Dataset
     from topkrec.data.prepare import PrepareConfig, prepare
     from topkrec.data.readers import EventColumns
@@ -137,7 +232,7 @@ def prepare_logs(csv_path: Path, out_dir: Path):  # -> topkrec.data.dataset.Data
         dedupe=False,  # an item shown twice to a user is two impressions, not a duplicate
         test_size=0.0,  # the true value is measured by rollouts, not on a held-out split
         reward=REWARD_MAP,
-        columns=EventColumns(user="user", item="item", time="ts", event="event", propensity="propensity"),
+        columns=EventColumns(user="user", item="item", time="ts", event="event", propensity="propensity", step="step"),
     )
     prepared, warnings = prepare(csv_path, cfg)
     for w in warnings:
@@ -178,6 +273,13 @@ def _agent_probs(module: Any, maps: _IdMaps, state: SessionState, head: str, n_e
     return out
 
 
+def _step_groups(log: LoggedEvents) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of one logged step share its state: (first row of each step (G,), step index of each row (n,))."""
+    key = log.session.astype(np.int64) * (1 << 32) + log.step
+    _, first, group = np.unique(key, return_index=True, return_inverse=True)
+    return first, group
+
+
 def item_level_estimates(
     module: Any,
     maps: _IdMaps,
@@ -189,48 +291,68 @@ def item_level_estimates(
     head: str = "policy_head",
     greedy: bool = False,
     all_shown: bool = True,
+    form: SlateForm = "draws",
 ) -> dict[str, Any]:
-    """Value per session of the agent's K-draw policy, estimated from a log of the logging policy.
+    """Value per session of the agent's policy served in slate ``form``, estimated from a log of β.
 
     The log is a *held-out* one (fresh sessions of β, not the training logs: a policy evaluated on the
     rows it was fitted to looks better than it is). Each row is a shown item with reward r and the
-    recorded inclusion probability α_β; with α_π = 1 − (1 − π(item|s))^K from the model on the
-    row's state, the item-level IPS estimate of a session's total reward is Σ_rows r·α_π/α_β (Li et
-    al. 2018's item model, without positions). It ignores that the target policy would lead to other
-    states (no product of weights over a session) and that in the choice model the items of a slate
-    compete for one engagement, so it is biased here; the scenario measures by how much. Capped IPS
-    caps each weight at ``cap``. SNIPS uses Σ_rows w as a control variate: over the rows of one logged
-    step its expectation is m(s) = Σ_i α_π(i|s), the number of distinct items the target would show,
-    known exactly from the model; so V̂ = IPS · Σ_steps m(s) / Σ_rows w. It needs every shown item in the
-    log (``all_shown``), so it is left out for interaction-only logs. Intervals: bootstrap over
-    sessions. ``greedy``: the target serves its K most probable items, so α_π is 1 or 0.
+    recorded inclusion probability α_β; with α_π the target's probability of showing the row's item in
+    the row's state — 1 − (1 − π)^K for K draws, the exact Plackett–Luce inclusion probability for
+    ``pl``, 1 or 0 for greedy top-K (``form="slate"``, or ``greedy=True``) — the item-level IPS estimate
+    of a session's total reward is Σ_rows r·α_π/α_β (Li et al. 2018's item model, without positions).
+    It ignores that the target policy would lead to other states (no product of weights over a session)
+    and that in the choice model the items of a slate compete for one engagement, so it is biased here;
+    the scenario measures by how much. Capped IPS caps each weight at ``cap``. SNIPS uses Σ_rows w as a
+    control variate: over the rows of one logged step its expectation is m(s) = Σ_i α_π(i|s), the number
+    of distinct items the target would show, known exactly from the model; so V̂ = IPS · Σ_steps m(s) /
+    Σ_rows w. It needs every shown item in the log (``all_shown``), so it is left out for
+    interaction-only logs. Intervals: bootstrap over sessions.
     """
     import torch
 
     from topkrec.ope import BootstrapResult
+    from topkrec.serve.exploration import inclusion_probabilities
 
+    if greedy:
+        form = "slate"
     n = log.item.shape[0]
-    probs = np.zeros(n)
-    expected_shown = np.zeros(n)  # m(s) of each row's state
+    alpha_p = np.zeros(n)
+    first, group = _step_groups(log)
+    expected_shown = np.zeros(first.shape[0])  # m(s) of each logged step's state
     item_ds = maps.item_ds[log.item]
     known = item_ds != maps.pad  # items never logged in training cannot be drawn by π
+    action = np.where(known, item_ds, 0)
+    # rows of a step share the state: compute π once per step, then read each row's item
+    order = np.argsort(group, kind="stable")
+    row_start = np.searchsorted(group[order], np.arange(first.shape[0] + 1))
+    chunk = 1024 if form == "pl" else 4096
     with torch.no_grad():
-        for start in range(0, n, 4096):
-            sl = slice(start, min(start + 4096, n))
-            user = torch.as_tensor(maps.user_ds[log.user[sl]])
-            hist = torch.as_tensor(maps.history(log.history[sl]))
+        for g0 in range(0, first.shape[0], chunk):
+            g1 = min(g0 + chunk, first.shape[0])
+            rows = first[g0:g1]
+            user = torch.as_tensor(maps.user_ds[log.user[rows]])
+            hist = torch.as_tensor(maps.history(log.history[rows]))
             logp = torch.log_softmax(getattr(module, head).logits(module.encode(user, hist)).float(), dim=-1)
-            action = torch.as_tensor(np.where(known[sl], item_ds[sl], 0))
-            chosen = logp.gather(1, action[:, None])
-            if greedy:  # in the top K ⇔ fewer than K items score higher
-                probs[sl] = ((logp > chosen).sum(dim=1) < k).double().numpy()
-                expected_shown[sl] = min(k, logp.shape[1])
+            logp_np = logp.double().numpy()  # (G, n_items)
+            if form == "slate":  # in the top K ⇔ fewer than K items score higher
+                rank_ok = None
+                expected_shown[g0:g1] = min(k, logp_np.shape[1])
+            elif form == "pl":
+                incl = inclusion_probabilities(logp_np, k)
+                expected_shown[g0:g1] = incl.sum(axis=1)
             else:
-                probs[sl] = chosen.squeeze(1).exp().double().numpy()
-                alpha_all = -torch.expm1(k * torch.log1p(-logp.double().exp().clamp(max=1.0 - 1e-15)))
-                expected_shown[sl] = alpha_all.sum(dim=1).numpy()
-    probs = np.where(known, probs, 0.0)
-    alpha_p = probs if greedy else inclusion_probability(probs, k)
+                incl = -np.expm1(k * np.log1p(-np.minimum(np.exp(logp_np), 1.0 - 1e-15)))
+                expected_shown[g0:g1] = incl.sum(axis=1)
+            members = order[row_start[g0] : row_start[g1]]
+            local = group[members] - g0
+            if form == "slate":
+                chosen = logp_np[local, action[members]]
+                rank_ok = (logp_np[local] > chosen[:, None]).sum(axis=1) < k
+                alpha_p[members] = rank_ok.astype(np.float64)
+            else:
+                alpha_p[members] = incl[local, action[members]]
+    alpha_p = np.where(known, alpha_p, 0.0)
     w = alpha_p / log.propensity
     ses = log.session
     n_ses = log.n_sessions  # sessions that left no row count as zero reward
@@ -246,11 +368,7 @@ def item_level_estimates(
         lo, hi = np.quantile(values[boot].mean(axis=1), [0.025, 0.975])
         out[name] = BootstrapResult(float(values.mean()), float(lo), float(hi)).as_dict()
     if all_shown:
-        # rows of one step share its state: spread m(s) over them so each step counts it once
-        _, step, step_rows = np.unique(
-            log.session.astype(np.int64) * (1 << 32) + (log.ts - log.ts.min()), return_inverse=True, return_counts=True
-        )
-        control = np.bincount(ses, weights=expected_shown / step_rows[step], minlength=n_ses)
+        control = np.bincount(ses[first], weights=expected_shown, minlength=n_ses)
         w_sum = np.bincount(ses, weights=w, minlength=n_ses)
 
         def snips(idx: np.ndarray) -> np.ndarray:
@@ -283,7 +401,7 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
         env,
         logging_policy,
         config.logged_sessions,
-        np.random.default_rng([seed, 2]),
+        NoiseStreams((seed, 2)),
         hist_len=config.hist_num,
         record=True,
         impressions=config.log_impressions,
@@ -330,10 +448,10 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
     maps = _IdMaps(dataset, env_cfg.n_items, env_cfg.n_users)
     popular_env = maps.item_env[np.argsort(-np.bincount(dataset.item[dataset.reward > 0], minlength=dataset.n_items))]
 
-    def agent_policy(module: Any, head: str = "policy_head"):
+    def agent_policy(module: Any, head: str = "policy_head") -> PolicyFn:
         return lambda state: _agent_probs(module, maps, state, head, env_cfg.n_items)
 
-    def agent_greedy(module: Any):
+    def agent_greedy(module: Any) -> PolicyFn:
         def choose(state: SessionState) -> np.ndarray:  # top-K of π: the serving default
             probs = _agent_probs(module, maps, state, "policy_head", env_cfg.n_items)
             return np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -347,56 +465,68 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
         return np.full((state.users.shape[0], env_cfg.n_items), 1.0 / env_cfg.n_items)
 
     def oracle(state: SessionState) -> np.ndarray:
-        util = env_cfg.taste_scale * state.taste @ env.item_vec.T + env_cfg.pop_weight * env.item_logpop
-        return np.argsort(-util, axis=1)[:, :k]
+        return np.argsort(-env.utility(state.taste), axis=1)[:, :k]
 
-    policies: dict[str, tuple[Any, bool]] = {
-        "none": (agent_policy(models["none"]), False),
-        "is": (agent_policy(models["is"]), False),
-        "topk": (agent_policy(models["topk"]), False),
-        "none_greedy": (agent_greedy(models["none"]), True),
-        "is_greedy": (agent_greedy(models["is"]), True),
-        "topk_greedy": (agent_greedy(models["topk"]), True),
-        "logging": (logging_policy, False),
-        "behavior": (agent_policy(models["none"], "behavior_head"), False),
-        "popularity": (popularity, True),
-        "uniform": (uniform, False),
-        "oracle": (oracle, True),
-    }
+    policies: dict[str, tuple[PolicyFn, SlateForm]] = {}
+    for form, suffix in FORM_ITEMS:
+        for corr in CORRECTION_NAMES:
+            fn = agent_greedy(models[corr]) if form == "slate" else agent_policy(models[corr])
+            policies[corr + suffix] = (fn, form)
+    policies.update(
+        {
+            "logging": (logging_policy, "draws"),
+            "behavior": (agent_policy(models["none"], "behavior_head"), "draws"),
+            "popularity": (popularity, "slate"),
+            "uniform": (uniform, "draws"),
+            "oracle": (oracle, "slate"),
+        }
+    )
+    eval_streams = NoiseStreams((seed, 3))  # every policy meets the same users and noise
     values: dict[str, dict[str, Any]] = {}
-    for name, (fn, deterministic) in policies.items():
+    session_returns: dict[str, np.ndarray] = {}
+    for name, (fn, form) in policies.items():
         t = time.perf_counter()
         res: RolloutResult = rollout(
             env,
             fn,
             config.eval_sessions,
-            np.random.default_rng([seed, 3]),  # common random numbers across policies
+            eval_streams,
+            form=form,
             history=logged.history,
+            history_events=logged.history_events,
             last_engaged=logged.last_engaged,
             hist_len=config.hist_num,
-            deterministic=deterministic,
             impressions=config.log_impressions,
         )
         ret = res.session_return
+        session_returns[name] = ret
         values[name] = {
             "value": res.value,
+            "form": form,
             "se": float(ret.std(ddof=1) / math.sqrt(ret.size)),
             "mean_session_length": float(res.session_length.mean()),
             "engagements_per_session": float(res.engagements.mean()),
+            "distinct_per_slate": res.distinct_per_slate,
         }
         timings[f"rollout_{name}"] = time.perf_counter() - t
+    paired: dict[str, dict[str, float]] = {}
+    for a, b in comparison_pairs(list(policies)):
+        diff = session_returns[a] - session_returns[b]  # the same sessions: exact common random numbers
+        paired[f"{a}-{b}"] = {"diff": float(diff.mean()), "se": float(diff.std(ddof=1) / math.sqrt(diff.size))}
     held_out = rollout(
         env,
         logging_policy,
         config.ope_sessions,
-        np.random.default_rng([seed, 4]),
+        NoiseStreams((seed, 4)),
         history=logged.history,
+        history_events=logged.history_events,
         last_engaged=logged.last_engaged,
         hist_len=config.hist_num,
         record=True,
         impressions=config.log_impressions,
     ).log
     assert held_out is not None
+    t = time.perf_counter()
     estimates: dict[str, dict[str, Any]] = {}
     common: dict[str, Any] = {
         "k": k,
@@ -405,10 +535,13 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
         "seed": seed,
         "all_shown": config.log_impressions,
     }
-    for name in CORRECTION_NAMES:
-        estimates[name] = item_level_estimates(models[name], maps, held_out, **common)
-        estimates[f"{name}_greedy"] = item_level_estimates(models[name], maps, held_out, greedy=True, **common)
+    for form, suffix in FORM_ITEMS:
+        if form == "pl" and not config.ope_pl:
+            continue
+        for name in CORRECTION_NAMES:
+            estimates[name + suffix] = item_level_estimates(models[name], maps, held_out, form=form, **common)
     estimates["behavior"] = item_level_estimates(models["none"], maps, held_out, head="behavior_head", **common)
+    timings["ope"] = time.perf_counter() - t
     # sanity: the logging policy's own estimate (weights exactly 1) is the held-out log's mean return
     ones = np.bincount(held_out.session, weights=held_out.reward, minlength=held_out.n_sessions)
     estimates["logging"] = {
@@ -419,6 +552,7 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
     return {
         "seed": seed,
         "values": values,
+        "paired": paired,
         "estimates": estimates,
         "logged_value": logged_value,
         "n_log_rows": int(logged.log.item.shape[0]),
@@ -441,6 +575,7 @@ def run_sequential(
     import torch
 
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     per_seed: list[dict[str, Any]] = []
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, config.threads))
@@ -448,7 +583,7 @@ def run_sequential(
         with tempfile.TemporaryDirectory(prefix="topkrec-sequential-") as tmp:
             work = Path(work_dir) if work_dir is not None else Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
-            with progress_bar(config.n_seeds, "sequential: seeds", enabled=progress) as bar:
+            with progress_bar(config.n_seeds, f"sequential {config.world}: seeds", enabled=progress) as bar:
                 for i in range(config.n_seeds):
                     per_seed.append(_run_seed(config, config.seed + i, work, progress=False))
                     bar.update(1)
@@ -464,8 +599,10 @@ def run_sequential(
             "ci_low": lo,
             "ci_high": hi,
             "per_seed": seed_values.tolist(),
+            "form": per_seed[0]["values"][name]["form"],
             "mean_session_length": float(np.mean([s["values"][name]["mean_session_length"] for s in per_seed])),
             "engagements_per_session": float(np.mean([s["values"][name]["engagements_per_session"] for s in per_seed])),
+            "distinct_per_slate": float(np.mean([s["values"][name]["distinct_per_slate"] for s in per_seed])),
         }
         if name in per_seed[0]["estimates"]:
             est: dict[str, Any] = {}
@@ -486,15 +623,29 @@ def run_sequential(
                 est["ess"] = float(np.mean([s["estimates"][name]["ess"] for s in per_seed]))
             entry["estimates"] = est
         policies[name] = entry
+    paired: dict[str, dict[str, Any]] = {}
+    for pair in per_seed[0]["paired"]:
+        paired[pair] = {
+            **paired_interval([s["paired"][pair]["diff"] for s in per_seed]),
+            "within_seed_se": [s["paired"][pair]["se"] for s in per_seed],
+        }
     logged = np.array([s["logged_value"] for s in per_seed])
     m, lo, hi = t_interval(logged)
+    orderings = {
+        form: sorted((c + suffix for c in CORRECTION_NAMES), key=lambda n: -policies[n]["true_value"])
+        for form, suffix in FORM_SUFFIX.items()
+    }
     return {
         "scenario": "sequential",
+        "world": config.world,
         "value_unit": "total reward per session (pv 1, cart 2, fav 2, buy 3)",
         "policies": policies,
+        "paired": paired,
         "logged_value": {"value": m, "ci_low": lo, "ci_high": hi},
-        "ordering": sorted(CORRECTION_NAMES, key=lambda n: -policies[n]["true_value"]),
+        "ordering": orderings["draws"],
+        "orderings": orderings,
         "config": config.to_json(),
         "seeds": per_seed,
         "elapsed_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - cpu0,
     }

@@ -25,7 +25,7 @@ def with_gamma(dataset: Dataset, gamma: float | None) -> Dataset:
     """``dataset`` with returns discounted by ``gamma`` (a copy; None or the prepared γ: unchanged)."""
     if gamma is None or gamma == dataset.meta.get("gamma"):
         return dataset
-    return replace(dataset, returns=discounted_returns(dataset.reward, dataset.session, gamma))
+    return replace(dataset, returns=discounted_returns(dataset.reward, dataset.session, gamma, step=dataset.step))
 
 
 def build_agent(
