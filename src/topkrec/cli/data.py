@@ -75,7 +75,12 @@ def prepare(
     ),
     user_col: str = typer.Option("user", "--user-col", help="events format: user id column."),
     item_col: str = typer.Option("item", "--item-col", help="events format: item id column."),
-    time_col: str = typer.Option("ts", "--time-col", help="events format: unix-seconds (or datetime) column."),
+    time_col: str = typer.Option(
+        "ts", "--time-col", help="events format: unix-time (see --time-unit) or date-time column."
+    ),
+    time_unit: str = typer.Option(
+        "s", "--time-unit", help="Unit of numeric timestamps: s, ms, us or ns (converted to whole seconds)."
+    ),
     event_col: str | None = typer.Option(
         None, "--event-col", help="events format: behaviour column, mapped by --reward."
     ),
@@ -111,7 +116,8 @@ def prepare(
 
     if format not in FORMATS:
         raise TopkrecError(f"unknown --format {format!r}; use one of {', '.join(FORMATS)}")
-    check_output_dir(out, force)
+    inputs = {"--input": input}
+    check_output_dir(out, force, inputs)
     sampling: SamplingConfig | None = None
     asked = sample_short is not None or sample_long is not None
     if no_sample and asked:
@@ -136,9 +142,10 @@ def prepare(
         columns=EventColumns(
             user=user_col, item=item_col, time=time_col, event=event_col, reward=reward_col, propensity=propensity_col
         ),
+        time_unit=time_unit,
     )
     prepared, warnings = run_prepare(input, cfg)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=inputs) as tmp:
         prepared.save(tmp)
     if as_json:
         typer.echo(json.dumps(prepared.summary, indent=2))
