@@ -142,6 +142,19 @@ def check_output_dir(
         raise TopkrecError(f"{out} already exists and is not empty; pass --force to overwrite it")
 
 
+def check_output_location(out: Path, flag: str = "--out") -> None:
+    """For a directory that is written into (not replaced): not a file, not under a file, writable."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TopkrecError(f"{flag} {out} is a file, not a directory; choose another {flag}")
+    if out.is_dir():
+        if not os.access(out, os.W_OK | os.X_OK):
+            why = "on a read-only file system" if _read_only_fs(out) else "not writable"
+            raise TopkrecError(f"{flag} {out} is {why}; choose another {flag}")
+        return
+    _check_location(out, flag)
+
+
 def check_output_file(
     out: Path,
     inputs: Mapping[str, Path | None] | None = None,

@@ -504,6 +504,10 @@ def train_agent(
         raise TopkrecError(f"--cap must be positive, got {config.cap}")
     if not resume:
         check_output_dir(out, force)  # every rank checks (read-only), before any collective call
+    else:
+        from topkrec.io import recover_interrupted
+
+        recover_interrupted(out)  # a kill while a checkpoint was swapped in left the complete one beside out
     # Under torchrun: join the process group, train on cuda:LOCAL_RANK; one process: no-op.
     dist, device = distributed.setup(resolve_device(config.device))
     if initial_agent is not None:

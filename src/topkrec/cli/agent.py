@@ -114,8 +114,10 @@ def train_command(
 ) -> None:
     """Train the REINFORCE agent (π and β̂) with the chosen off-policy correction."""
     from topkrec.cli.common import STATE
+    from topkrec.io import check_no_overlap
     from topkrec.train import train_agent
 
+    check_no_overlap(out, {"--data": data, "--embeddings": embeddings})
     dataset, emb = _load_inputs(data, embeddings, gamma)
     train_cfg = _train_config(
         epochs=epochs,
@@ -205,7 +207,11 @@ def evaluate_command(
     from topkrec.data.dataset import Dataset
     from topkrec.device import resolve_device
     from topkrec.evaluate.report import evaluate_model_dirs
+    from topkrec.io import check_output_file
 
+    # Before any work: --out must be a file name that destroys no input (the model's metrics.json is its place).
+    if out is not None:
+        check_output_file(out, {"--model": model, "--data": data}, allowed=[model / "metrics.json"])
     dataset = Dataset.load(data)
     doc = evaluate_model_dirs(
         {None: model},
@@ -255,11 +261,14 @@ def compare_command(
     from topkrec.device import resolve_device
     from topkrec.errors import TopkrecError
     from topkrec.evaluate.report import evaluate_model_dirs
+    from topkrec.io import check_no_overlap, check_output_location
     from topkrec.train import train_agent
 
     names = [c.strip() for c in corrections.split(",") if c.strip()]
     if not names:
         raise TopkrecError("--corrections is empty")
+    check_no_overlap(out, {"--data": data, "--embeddings": embeddings})
+    check_output_location(out)
     dataset, emb = _load_inputs(data, embeddings, None)
     dirs: dict[str | None, Path] = {}
     for name in names:

@@ -81,6 +81,10 @@ def ope(
         raise TopkrecError("--n-boot must be at least 1")
     if not cap > 0:
         raise TopkrecError("--cap must be positive")
+    if out is not None:
+        from topkrec.io import check_output_file
+
+        check_output_file(out, {"--logs": logs, "--model": model})
 
     data = read_logged_bandit(logs, action_col, reward_col, propensity_col, target_prob_col)
     reward_hat = value_hat = None
@@ -170,9 +174,10 @@ def simulate(
     logs go through prepare → train, with true values measured by rollouts.
     """
     from topkrec.cli.common import STATE
-    from topkrec.io import write_json
+    from topkrec.io import check_output_location, write_json
 
     out_dir = Path(out) if out is not None else Path("topkrec-simulate") / scenario
+    check_output_location(out_dir)
     if scenario in STATELESS:
         from topkrec.simulate.stateless import StatelessConfig, run_scenario
 
