@@ -11,7 +11,7 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Directory to write user.csv, item.csv, user_behavior.csv into."),
     users: int = typer.Option(1500, "--users", help="Number of users (one journey each)."),
     items: int = typer.Option(3000, "--items", help="Number of items in the catalogue."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same arguments give identical files."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same arguments give identical files."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing non-empty --out."),
 ) -> None:
     """Write synthetic behaviour logs in the Tianchi raw format (headerless CSVs).
@@ -69,7 +69,7 @@ def prepare(
     session_gap: int = typer.Option(3600, "--session-gap", help="Seconds of inactivity that end a session."),
     reward: str = typer.Option("pv=1,cart=2,fav=2,buy=3", "--reward", help="Behaviour → reward map."),
     gamma: float = typer.Option(0.99, "--gamma", help="Discount of the in-session return."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the user sampling."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the user sampling."),
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Drop malformed rows (counted and reported) instead of stopping at the first."
     ),
