@@ -635,6 +635,8 @@ def _typed_events(
         value = frame[col_name][i]
         if col_name in ("reward", "propensity") and isinstance(value, float):
             what = "is not a finite number"
+        elif col_name in ("user", "item"):
+            what = "is missing (an empty, NaN or null id)"
         elif col_name == "ts":
             what = "is missing or not a timestamp (unix time or date-time)"
         else:
@@ -677,14 +679,16 @@ def _date(seconds: float) -> str:
 
 
 def _guess_unit(median: float) -> str:
-    return "ns" if median >= 1e17 else "us" if median >= 1e14 else "ms"
+    """The unit in which a wall-clock median (≥ 1e8) falls between 1973 and 5138."""
+    return "ns" if median >= 1e17 else "us" if median >= 1e14 else "ms" if median >= MAX_SECONDS else "s"
 
 
 def apply_time_unit(raw: RawLog, unit: str, skip_bad_rows: bool) -> RawLog:
     """Convert ``ts`` from ``unit`` to whole seconds (floored) and check it is plausible.
 
-    Timestamps that look like another unit than the one given (a median beyond the year 5138 read as
-    seconds: milliseconds, say) are refused with the ``--time-unit`` to pass. In wall-clock data (median
+    Wall-clock timestamps that look like another unit than the one given (a median beyond the year 5138 read
+    as seconds: milliseconds, say; or in 1970 after the conversion) are refused with the ``--time-unit`` to
+    pass. In wall-clock data (median
     after 1973), a timestamp more than 5× from the median — a line cut mid-timestamp, a corrupt value — is a
     bad row: an error naming the line, or dropped with ``skip_bad_rows``.
     """
@@ -702,18 +706,15 @@ def apply_time_unit(raw: RawLog, unit: str, skip_bad_rows: bool) -> RawLog:
     if raw.ts_is_datetime:
         if unit != "s":
             raise DataError(f"--time-unit {unit}: {src} has date-time timestamps, read as seconds; drop --time-unit")
-    elif unit == "s" and abs(median) >= MAX_SECONDS:
+    elif abs(median) >= WALL_CLOCK_SECONDS:  # wall-clock time in some unit: is it the one given?
         guess = _guess_unit(abs(median))
-        raise DataError(
-            f"{src}: the timestamps look like {_UNIT_WORDS[guess]}, not seconds (median {median:.0f} is "
-            f"{_date(median / TIME_UNITS[guess])} in {_UNIT_WORDS[guess]}, {_date(median)} in seconds); "
-            f"pass --time-unit {guess}"
-        )
-    elif unit != "s" and WALL_CLOCK_SECONDS <= abs(median) < MAX_SECONDS:
-        raise DataError(
-            f"{src}: --time-unit {unit} but the timestamps look like seconds (median {median:.0f} is "
-            f"{_date(median)} in seconds, {_date(median / factor)} in {_UNIT_WORDS[unit]}); drop --time-unit {unit}"
-        )
+        if guess != unit:
+            todo = "drop --time-unit" if guess == "s" else f"pass --time-unit {guess}"
+            raise DataError(
+                f"{src}: the timestamps look like {_UNIT_WORDS[guess]}, not {_UNIT_WORDS[unit]} (median {median:.0f} "
+                f"is {_date(median / TIME_UNITS[guess])} in {_UNIT_WORDS[guess]}, {_date(median / factor)} in "
+                f"{_UNIT_WORDS[unit]}); {todo}"
+            )
     if factor != 1:
         ev = ev.with_columns(pl.col("ts") // factor)
         median = median / factor
