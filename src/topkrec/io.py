@@ -54,17 +54,26 @@ def _dir_mode() -> int:
 def os_error_message(e: OSError, path: Path | str, doing: str = "write") -> str:
     """One line for an OSError met while reading or writing ``path``: what, why, what to do."""
     reason = e.strerror or str(e)
-    hint = {
-        errno.EACCES: "check its permissions or choose another location",
-        errno.EPERM: "check its permissions or choose another location",
-        errno.EROFS: "the file system is read-only; choose another location",
-        errno.ENOSPC: "the disk is full; free space or choose another location",
-        errno.ENOTDIR: "a part of the path is a file, not a directory; choose another location",
-        errno.EISDIR: "it is a directory; give a file name",
-        errno.ENOENT: "check the path",
-    }.get(e.errno or 0, "check the path and its permissions")
-    where = e.filename if e.filename is not None else path
-    return f"cannot {doing} {where}: {reason}; {hint}"
+    if doing == "read":
+        hints = {
+            errno.EACCES: "check its permissions",
+            errno.EPERM: "check its permissions",
+            errno.EISDIR: "it is a directory; give a file",
+            errno.ENOENT: "check the path",
+        }
+        default = "check the path and its permissions"
+    else:
+        hints = {
+            errno.EACCES: "check its permissions or choose another location",
+            errno.EPERM: "check its permissions or choose another location",
+            errno.EROFS: "the file system is read-only; choose another location",
+            errno.ENOSPC: "the disk is full; free space or choose another location",
+            errno.EDQUOT: "the disk quota is exhausted; free space or choose another location",
+            errno.ENOTDIR: "a part of the path is a file, not a directory; choose another location",
+            errno.EISDIR: "it is a directory; give a file name",
+        }
+        default = "check the path and its permissions"
+    return f"cannot {doing} {path}: {reason}; {hints.get(e.errno or 0, default)}"
 
 
 # ------------------------------------------------------------------------------------------ overlap checks

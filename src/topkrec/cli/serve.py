@@ -106,9 +106,9 @@ def recommend_command(
     if out is not None:
         if users is None:
             raise TopkrecError("--out is the batch-mode output: pass --users FILE too (or drop --out)")
+        check_output_file(out, {"--users": users, "--model": model, "--dataset": dataset})
         if out.suffix.lower() not in OUT_SUFFIXES:
             raise TopkrecError(f"--out {out}: use a .csv, .tsv or .parquet file name")
-        check_output_file(out, {"--users": users, "--model": model, "--dataset": dataset})
     from topkrec.serve.recommender import Recommender
 
     rec = Recommender.load(model, device=device, dataset=dataset)

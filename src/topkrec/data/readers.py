@@ -358,11 +358,24 @@ def read_movielens(input_path: Path, skip_bad_rows: bool) -> RawLog:
     item_features = None
     movies = path.parent / "movies.csv"
     if movies.is_file():
-        try:
-            m = pl.read_csv(movies, schema_overrides={"movieId": pl.Int64, "title": pl.String, "genres": pl.String})
+        try:  # only movieId and genres are used: bytes that are not UTF-8 elsewhere (a title) do no harm
+            m = pl.read_csv(
+                movies,
+                schema_overrides={"movieId": pl.Int64, "title": pl.String, "genres": pl.String},
+                encoding="utf8-lossy",
+            )
         except Exception as e:  # polars raises several kinds for malformed CSV
+            if isinstance(e, OSError):
+                raise _read_error(movies, e) from e
             raise DataError(f"{movies}: cannot read it ({str(e).splitlines()[0]}); fix or remove the file") from e
         _check_columns(movies, m.columns, {"movieId": "", "genres": ""})
+        garbled = m["genres"].str.contains(UTF8_REPLACEMENT, literal=True).fill_null(False).arg_true()
+        if garbled.len():
+            line = int(garbled[0]) + 2
+            raise DataError(
+                f"{movies} line {line}: genres {m['genres'][int(garbled[0])]!r:.60} {NOT_UTF8}; save the file as "
+                "UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove movies.csv"
+            )
         item_features = m.select(
             pl.col("movieId").alias("item"),
             pl.col("genres").str.split("|").list.first().alias("genre"),
@@ -441,7 +454,9 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
     have = _header(input_path)
     _check_columns(input_path, have, want)
     try:
-        frame = pl.read_csv(input_path, infer_schema=False, columns=list(rename), quote_char='"')
+        # Every column is read (not just the mapped ones): with a projection polars silently drops the extra
+        # fields of a ragged row, which would hide a shifted or broken line.
+        frame = pl.read_csv(input_path, infer_schema=False, quote_char='"').select(list(rename))
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.ShapeError):
         # Ragged rows or bytes that are not UTF-8: the line-level reader names the first one (or drops them
         # with --skip-bad-rows).
