@@ -226,3 +226,11 @@ def test_propensity_col_for_tianchi_through_the_cli(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and r.stderr.startswith("error: --propensity-col") and "no logged propensities" in r.stderr
     assert not (tmp_path / "ds").exists()
+
+
+def test_ids_with_leading_zeros_stay_text(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    events_frame(["007", "7", "+7", "12"]).write_csv(path)  # polars writes them as the strings given
+    prepared, _ = prepare(path, events_cfg())
+    assert prepared.summary["n_users"] == 4
+    assert sorted(prepared.user_raw.to_list()) == ["+7", "007", "12", "7"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from topkrec.errors import DataError
 
@@ -399,8 +399,9 @@ class EventColumns:
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 MISSING_ID_TEXT = ("", "nan", "null", "none")  # (lower-cased) text that means "no id", as pandas writes it
-_INT_TEXT = r"^[+-]?\d+$"
-_FLOAT_INT_TEXT = r"^[+-]?\d+\.0*$"  # "107.0": an integer id written by a float column
+# Text read as integer ids: canonical integers only, so "007" and "7" (or "+7") never become one id.
+_INT_TEXT = r"^-?(0|[1-9]\d*)$"
+_FLOAT_INT_TEXT = r"^-?(0|[1-9]\d*)\.0+$"  # "107.0": an integer id written by a float column
 
 
 def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, reward: Reward) -> RawLog:
@@ -503,18 +504,15 @@ def _read_json_lines(path: Path) -> pl.DataFrame:
 
 
 def _is_scalar_dtype(dtype: pl.DataType) -> bool:
-    return dtype.is_numeric() or dtype.is_temporal() or _is_text(dtype) or dtype == _pl().Boolean
+    import polars as pl
+
+    return dtype.is_numeric() or dtype.is_temporal() or _is_text(dtype) or dtype == pl.Boolean
 
 
 def _is_text(dtype: pl.DataType) -> bool:
-    pl = _pl()
-    return dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
-
-
-def _pl() -> Any:
     import polars as pl
 
-    return pl
+    return dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
 
 
 def _refuse_dtype(path: Path, src: str, dtype: pl.DataType, want: str) -> DataError:
@@ -554,7 +552,7 @@ def _events_ids(
         if frame.select(as_int.is_null().sum()).item() == frame.select(missing.sum()).item():  # all fit int64
             return as_int, missing
     elif present.len() and bool((present.str.contains(_INT_TEXT) | present.str.contains(_FLOAT_INT_TEXT)).all()):
-        as_int = pl.when(missing).then(None).otherwise(text.str.replace(r"\.0*$", "")).cast(pl.Int64, strict=False)
+        as_int = pl.when(missing).then(None).otherwise(text.str.replace(r"\.0+$", "")).cast(pl.Int64, strict=False)
         if frame.select(as_int.is_null().sum()).item() == frame.select(missing.sum()).item():
             example = present.filter(present.str.contains(_FLOAT_INT_TEXT))[0]
             notes.append(
