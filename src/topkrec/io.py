@@ -93,7 +93,7 @@ def check_no_overlap(out: Path, inputs: Mapping[str, Path | None], flag: str = "
     """Refuse an output directory that is, contains or lies inside one of ``inputs`` (flag → path):
     writing it (and with ``--force``, first deleting it) would destroy the input."""
     for in_flag, inp in inputs.items():
-        if inp is None:
+        if inp is None or not Path(inp).exists():  # nothing there to destroy (its own error comes later)
             continue
         how = _overlap(Path(out), Path(inp))
         if how is None:
@@ -179,7 +179,7 @@ def check_output_file(
     _check_location(out, flag)
     allowed_resolved = {Path(a).resolve() for a in allowed}
     for in_flag, inp in (inputs or {}).items():
-        if inp is None:
+        if inp is None or not Path(inp).exists():
             continue
         how = _overlap(out, Path(inp))
         if how == "is" or (how == "lies inside" and out.exists() and out.resolve() not in allowed_resolved):

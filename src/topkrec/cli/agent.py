@@ -117,8 +117,8 @@ def train_command(
     from topkrec.io import check_no_overlap
     from topkrec.train import train_agent
 
-    check_no_overlap(out, {"--data": data, "--embeddings": embeddings})
     dataset, emb = _load_inputs(data, embeddings, gamma)
+    check_no_overlap(out, {"--data": data, "--embeddings": embeddings})  # before anything is written
     train_cfg = _train_config(
         epochs=epochs,
         batch_size=batch_size,
