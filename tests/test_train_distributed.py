@@ -181,11 +181,7 @@ def test_resume_on_another_number_of_processes(tmp_path: Path) -> None:
     _run([*sampled, "--max-steps", "2"], None, tmp_path)
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     proc = subprocess.run(
-        [sys.executable, *launch, *sampled, "--resume"],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
+        [sys.executable, *launch, *sampled, "--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
         timeout=240,
     )
     assert proc.returncode != 0 and "resume on the same number of processes" in proc.stderr
