@@ -61,7 +61,8 @@ def test_user_errors_are_one_line(data_dir, tmp_path) -> None:
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     r = topkrec("train", "--data", str(data_dir), "--out", str(tmp_path / "m"), "--correction", "bogus")
     assert r.returncode == 2 and "correction" in r.stderr
-    r = topkrec("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"))
+    (tmp_path / "empty").mkdir()
+    r = topkrec("train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m"))
     assert r.returncode == 2 and "dataset" in r.stderr
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +38,8 @@ def reference(ev: pd.DataFrame, test_size: float = 0.2, gap: int | None = 3600, 
     ev = ev.sort_values(["user", "time", "line"], kind="stable").reset_index(drop=True)
     n = ev.groupby("user")["item"].transform("size")
     pos = ev.groupby("user").cumcount()
-    n_test = [math.ceil(test_size * k - 1e-9) if k > 3 else 0 for k in n]
+    # The reference rule: the first round((1 - test_size) * n) events in train (Python round, half to even).
+    n_test = [k - round((1 - test_size) * k) if k > 3 else 0 for k in n]
     ev["test"] = pos >= n - np.array(n_test)
     same_user = ev.user.eq(ev.user.shift())
     new = ~same_user | (ev.test & ~ev.test.shift(fill_value=False))

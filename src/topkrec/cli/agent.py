@@ -52,9 +52,11 @@ def train_command(
     """Train the REINFORCE agent (π and β̂) with the chosen off-policy correction."""
     from topkrec import distributed
     from topkrec.cli.common import STATE
+    from topkrec.io import check_no_overlap
     from topkrec.metrics_log import MetricsLogger
     from topkrec.train import train_agent
 
+    check_no_overlap(out, {"--data": data, "--embeddings": embeddings})  # before anything is written
     dataset, emb = _load_inputs(data, embeddings)
     metrics = MetricsLogger(tensorboard_dir=tensorboard if distributed.env_rank() == 0 else None)
     try:
@@ -120,7 +122,11 @@ def evaluate_command(
     from topkrec.data.dataset import Dataset
     from topkrec.device import resolve_device
     from topkrec.evaluate.report import evaluate_model_dirs
+    from topkrec.io import check_output_file
 
+    # Before any work: --out must be a file name that destroys no input (the model's metrics.json is its place).
+    if out is not None:
+        check_output_file(out, {"--model": model, "--data": data}, allowed=[model / "metrics.json"])
     dataset = Dataset.load(data)
     doc = evaluate_model_dirs(
         {None: model},
@@ -159,6 +165,7 @@ def compare_command(
     from topkrec.device import resolve_device
     from topkrec.errors import TopkrecError
     from topkrec.evaluate.report import evaluate_model_dirs
+    from topkrec.io import check_no_overlap, check_output_location
     from topkrec.policy.config import CORRECTIONS
     from topkrec.train import train_agent
 
@@ -167,7 +174,11 @@ def compare_command(
         raise TopkrecError("--corrections is empty")
     unknown = [n for n in names if n not in CORRECTIONS]
     if unknown:
-        raise TopkrecError(f"--corrections: unknown {', '.join(unknown)}; use some of {', '.join(CORRECTIONS)}")
+        raise TopkrecError(
+            f"--corrections: unknown {', '.join(map(repr, unknown))}; use some of {', '.join(CORRECTIONS)}"
+        )
+    check_no_overlap(out, {"--data": data, "--embeddings": embeddings})
+    check_output_location(out)
     dataset, emb = _load_inputs(data, embeddings)
     train_cfg: TrainConfig = settings["train"]
     dirs: dict[str | None, Path] = {}

@@ -11,7 +11,7 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Directory to write user.csv, item.csv, user_behavior.csv into."),
     users: int = typer.Option(1500, "--users", help="Number of users (one journey each)."),
     items: int = typer.Option(3000, "--items", help="Number of items in the catalogue."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same arguments give identical files."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same arguments give identical files."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing non-empty --out."),
 ) -> None:
     """Write synthetic behaviour logs in the Tianchi raw format (headerless CSVs).
@@ -69,13 +69,18 @@ def prepare(
     session_gap: int = typer.Option(3600, "--session-gap", help="Seconds of inactivity that end a session."),
     reward: str = typer.Option("pv=1,cart=2,fav=2,buy=3", "--reward", help="Behaviour → reward map."),
     gamma: float = typer.Option(0.99, "--gamma", help="Discount of the in-session return."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the user sampling."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the user sampling."),
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Drop malformed rows (counted and reported) instead of stopping at the first."
     ),
     user_col: str = typer.Option("user", "--user-col", help="events format: user id column."),
     item_col: str = typer.Option("item", "--item-col", help="events format: item id column."),
-    time_col: str = typer.Option("ts", "--time-col", help="events format: unix-seconds (or datetime) column."),
+    time_col: str = typer.Option(
+        "ts", "--time-col", help="events format: unix-time (see --time-unit) or date-time column."
+    ),
+    time_unit: str = typer.Option(
+        "s", "--time-unit", help="Unit of numeric timestamps: s, ms, us or ns (converted to whole seconds)."
+    ),
     event_col: str | None = typer.Option(
         None, "--event-col", help="events format: behaviour column, mapped by --reward."
     ),
@@ -117,7 +122,8 @@ def prepare(
 
     if format not in FORMATS:
         raise TopkrecError(f"unknown --format {format!r}; use one of {', '.join(FORMATS)}")
-    check_output_dir(out, force)
+    inputs = {"--input": input}
+    check_output_dir(out, force, inputs)
     sampling: SamplingConfig | None = None
     asked = sample_short is not None or sample_long is not None
     if no_sample and asked:
@@ -148,9 +154,10 @@ def prepare(
             propensity=propensity_col,
             step=step_col,
         ),
+        time_unit=time_unit,
     )
     prepared, warnings = run_prepare(input, cfg)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=inputs) as tmp:
         prepared.save(tmp)
     if as_json:
         typer.echo(json.dumps(prepared.summary, indent=2))

@@ -114,6 +114,10 @@ def ope(
         slate_estimates,
     )
 
+    if out is not None:  # before any work: not an input, not a directory, writable
+        from topkrec.io import check_output_file
+
+        check_output_file(out, {"--logs": logs, "--model": model})
     chosen = [
         name
         for name, v in (

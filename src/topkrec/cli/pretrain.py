@@ -52,7 +52,7 @@ def pretrain_command(
         raise TopkrecError(f"--data {data} is not a directory; create a dataset with `topkrec prepare`")
     # Fail before training, not after. Under torchrun every rank checks, before any collective work, so a
     # bad --out ends every rank with the same one-line error instead of leaving the others waiting.
-    check_output_dir(out, force)
+    check_output_dir(out, force, {"--data": data})
 
     from topkrec import distributed
     from topkrec.data.dataset import Dataset

@@ -11,6 +11,7 @@ import typer
 from topkrec.errors import TopkrecError
 
 _BATCH_CHUNK = 1024  # users per recommend_batch call in --users mode (chunks are spread over threads)
+OUT_SUFFIXES = (".csv", ".tsv", ".parquet")
 
 
 def _split_ids(text: str) -> list[str]:
@@ -55,7 +56,7 @@ def _write_table(path: Path, rows: dict[str, list[Any]]) -> None:
         df.write_parquet(buf)
     elif path.suffix.lower() in (".csv", ".tsv"):
         df.write_csv(buf, separator="\t" if path.suffix.lower() == ".tsv" else ",")
-    else:
+    else:  # checked before any work by recommend_command
         raise TopkrecError(f"--out {path}: use a .csv, .tsv or .parquet file name")
     atomic_write_bytes(path, buf.getvalue())
 
@@ -92,6 +93,7 @@ def recommend_command(
 ) -> None:
     """Recommend items for one user (--user and/or --history) or many (--users FILE --out FILE)."""
     from topkrec.cli.common import STATE
+    from topkrec.io import check_output_file
 
     if users is None and user is None and history is None:
         raise TopkrecError("give --user ID, --history IDS or --users FILE")
@@ -101,6 +103,12 @@ def recommend_command(
         raise TopkrecError("--users needs --out FILE.csv or FILE.parquet for the recommendations")
     if not (temperature > 0 and temperature < float("inf")):
         raise TopkrecError(f"--temperature must be a positive number, got {temperature}")
+    if out is not None:
+        if users is None:
+            raise TopkrecError("--out is the batch-mode output: pass --users FILE too (or drop --out)")
+        check_output_file(out, {"--users": users, "--model": model, "--dataset": dataset})
+        if out.suffix.lower() not in OUT_SUFFIXES:
+            raise TopkrecError(f"--out {out}: use a .csv, .tsv or .parquet file name")
     from topkrec.serve.recommender import Recommender
 
     rec = Recommender.load(model, device=device, dataset=dataset)
@@ -168,7 +176,18 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
     log_impressions: Path | None = typer.Option(
-        None, "--log-impressions", help="Append what is served, with propensities, as JSONL (events format)."
+        None,
+        "--log-impressions",
+        help="Append what is served, with propensities, as JSONL (`prepare --format events` reads it).",
+    ),
+    log_max_bytes: int = typer.Option(
+        100_000_000, "--log-max-bytes", min=0, help="Rotate the impressions log beyond this size (0: never)."
+    ),
+    log_backups: int = typer.Option(
+        5, "--log-backups", min=0, max=1000, help="Rotated impressions logs kept (FILE.1 … FILE.N)."
+    ),
+    read_timeout: float = typer.Option(
+        30.0, "--read-timeout", min=0.1, max=3600, help="Seconds to wait for the next piece of a request body."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dataset: Path | None = typer.Option(
@@ -194,10 +213,18 @@ def serve_command(
 
     import uvicorn
 
+    from topkrec.io import check_output_file
     from topkrec.serve.app import ServeLimits, create_app
     from topkrec.serve.recommender import Recommender
 
-    limits = ServeLimits(max_body_bytes=max_body_bytes, max_history=max_history, max_micro_batch=max_batch)
+    if log_impressions is not None:
+        check_output_file(log_impressions, {"--model": model, "--dataset": dataset}, flag="--log-impressions")
+    limits = ServeLimits(
+        max_body_bytes=max_body_bytes,
+        max_history=max_history,
+        max_micro_batch=max_batch,
+        read_timeout_s=read_timeout,
+    )
     if not threads:
         # Measured on 2 busy cores: 1 torch thread costs 1.0 CPU-ms per request at 64 clients, torch's
         # default (2) 1.4 ms — its threads fight the event loop for the cores.
@@ -211,12 +238,15 @@ def serve_command(
         from topkrec.serve.app import SERVE_CONFIG_ENV
 
         Recommender.load(model, device=device, dataset=dataset)  # fail here, once, on a bad model dir
+        _listen(host, port).close()  # fail here on a port in use (uvicorn exits 3 with a log line)
         os.environ[SERVE_CONFIG_ENV] = json.dumps(
             {
                 "model": str(model),
                 "device": device,
                 "dataset": str(dataset) if dataset else None,
                 "impressions": str(log_impressions) if log_impressions else None,
+                "impressions_max_bytes": log_max_bytes,
+                "impressions_backups": log_backups,
                 "limits": dataclasses.asdict(limits),
                 "threads": threads,
             }
@@ -233,9 +263,49 @@ def serve_command(
         )
         return
     rec = Recommender.load(model, device=device, dataset=dataset)
-    app = create_app(rec, limits=limits, impressions=log_impressions)
-    typer.echo(f"serving {model} ({rec.n_items} items, {rec.device}) on http://{host}:{port} — docs at /docs", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=access_log)
+    sock = _listen(host, port)  # bound here: a port in use is a one-line error, and --port 0 picks a free one
+    app = create_app(
+        rec,
+        limits=limits,
+        impressions=log_impressions,
+        impressions_max_bytes=log_max_bytes,
+        impressions_backups=log_backups,
+    )
+    bound = sock.getsockname()[1]
+    typer.echo(
+        f"serving {model} ({rec.n_items} items, {rec.device}) on http://{host}:{bound} — docs at /docs", err=True
+    )
+    config = uvicorn.Config(app, host=host, port=bound, log_level="warning", access_log=access_log)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> Any:
+    """A listening TCP socket on ``host``:``port`` (as uvicorn binds it), or a one-line error saying why not."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise TopkrecError(
+            f"--host {host!r}: cannot resolve it ({e.strerror}); pass an address such as 127.0.0.1"
+        ) from e
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        why = {
+            errno.EADDRINUSE: "the port is in use (another server?); stop it or pass another --port",
+            errno.EACCES: "permission denied (ports below 1024 need privileges); pass another --port",
+            errno.EADDRNOTAVAIL: "the address is not one of this machine's; pass another --host",
+        }.get(e.errno or 0, f"{e.strerror}; pass another --host or --port")
+        raise TopkrecError(f"cannot listen on {host}:{port}: {why}") from e
+    sock.set_inheritable(True)
+    return sock
 
 
 def register(app: typer.Typer) -> None:

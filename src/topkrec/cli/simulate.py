@@ -48,9 +48,10 @@ def simulate(
     logs go through prepare → train, with true values measured by rollouts.
     """
     from topkrec.cli.common import STATE
-    from topkrec.io import write_json
+    from topkrec.io import check_output_location, write_json
 
     out_dir = Path(out) if out is not None else Path("topkrec-simulate") / scenario
+    check_output_location(out_dir)
     if scenario in STATELESS:
         from topkrec.simulate.stateless import StatelessConfig, run_scenario
 

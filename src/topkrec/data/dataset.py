@@ -150,7 +150,10 @@ class Dataset:
         """Read a dataset directory written by ``topkrec prepare``; a clear error if it is not one."""
         import polars as pl
 
+        from topkrec.io import recover_interrupted
+
         d = Path(directory)
+        recover_interrupted(d)  # a run killed while swapping the directory in left it beside d
         if not (d / "meta.json").exists():
             raise ArtifactError(f"{d} is not a dataset directory (no meta.json); create one with `topkrec prepare`")
         meta = read_json(d / "meta.json")

@@ -6,8 +6,9 @@ Steps (DESIGN §1; each configurable through :class:`PrepareConfig`):
 2. order events by (user, time, input line) and drop duplicate (user, item, behaviour) rows keeping
    the first — the reference's "sort by time, drop duplicates", with ties broken by input order;
 3. optional user sampling by journey length (5 < n ≤ 50 and 50 < n ≤ 200 events), seeded;
-4. chronological per-user split: the last ⌈test_size·n⌉ events of a user with n > 3 events go to test
-   (scikit-learn's ``train_test_split`` rule), users with ≤ 3 events stay in train;
+4. chronological per-user split, the reference rule: a user with n > 3 events keeps the first
+   round((1 − test_size)·n) in train (Python ``round``, half to even) and the rest go to test; users with
+   ≤ 3 events stay in train;
 5. item indices by descending train frequency (ties by raw id), test items unseen in train → OOV;
    user indices in raw-id order;
 6. sessions (``interval``: a gap > ``session_gap`` seconds starts one; ``one``: one per user); the
@@ -35,7 +36,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from topkrec.data.dataset import FORMAT_VERSION, discounted_returns, write_dataset_dir
-from topkrec.data.readers import EventColumns, RawLog, read_events, read_movielens, read_taobao, read_tianchi
+from topkrec.data.readers import (
+    TIME_UNITS,
+    EventColumns,
+    RawLog,
+    apply_time_unit,
+    read_events,
+    read_movielens,
+    read_taobao,
+    read_tianchi,
+)
 from topkrec.errors import DataError, TopkrecError
 
 if TYPE_CHECKING:
@@ -84,6 +94,8 @@ class PrepareConfig:
     skip_bad_rows: bool = False
     columns: EventColumns = field(default_factory=EventColumns)
     """Column mapping of the ``events`` format."""
+    time_unit: str = "s"
+    """Unit of numeric timestamps: s, ms, us or ns (converted to whole seconds)."""
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -98,6 +110,26 @@ class PrepareConfig:
             raise TopkrecError(f"--gamma must be in [0, 1], got {self.gamma}")
         if self.sampling is not None and (self.sampling.short < 0 or self.sampling.long < 0):
             raise TopkrecError("--sample-short and --sample-long must be ≥ 0")
+        if not math.isfinite(self.test_size) or not math.isfinite(self.gamma):
+            raise TopkrecError(f"--test-size and --gamma must be finite numbers, got {self.test_size}, {self.gamma}")
+        if self.time_unit not in TIME_UNITS:
+            raise TopkrecError(f"unknown --time-unit {self.time_unit!r}; use one of {', '.join(TIME_UNITS)}")
+        if self.format != "events":
+            # The column flags only map the generic events format; elsewhere they would be silently ignored.
+            defaults = EventColumns()
+            given = [
+                f"--{name}-col"
+                for name in ("user", "item", "time", "event", "reward", "propensity")
+                if getattr(self.columns, name) != getattr(defaults, name)
+            ]
+            if given:
+                one = len(given) == 1
+                raise TopkrecError(
+                    f"{', '.join(given)} {'maps a column' if one else 'map columns'} of --format events only; the "
+                    f"{self.format} format has fixed columns"
+                    f"{' and no logged propensities' if '--propensity-col' in given else ''}: drop "
+                    f"{'it' if one else 'them'}, or convert the log to a CSV/Parquet file for --format events"
+                )
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -265,13 +297,15 @@ def _sample_users(
 
 
 def chronological_split(user: np.ndarray, test_size: float) -> tuple[np.ndarray, int]:
-    """Test mask for user-contiguous, time-ordered events: the last ⌈test_size·n⌉ events of each user
-    with n > 3 events (scikit-learn's rule; the 1e-9 keeps 0.2·15 = 3.0000000000000004 at 3).
-    Also returns the number of users with test events."""
+    """Test mask for user-contiguous, time-ordered events, the reference rule (DESIGN §1 step 4): a user
+    with n > 3 events keeps the first round((1 − test_size)·n) in train — Python ``round`` of the same
+    float64 product, half to even (``np.rint`` rounds exactly so) — and the rest go to test; users with
+    ≤ 3 events stay wholly in train. Also returns the number of users with test events."""
     n = user.size
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     lengths = np.diff(np.r_[starts, n])
-    n_test = np.where(lengths > 3, np.ceil(test_size * lengths - 1e-9), 0).astype(np.int64)
+    n_train = np.rint((1.0 - test_size) * lengths).astype(np.int64)
+    n_test = np.where(lengths > 3, lengths - n_train, 0).astype(np.int64)
     pos = np.arange(n) - np.repeat(starts, lengths)
     return pos >= np.repeat(lengths - n_test, lengths), int((n_test > 0).sum())
 
@@ -343,12 +377,14 @@ def read_raw(input_path: Path, cfg: PrepareConfig) -> RawLog:
     if not input_path.exists():
         raise DataError(f"--input {input_path} not found")
     if cfg.format == "tianchi":
-        return read_tianchi(input_path, cfg.skip_bad_rows, cfg.reward)
-    if cfg.format == "taobao":
-        return read_taobao(input_path, cfg.skip_bad_rows, cfg.reward)
-    if cfg.format == "movielens":
-        return read_movielens(input_path, cfg.skip_bad_rows)
-    return read_events(input_path, cfg.columns, cfg.skip_bad_rows, cfg.reward)
+        raw = read_tianchi(input_path, cfg.skip_bad_rows, cfg.reward)
+    elif cfg.format == "taobao":
+        raw = read_taobao(input_path, cfg.skip_bad_rows, cfg.reward)
+    elif cfg.format == "movielens":
+        raw = read_movielens(input_path, cfg.skip_bad_rows)
+    else:
+        raw = read_events(input_path, cfg.columns, cfg.skip_bad_rows, cfg.reward)
+    return apply_time_unit(raw, cfg.time_unit, cfg.skip_bad_rows)
 
 
 def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
@@ -366,6 +402,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
         logger.info("prepare: %s took %.2f s", "read", timings["read"])
         ev = raw.events
         src = str(raw.files[0])
+        warnings.extend(raw.warnings)
         if raw.bad_rows:
             warnings.append(f"skipped {raw.bad_rows} bad rows (first: {raw.first_bad})")
         if ev.height == 0:

@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 
 Kind = Literal["int", "float", "str"] | tuple[str, ...]  # a tuple: one of these labels (a polars Enum)
 SKIP_HINT = "fix or delete the line, or pass --skip-bad-rows to drop bad rows"
+UTF8_REPLACEMENT = "\ufffd"  # what a byte that is not UTF-8 becomes in a lossy read
+NOT_UTF8 = "is not valid UTF-8 text"
+UTF8_HINT = (
+    "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix the line, or pass --skip-bad-rows to drop bad rows"
+)
 
 
 @dataclass
@@ -39,6 +44,8 @@ class RawLog:
     files: list[Path] = field(default_factory=list)  # every input file read (hashed into meta.json)
     bad_rows: int = 0  # rows dropped by --skip-bad-rows
     first_bad: str | None = None  # description of the first dropped row
+    warnings: list[str] = field(default_factory=list)  # conversions the user should know about
+    ts_is_datetime: bool = False  # ts came from date-times (already seconds: --time-unit does not apply)
 
 
 def _require_file(path: Path, what: str) -> Path:
@@ -46,7 +53,28 @@ def _require_file(path: Path, what: str) -> Path:
         raise DataError(f"{path} not found ({what})")
     if not path.is_file():
         raise DataError(f"{path} is not a file ({what})")
+    _require_readable(path)
     return path
+
+
+def _require_readable(path: Path) -> None:
+    """A clear error for a file this process may not read (before a reader's own, less clear one)."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        from topkrec.io import os_error_message
+
+        raise DataError(os_error_message(e, path, "read")) from e
+
+
+def _read_error(path: Path, e: Exception) -> DataError:
+    """A DataError for an exception a reader raised: an OSError says why, anything else its first line."""
+    if isinstance(e, OSError):
+        from topkrec.io import os_error_message
+
+        return DataError(os_error_message(e, path, "read"))
+    return DataError(f"{path}: cannot read it ({(str(e).splitlines() or [type(e).__name__])[0]}); fix the file")
 
 
 def _dtype(kind: Kind) -> pl.DataType:
@@ -110,14 +138,19 @@ def read_delimited(
             separator=separator,
             quote_char=quote_char,
         )
-        if sum(frame[n].null_count() for n in names) == 0:
+        complete = sum(frame[n].null_count() for n in names) == 0
+        finite = all(bool(frame[n].is_finite().all()) for n, k in columns if k == "float")
+        if complete and finite:
             return _Table(frame.with_row_index("_line", offset=offset), 0, None)
     except pl.exceptions.NoDataError:
         return _Table(pl.DataFrame(schema={"_line": pl.UInt32, **{n: _dtype(k) for n, k in columns}}), 0, None)
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.ShapeError):
-        pass  # a value that does not parse, or a ragged row: the diagnostic path names it
+        pass  # a value that does not parse, a ragged row, bytes that are not UTF-8: the diagnostic path names it
+    except OSError as e:
+        raise _read_error(path, e) from e
     # Diagnostic path: one string per line, count fields, parse what has the right shape. (It splits on
     # every separator, so in a quoted CSV a quoted field holding the separator counts as extra fields.)
+    # Bytes that are not UTF-8 become U+FFFD here and are reported as such (never silently kept).
     try:
         lines = pl.read_csv(
             path,
@@ -126,9 +159,12 @@ def read_delimited(
             schema={"line": pl.String},
             separator="\x1f",
             quote_char=None,
+            encoding="utf8-lossy",
         )
     except pl.exceptions.NoDataError:
         lines = pl.DataFrame(schema={"line": pl.String})
+    except (pl.exceptions.ComputeError, OSError) as e:
+        raise _read_error(path, e) from e
     lines = lines.with_row_index("_line", offset=offset)
     n_fields = pl.col("line").fill_null("").str.count_matches(separator, literal=True) + 1
     shaped = lines.with_columns(n_fields.alias("_nf"), pl.col("line").is_null().alias("_blank"))
@@ -141,8 +177,12 @@ def read_delimited(
     )
     parsed = shaped.with_columns(parts).unnest("_parts")
     typed = parsed.with_columns([_cast_expr(n, k).alias(f"_typed_{n}") for n, k in columns])
+    every_column_read = not any(n.startswith("_unused_") for n in names)
     problems: list[pl.Expr] = [
         pl.when(pl.col("_blank")).then(pl.lit("the line is empty")),
+        pl.when(pl.lit(every_column_read) & pl.col("line").str.contains(UTF8_REPLACEMENT, literal=True)).then(
+            pl.format("the line {}: '{}'", pl.lit(NOT_UTF8), pl.col("line").str.slice(0, 80))
+        ),
         pl.when(pl.col("_nf") != len(names)).then(
             pl.format(
                 "expected {} fields ({}), found {}: '{}'",
@@ -154,6 +194,12 @@ def read_delimited(
         ),
     ]
     for n, k in columns:
+        if not n.startswith("_unused_"):  # a column the caller does not read may hold anything
+            problems.append(
+                pl.when(pl.col(n).str.contains(UTF8_REPLACEMENT, literal=True)).then(
+                    pl.format("{} '{}' {}", pl.lit(n), pl.col(n).str.slice(0, 40), pl.lit(NOT_UTF8))
+                )
+            )
         problems.append(
             pl.when(pl.col(n).is_null() | (pl.col(n).str.strip_chars() == "")).then(pl.lit(f"{n} is empty")),
         )
@@ -162,6 +208,12 @@ def read_delimited(
                 pl.format("{} '{}' is not {}", pl.lit(n), pl.col(n).str.slice(0, 40), pl.lit(_kind_word(k)))
             )
         )
+        if k == "float":  # "nan" and "inf" parse as floats, but no reward or rating is infinite
+            problems.append(
+                pl.when(~pl.col(f"_typed_{n}").is_finite()).then(
+                    pl.format("{} '{}' is not a finite number", pl.lit(n), pl.col(n).str.slice(0, 40))
+                )
+            )
     typed = typed.with_columns(pl.coalesce(problems).alias("_problem"))
     bad = typed.filter(pl.col("_problem").is_not_null())
     good = typed.filter(pl.col("_problem").is_null()).select("_line", *[pl.col(f"_typed_{n}").alias(n) for n in names])
@@ -172,7 +224,9 @@ def read_delimited(
         more = f" ({bad.height} bad lines in all)" if bad.height > 1 else ""
         hint = SKIP_HINT
         bad_col = next((n for n, _ in columns if str(bad["_problem"][0]).startswith(f"{n} '")), None)
-        if hints and bad_col in hints:
+        if NOT_UTF8 in str(bad["_problem"][0]):
+            hint = UTF8_HINT
+        elif hints and bad_col in hints:
             value = str(bad[bad_col][0]).strip()
             hint = f"{hints[bad_col].replace('{value}', value)}, or pass --skip-bad-rows to drop bad rows"
         if header is False and bad["_line"][0] == 1 and bad.height == 1:
@@ -184,14 +238,17 @@ def read_delimited(
 def _resolve(input_path: Path, names: list[str], what: str) -> Path:
     """``input_path`` itself when it is a file, else the first of ``names`` inside it."""
     if input_path.is_file():
+        _require_readable(input_path)
         return input_path
     if not input_path.exists():
         raise DataError(f"--input {input_path} not found")
     for n in names:
         if (input_path / n).is_file():
+            _require_readable(input_path / n)
             return input_path / n
-    csvs = sorted(input_path.glob("*.csv"))
+    csvs = sorted(p for p in input_path.glob("*.csv") if p.is_file())
     if len(csvs) == 1:
+        _require_readable(csvs[0])
         return csvs[0]
     raise DataError(f"{input_path} holds no {' or '.join(names)} ({what}); pass the file itself as --input")
 
@@ -260,8 +317,11 @@ def read_taobao(input_path: Path, skip_bad_rows: bool, reward: Reward) -> RawLog
 
 
 def _header(path: Path, separator: str = ",") -> list[str]:
-    with path.open("r", encoding="utf-8", errors="replace") as f:
-        first = f.readline().rstrip("\r\n")
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as f:
+            first = f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise _read_error(path, e) from e
     if not first:
         raise DataError(f"{path} is empty (expected a header line)")
     return [c.strip().strip('"') for c in first.split(separator)]
@@ -298,11 +358,24 @@ def read_movielens(input_path: Path, skip_bad_rows: bool) -> RawLog:
     item_features = None
     movies = path.parent / "movies.csv"
     if movies.is_file():
-        try:
-            m = pl.read_csv(movies, schema_overrides={"movieId": pl.Int64, "title": pl.String, "genres": pl.String})
+        try:  # only movieId and genres are used: bytes that are not UTF-8 elsewhere (a title) do no harm
+            m = pl.read_csv(
+                movies,
+                schema_overrides={"movieId": pl.Int64, "title": pl.String, "genres": pl.String},
+                encoding="utf8-lossy",
+            )
         except Exception as e:  # polars raises several kinds for malformed CSV
+            if isinstance(e, OSError):
+                raise _read_error(movies, e) from e
             raise DataError(f"{movies}: cannot read it ({str(e).splitlines()[0]}); fix or remove the file") from e
         _check_columns(movies, m.columns, {"movieId": "", "genres": ""})
+        garbled = m["genres"].str.contains(UTF8_REPLACEMENT, literal=True).fill_null(False).arg_true()
+        if garbled.len():
+            line = int(garbled[0]) + 2
+            raise DataError(
+                f"{movies} line {line}: genres {m['genres'][int(garbled[0])]!r:.60} {NOT_UTF8}; save the file as "
+                "UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove movies.csv"
+            )
         item_features = m.select(
             pl.col("movieId").alias("item"),
             pl.col("genres").str.split("|").list.first().alias("genre"),
@@ -325,13 +398,25 @@ class EventColumns:
     """Integer slate-step column: rows of one slate share a value, non-decreasing within a user."""
 
 
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+MISSING_ID_TEXT = ("", "nan", "null", "none")  # (lower-cased) text that means "no id", as pandas writes it
+# Text read as integer ids: canonical integers only, so "007" and "7" (or "+7") never become one id.
+_INT_TEXT = r"^-?(0|[1-9]\d*)$"
+_FLOAT_INT_TEXT = r"^-?(0|[1-9]\d*)\.0+$"  # "107.0": an integer id written by a float column
+
+
 def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, reward: Reward) -> RawLog:
-    """Any CSV (with header) or Parquet file, with a column mapping."""
+    """Any CSV (with header), JSON-lines (``.jsonl``/``.ndjson``, e.g. ``serve --log-impressions``) or
+    Parquet file, with a column mapping."""
     behaviors = tuple(b for b, _ in reward)
     import polars as pl
 
+    if input_path.is_dir():
+        raise DataError(f"--input {input_path} is a directory; the events format reads one CSV, JSONL or Parquet file")
     if not input_path.is_file():
-        raise DataError(f"--input {input_path} not found (the events format reads one CSV or Parquet file)")
+        raise DataError(f"--input {input_path} not found (the events format reads one CSV, JSONL or Parquet file)")
+    _require_readable(input_path)
     if cols.event is None and cols.reward is None:
         raise DataError("the events format needs --event-col NAME (mapped by --reward) or --reward-col NAME")
     want: dict[str, str] = {cols.user: "--user-col", cols.item: "--item-col", cols.time: "--time-col"}
@@ -357,22 +442,32 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
     kinds["step"] = "int"
     kinds["behavior"] = "str" if cols.reward else behaviors
     hints = _behavior_hint(reward) if not cols.reward else None
+    suffix = input_path.suffix.lower()
 
-    if input_path.suffix.lower() in (".parquet", ".pq"):
-        try:
-            frame = pl.read_parquet(input_path)
-        except Exception as e:  # polars raises several kinds for corrupt files
-            raise DataError(f"{input_path}: cannot read Parquet ({str(e).splitlines()[0]})") from e
+    if suffix in PARQUET_SUFFIXES or suffix in JSON_LINES_SUFFIXES:
+        if suffix in PARQUET_SUFFIXES:
+            try:
+                frame = pl.read_parquet(input_path)
+            except Exception as e:  # polars raises several kinds for corrupt files
+                if isinstance(e, OSError):
+                    raise _read_error(input_path, e) from e
+                raise DataError(f"{input_path}: cannot read Parquet ({str(e).splitlines()[0]})") from e
+        else:
+            frame = _read_json_lines(input_path)
         _check_columns(input_path, frame.columns, want)
         frame = frame.select([pl.col(src).alias(dst) for src, dst in rename.items()]).with_row_index("_line", offset=1)
-        return _typed_events(frame, input_path, "row", rename, kinds, hints, skip_bad_rows)
+        where = "row" if suffix in PARQUET_SUFFIXES else "line"
+        return _typed_events(frame, input_path, where, rename, kinds, hints, skip_bad_rows)
 
     have = _header(input_path)
     _check_columns(input_path, have, want)
     try:
-        frame = pl.read_csv(input_path, infer_schema=False, columns=list(rename), quote_char='"')
+        # Every column is read (not just the mapped ones): with a projection polars silently drops the extra
+        # fields of a ragged row, which would hide a shifted or broken line.
+        frame = pl.read_csv(input_path, infer_schema=False, quote_char='"').select(list(rename))
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.ShapeError):
-        # Ragged rows: the line-level reader names the first one (or drops them with --skip-bad-rows).
+        # Ragged rows or bytes that are not UTF-8: the line-level reader names the first one (or drops them
+        # with --skip-bad-rows).
         spec: list[tuple[str, Kind]] = [(rename.get(c, f"_unused_{i}"), "str") for i, c in enumerate(have)]
         table = read_delimited(input_path, spec, header=True, skip_bad_rows=skip_bad_rows, quote_char='"')
         frame = table.frame.select("_line", *[n for n, _ in spec if not n.startswith("_unused_")])
@@ -380,8 +475,135 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
         log.bad_rows += table.bad_rows
         log.first_bad = table.first_bad or log.first_bad
         return log
+    except OSError as e:
+        raise _read_error(input_path, e) from e
     frame = frame.rename(rename).with_row_index("_line", offset=2)
     return _typed_events(frame, input_path, "line", rename, kinds, hints, skip_bad_rows)
+
+
+def _read_json_lines(path: Path) -> pl.DataFrame:
+    """A JSON-lines file as a frame (schema from every line); a clear error naming the first bad line."""
+    import json
+
+    import polars as pl
+
+    try:
+        return pl.read_ndjson(path, infer_schema_length=None)
+    except OSError as e:
+        raise _read_error(path, e) from e
+    except Exception as e:  # polars does not say which line: find it (only on this error path)
+        with path.open("rb") as f:
+            for number, raw_line in enumerate(f, 1):
+                if not raw_line.strip():
+                    continue
+                try:
+                    row = json.loads(raw_line.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise DataError(f"{path} line {number}: {NOT_UTF8}; save the file as UTF-8 or fix the line") from e
+                except json.JSONDecodeError as je:
+                    raise DataError(
+                        f"{path} line {number}: not valid JSON ({je.msg}: {raw_line[:60].decode(errors='replace')!r}); "
+                        "fix or delete the line"
+                    ) from e
+                if not isinstance(row, dict):
+                    raise DataError(f"{path} line {number}: expected a JSON object per line, found {row!r:.60}") from e
+        raise DataError(f"{path}: cannot read JSON lines ({str(e).splitlines()[0]}); fix the file") from e
+
+
+def _is_scalar_dtype(dtype: pl.DataType) -> bool:
+    import polars as pl
+
+    return dtype.is_numeric() or dtype.is_temporal() or _is_text(dtype) or dtype == pl.Boolean
+
+
+def _is_text(dtype: pl.DataType) -> bool:
+    import polars as pl
+
+    return dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
+
+
+def _refuse_dtype(path: Path, src: str, dtype: pl.DataType, want: str) -> DataError:
+    return DataError(f"{path}: column {src!r} has type {dtype}; {want}, fix the file or map another column")
+
+
+def _events_ids(
+    frame: pl.DataFrame, name: str, src: str, path: Path, where: str, notes: list[str]
+) -> tuple[pl.Expr, pl.Expr]:
+    """The typed id column and its "bad" mask (missing). Ids keep their identity: integers (also integral
+    floats and text like "107.0") stay integers, other text stays text, anything else is refused."""
+    import polars as pl
+
+    dtype = frame.schema[name]
+    col = pl.col(name)
+    if dtype.is_integer():
+        return col.cast(pl.Int64), col.is_null()
+    if dtype.is_float():
+        values = frame[name]
+        fractional = values.is_finite() & (values != values.floor())
+        if bool(fractional.any()):
+            i = int(fractional.arg_true()[0])
+            raise DataError(
+                f"{path} {where} {frame['_line'][i]}: column {src!r} holds the id {values[i]!r}, not a whole number; "
+                "float ids would be merged or renamed — store the ids as integers or text"
+            )
+        missing = col.is_null() | ~col.is_finite()
+        return pl.when(missing).then(None).otherwise(col).cast(pl.Int64), missing
+    if not _is_text(dtype):
+        raise _refuse_dtype(path, src, dtype, "ids must be integers or text")
+    text = col.cast(pl.String).str.strip_chars()
+    missing = text.is_null() | text.str.to_lowercase().is_in(list(MISSING_ID_TEXT))
+    stripped = frame.select(text.alias("t"), missing.alias("m"))
+    present = stripped.filter(~pl.col("m"))["t"]
+    if present.len() and bool(present.str.contains(_INT_TEXT).all()):
+        as_int = pl.when(missing).then(None).otherwise(text).cast(pl.Int64, strict=False)
+        if frame.select(as_int.is_null().sum()).item() == frame.select(missing.sum()).item():  # all fit int64
+            return as_int, missing
+    elif present.len() and bool((present.str.contains(_INT_TEXT) | present.str.contains(_FLOAT_INT_TEXT)).all()):
+        as_int = pl.when(missing).then(None).otherwise(text.str.replace(r"\.0+$", "")).cast(pl.Int64, strict=False)
+        if frame.select(as_int.is_null().sum()).item() == frame.select(missing.sum()).item():
+            example = present.filter(present.str.contains(_FLOAT_INT_TEXT))[0]
+            notes.append(
+                f"{path}: column {src!r} holds integer ids written as floats (e.g. {example!r}); read as integers "
+                f"({example.split('.')[0]!r}), as serving will be asked for them"
+            )
+            return as_int, missing
+    return pl.when(missing).then(None).otherwise(text), missing
+
+
+def _events_time(frame: pl.DataFrame, src: str, path: Path, notes: list[str]) -> tuple[pl.Expr, pl.Expr, bool]:
+    """Typed ``ts`` (int64: whole units, fractions floored), its "bad" mask, and whether it came from date-times."""
+    import polars as pl
+
+    dtype = frame.schema["ts"]
+    col = pl.col("ts")
+    if dtype.is_temporal():
+        return col.dt.epoch("s"), col.is_null(), True
+    if dtype.is_integer():
+        return col.cast(pl.Int64), col.is_null(), False
+    if dtype.is_float():
+        bad = col.is_null() | ~col.is_finite()
+        if bool(frame.select((col != col.floor()).fill_null(False).any()).item()):
+            notes.append(f"{path}: column {src!r} has fractional timestamps; they are floored to whole units")
+        return pl.when(bad).then(None).otherwise(col.floor()).cast(pl.Int64), bad, False
+    if not _is_text(dtype):
+        raise _refuse_dtype(path, src, dtype, "timestamps must be numbers, date-times or text")
+    text = col.cast(pl.String).str.strip_chars()
+    as_float = text.cast(pl.Float64, strict=False)
+    as_float = pl.when(as_float.is_finite()).then(as_float).otherwise(None)
+    numeric = pl.coalesce(text.cast(pl.Int64, strict=False), as_float.floor().cast(pl.Int64, strict=False))
+    n_numeric = frame.select(numeric.is_not_null().sum()).item()
+    if n_numeric == 0 and frame.height:  # no numbers at all: try date-times
+        try:
+            as_time = frame["ts"].cast(pl.String).str.strip_chars().str.to_datetime(strict=False)
+        except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+            as_time = None  # no date-time format fits: every value is reported as not a timestamp
+        if as_time is not None and as_time.null_count() < frame.height:
+            epoch = pl.lit(as_time.dt.epoch("s"))
+            return epoch, epoch.is_null(), True
+    fractional = frame.select(((as_float != as_float.floor()) & text.cast(pl.Int64, strict=False).is_null()).any())
+    if bool(fractional.item()):
+        notes.append(f"{path}: column {src!r} has fractional timestamps; they are floored to whole units")
+    return numeric, numeric.is_null(), False
 
 
 def _typed_events(
@@ -394,46 +616,148 @@ def _typed_events(
     skip_bad_rows: bool,
 ) -> RawLog:
     """Cast the mapped columns of an ``events`` log to their kinds; a missing or unparsable value is
-    an error naming the row (or dropped with ``skip_bad_rows``)."""
+    an error naming the row (or dropped with ``skip_bad_rows``); a column of the wrong type (a list,
+    a float id that is not a whole number) is refused."""
     import polars as pl
 
-    if frame.schema["ts"].is_temporal():
-        frame = frame.with_columns(pl.col("ts").dt.epoch("s"))
-    elif frame.schema["ts"] == pl.String and frame.height:
-        as_int = frame["ts"].cast(pl.Int64, strict=False)
-        if as_int.null_count() == frame.height:  # not numbers at all: try date-times
-            as_time = frame["ts"].str.to_datetime(strict=False)
-            if as_time.null_count() < frame.height:
-                frame = frame.with_columns(as_time.dt.epoch("s").alias("ts"))
-    casts = []
-    for name in frame.columns:
-        if name == "_line":
-            continue
-        kind = kinds[name]
-        if name in ("user", "item"):  # integer ids stay integers (sorted numerically), others text
-            as_int = frame[name].cast(pl.Int64, strict=False)
-            ints = frame.schema[name].is_integer() or as_int.null_count() == frame[name].null_count()
-            casts.append(pl.col(name).cast(pl.Int64() if ints else pl.String(), strict=False))
+    source = {dst: src for src, dst in rename.items()}
+    notes: list[str] = []
+    typed: dict[str, pl.Expr] = {}
+    bad: dict[str, pl.Expr] = {}
+    ts_is_datetime = False
+    for name in [c for c in frame.columns if c != "_line"]:
+        src, dtype, col = source[name], frame.schema[name], pl.col(name)
+        if not _is_scalar_dtype(dtype) and dtype != pl.Null:
+            raise _refuse_dtype(path, src, dtype, "expected one number or text per row")
+        if name in ("user", "item"):
+            typed[name], bad[name] = _events_ids(frame, name, src, path, where, notes)
+        elif name == "ts":
+            typed[name], bad[name], ts_is_datetime = _events_time(frame, src, path, notes)
         elif name == "behavior":
-            frame = frame.with_columns(pl.col(name).cast(pl.String))
-            casts.append(_cast_expr(name, kind).cast(pl.String) if isinstance(kind, tuple) else pl.col(name))
-        else:
-            casts.append(pl.col(name).cast(_dtype(kind), strict=False))
-    typed = frame.with_columns(casts)
-    bad_mask = pl.any_horizontal([pl.col(c).is_null() for c in typed.columns])
-    bad = typed.with_row_index("_i").filter(bad_mask)
+            kind = kinds[name]
+            text = col.cast(pl.String)
+            typed[name] = pl.when(text.is_in(list(kind))).then(text) if isinstance(kind, tuple) else text
+            bad[name] = typed[name].is_null()
+        else:  # reward, propensity: finite numbers
+            if dtype.is_temporal():
+                raise _refuse_dtype(path, src, dtype, "expected a number")
+            number = (col.cast(pl.String).str.strip_chars() if _is_text(dtype) else col).cast(pl.Float64, strict=False)
+            typed[name] = number
+            bad[name] = number.is_null() | ~number.is_finite()
+    order = [c for c in frame.columns if c != "_line"]
+    out = frame.select("_line", *[typed[c].alias(c) for c in order], *[bad[c].alias(f"_bad_{c}") for c in order])
+    bad_mask = pl.any_horizontal([pl.col(f"_bad_{c}") for c in order])
+    bad_rows = out.with_row_index("_i").filter(bad_mask)
     first = None
-    if bad.height:
-        i = int(bad["_i"][0])
-        col = next(c for c in typed.columns if typed[c][i] is None)
-        src = next(s for s, d in rename.items() if d == col)
-        first = (
-            f"{path} {where} {frame['_line'][i]}: column {src!r} value {frame[col][i]!r} is missing or not "
-            f"{_kind_word(kinds[col])}"
-        )
+    if bad_rows.height:
+        i = int(bad_rows["_i"][0])
+        col_name = next(c for c in order if bad_rows[f"_bad_{c}"][0])
+        value = frame[col_name][i]
+        if col_name in ("reward", "propensity") and isinstance(value, float):
+            what = "is not a finite number"
+        elif col_name in ("user", "item"):
+            what = "is missing (an empty, NaN or null id)"
+        elif col_name == "ts":
+            what = "is missing or not a timestamp (unix time or date-time)"
+        else:
+            what = f"is missing or not {_kind_word(kinds[col_name])}"
+        first = f"{path} {where} {frame['_line'][i]}: column {source[col_name]!r} value {value!r} {what}"
         if not skip_bad_rows:
             hint = "fix the file"
-            if hints and col == "behavior":
-                hint = hints["behavior"].replace("{value}", str(frame[col][i]))
-            raise DataError(f"{first}; {hint}, or pass --skip-bad-rows to drop bad rows")
-    return RawLog(events=typed.filter(~bad_mask), files=[path], bad_rows=bad.height, first_bad=first)
+            if hints and col_name == "behavior":
+                hint = hints["behavior"].replace("{value}", str(value))
+            more = f" ({bad_rows.height} bad rows in all)" if bad_rows.height > 1 else ""
+            raise DataError(f"{first}{more}; {hint}, or pass --skip-bad-rows to drop bad rows")
+    events = out.filter(~bad_mask).select("_line", *order)
+    return RawLog(
+        events=events,
+        files=[path],
+        bad_rows=bad_rows.height,
+        first_bad=first,
+        warnings=notes,
+        ts_is_datetime=ts_is_datetime,
+    )
+
+
+TIME_UNITS: dict[str, int] = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_UNIT_WORDS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+WALL_CLOCK_SECONDS = 10**8
+"""1973-03-03 in unix seconds: a median at or above it is wall-clock time (below: test data, counters), and
+then a timestamp 5× away from the median is a cut or corrupt value."""
+MAX_SECONDS = 10**11
+"""The year 5138 in unix seconds: a median above it is not seconds."""
+OUTLIER_RATIO = 5
+
+
+def _date(seconds: float) -> str:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return f"beyond the year {9999 if seconds > 0 else 1}"
+
+
+def _guess_unit(median: float) -> str:
+    """The unit in which a wall-clock median (≥ 1e8) falls between 1973 and 5138."""
+    return "ns" if median >= 1e17 else "us" if median >= 1e14 else "ms" if median >= MAX_SECONDS else "s"
+
+
+def apply_time_unit(raw: RawLog, unit: str, skip_bad_rows: bool) -> RawLog:
+    """Convert ``ts`` from ``unit`` to whole seconds (floored) and check it is plausible.
+
+    Wall-clock timestamps that look like another unit than the one given (a median beyond the year 5138 read
+    as seconds: milliseconds, say; or in 1970 after the conversion) are refused with the ``--time-unit`` to
+    pass. In wall-clock data (median
+    after 1973), a timestamp more than 5× from the median — a line cut mid-timestamp, a corrupt value — is a
+    bad row: an error naming the line, or dropped with ``skip_bad_rows``.
+    """
+    import polars as pl
+
+    if unit not in TIME_UNITS:
+        raise DataError(f"unknown --time-unit {unit!r}; use one of {', '.join(TIME_UNITS)}")
+    ev = raw.events
+    if ev.height == 0:
+        return raw
+    src = raw.files[0]
+    where = "row" if src.suffix.lower() in PARQUET_SUFFIXES else "line"
+    factor = TIME_UNITS[unit]
+    median = float(ev["ts"].median())  # type: ignore[arg-type]
+    if raw.ts_is_datetime:
+        if unit != "s":
+            raise DataError(f"--time-unit {unit}: {src} has date-time timestamps, read as seconds; drop --time-unit")
+    elif abs(median) >= WALL_CLOCK_SECONDS:  # wall-clock time in some unit: is it the one given?
+        guess = _guess_unit(abs(median))
+        if guess != unit:
+            todo = "drop --time-unit" if guess == "s" else f"pass --time-unit {guess}"
+            raise DataError(
+                f"{src}: the timestamps look like {_UNIT_WORDS[guess]}, not {_UNIT_WORDS[unit]} (median {median:.0f} "
+                f"is {_date(median / TIME_UNITS[guess])} in {_UNIT_WORDS[guess]}, {_date(median / factor)} in "
+                f"{_UNIT_WORDS[unit]}); {todo}"
+            )
+    if factor != 1:
+        ev = ev.with_columns(pl.col("ts") // factor)
+        median = median / factor
+    if median < WALL_CLOCK_SECONDS:
+        return _replace_events(raw, ev)
+    far = (pl.col("ts") < median / OUTLIER_RATIO) | (pl.col("ts") > median * OUTLIER_RATIO)
+    bad = ev.filter(far)
+    if bad.height == 0:
+        return _replace_events(raw, ev)
+    first = (
+        f"{src} {where} {bad['_line'][0]}: ts {bad['ts'][0]} is far from the other timestamps (median "
+        f"{median:.0f}, {_date(median)}; this one is {_date(bad['ts'][0])}) — a line cut short or a corrupt value"
+    )
+    if not skip_bad_rows:
+        more = f" ({bad.height} such rows)" if bad.height > 1 else ""
+        raise DataError(f"{first}{more}; fix or delete the line, or pass --skip-bad-rows to drop bad rows")
+    out = _replace_events(raw, ev.filter(~far))
+    out.bad_rows += bad.height
+    out.first_bad = out.first_bad or first
+    return out
+
+
+def _replace_events(raw: RawLog, events: pl.DataFrame) -> RawLog:
+    from dataclasses import replace
+
+    return replace(raw, events=events)

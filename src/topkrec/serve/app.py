@@ -53,6 +53,8 @@ class ServeLimits:
     """Most /recommend requests scored together by the worker."""
     max_explore_work: int = 2_000_000
     """Largest rows × (m − k′)·(k − k′) of one /recommend/batch request with exploration (its cost)."""
+    read_timeout_s: float = 30.0
+    """Longest wait for the next piece of a request body; a stalled body gets a 408 and the connection closes."""
 
 
 class _Options(BaseModel):
@@ -123,15 +125,67 @@ class ErrorResponse(BaseModel):
 
 # ---------------------------------------------------------------------------------------------------------------------
 class ImpressionLog:
-    """Appends what was served as JSONL in the ``events`` input format (one row per shown item) with the
-    serving propensity, so the next training round can use logged propensities (paper §4.2 loop)."""
+    """Appends what was served as JSONL (one row per shown item) with the serving propensity, so the next
+    training round can use logged propensities (paper §4.2 loop); ``prepare --format events`` reads it.
 
-    def __init__(self, path: Path) -> None:
+    Bounded: when a write would take the file past ``max_bytes`` it is rotated first (``path`` →
+    ``path.1`` → … → ``path.<backups>``, the oldest dropped), so the log never holds more than about
+    ``(backups + 1) × max_bytes``. ``max_bytes`` 0 turns rotation off. Several server processes may share
+    the file: each batch is one ``O_APPEND`` write under an exclusive ``flock``, and a process that finds
+    the file rotated by another reopens it.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 100_000_000, backups: int = 5) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = int(max_bytes)
+        self.backups = max(0, int(backups))
         self._lock = threading.Lock()
-        # One O_APPEND write per batch: lines from several server processes never interleave.
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = self._open()
+        except OSError as e:
+            from topkrec.io import os_error_message
+
+            raise TopkrecError(os_error_message(e, self.path, "open the impressions log")) from e
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _current_fd(self) -> int:
+        """The locked descriptor of the file now at ``path`` (reopened if another process rotated it)."""
+        import fcntl
+
+        assert self._fd is not None
+        while True:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return self._fd
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = self._open()
+
+    def _rotate(self) -> None:
+        """path → path.1 → … → path.<backups> (the oldest dropped); a fresh path is opened and locked."""
+        import fcntl
+
+        assert self._fd is not None
+        if self.backups == 0:
+            os.ftruncate(self._fd, 0)
+            return
+        for i in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        fresh = self._open()
+        fcntl.flock(fresh, fcntl.LOCK_EX)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = fresh
 
     def write(self, users: list[Any], recs: list[Recommendation], explore: bool) -> None:
         now = int(time.time())
@@ -154,10 +208,21 @@ class ImpressionLog:
         if not lines:
             return
         data = ("\n".join(lines) + "\n").encode()
+        import fcntl
+
         with self._lock:
             if self._fd is None:
                 return
-            os.write(self._fd, data)
+            fd = self._current_fd()
+            try:
+                size = os.fstat(fd).st_size
+                if self.max_bytes > 0 and size > 0 and size + len(data) > self.max_bytes:
+                    self._rotate()
+                    fd = self._fd
+                os.write(fd, data)
+            finally:
+                if self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._lock:
@@ -267,11 +332,14 @@ def _set_exception(future: asyncio.Future[Recommendation], error: BaseException)
 
 
 class BodySizeLimit:
-    """ASGI middleware: a request body over ``max_bytes`` (declared or streamed) gets a 413."""
+    """ASGI middleware: a request body over ``max_bytes`` (declared or streamed) gets a 413; a body whose
+    next piece does not arrive within ``read_timeout_s`` gets a 408 (a stalled client must not hold a
+    connection and a request slot forever; uvicorn has no body read timeout of its own)."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, read_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -288,17 +356,25 @@ class BodySizeLimit:
                     await _send_error(send, 413, f"request body of {declared} bytes exceeds {self.max_bytes}")
                     return
         seen = 0
-        too_big = False
+        body_done = False
+        failure: tuple[int, str] | None = None
 
         async def limited_receive() -> Any:
-            nonlocal seen, too_big
-            message = await receive()
+            nonlocal seen, body_done, failure
+            if body_done:  # after the body: a disconnect wait, no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=self.read_timeout_s)
+            except TimeoutError:
+                failure = (408, f"the request body stalled: nothing arrived for {self.read_timeout_s:g} s")
+                raise HTTPException(*failure) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.max_bytes:
-                    too_big = True
+                    failure = (413, f"request body exceeds {self.max_bytes} bytes")
                     # FastAPI re-raises HTTPExceptions met while reading the body, so this becomes a 413.
-                    raise HTTPException(413, f"request body exceeds {self.max_bytes} bytes")
+                    raise HTTPException(*failure)
             return message
 
         started = False
@@ -310,19 +386,16 @@ class BodySizeLimit:
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
-        if too_big and not started:
-            await _send_error(send, 413, f"request body exceeds {self.max_bytes} bytes")
+        if failure is not None and not started:
+            await _send_error(send, *failure)
 
 
 async def _send_error(send: Any, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status in (408, 413):  # the rest of the body is never read: the connection cannot be reused
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -349,12 +422,19 @@ def _describe_validation(errors: list[Any]) -> tuple[str, list[dict[str, Any]]]:
     return "invalid request: " + "; ".join(parts[:10]), detail
 
 
-def create_app(recommender: Recommender, limits: ServeLimits | None = None, impressions: Path | None = None) -> FastAPI:
-    """The FastAPI app serving ``recommender``; ``impressions`` appends served slates as JSONL."""
+def create_app(
+    recommender: Recommender,
+    limits: ServeLimits | None = None,
+    impressions: Path | None = None,
+    impressions_max_bytes: int = 100_000_000,
+    impressions_backups: int = 5,
+) -> FastAPI:
+    """The FastAPI app serving ``recommender``; ``impressions`` appends served slates as JSONL (rotated
+    beyond ``impressions_max_bytes``, keeping ``impressions_backups`` old files)."""
     from contextlib import asynccontextmanager
 
     limits = limits or ServeLimits()
-    log = ImpressionLog(impressions) if impressions is not None else None
+    log = ImpressionLog(impressions, impressions_max_bytes, impressions_backups) if impressions is not None else None
     batcher = MicroBatcher(recommender, limits.max_micro_batch, log)
 
     @asynccontextmanager
@@ -388,7 +468,10 @@ def create_app(recommender: Recommender, limits: ServeLimits | None = None, impr
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code in (408, 413):  # the rest of the body is never read: the connection cannot be reused
+            headers["connection"] = "close"
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(TopkrecError)
     async def _user_error(_: Request, exc: TopkrecError) -> JSONResponse:
@@ -446,7 +529,7 @@ def create_app(recommender: Recommender, limits: ServeLimits | None = None, impr
         """Summary of the served model's configuration."""
         return recommender.info()
 
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes, read_timeout_s=limits.read_timeout_s)
     return app
 
 
@@ -467,4 +550,10 @@ def app_from_env() -> FastAPI:
     rec = Recommender.load(cfg["model"], device=cfg.get("device", "auto"), dataset=cfg.get("dataset"))
     limits = ServeLimits(**cfg.get("limits", {}))
     impressions = cfg.get("impressions")
-    return create_app(rec, limits=limits, impressions=Path(impressions) if impressions else None)
+    return create_app(
+        rec,
+        limits=limits,
+        impressions=Path(impressions) if impressions else None,
+        impressions_max_bytes=int(cfg.get("impressions_max_bytes", 100_000_000)),
+        impressions_backups=int(cfg.get("impressions_backups", 5)),
+    )

@@ -178,6 +178,15 @@ class Recommender:
                     f"dataset {dataset} has {ds.n_users} users / {ds.n_items} items, the model {d} "
                     f"{cfg.n_users} / {cfg.n_items}; pass the dataset the model was trained on"
                 )
+            saved = agent.raw_config.get("data", {}).get("fingerprint")
+            if saved is not None:  # same check as evaluate: same sizes but other ids would serve wrong histories
+                from topkrec.embeddings import dataset_fingerprint
+
+                if saved != dataset_fingerprint(ds):
+                    raise ArtifactError(
+                        f"dataset {dataset} is not the one the model {d} was trained on (its id maps differ); "
+                        "pass the dataset the model was trained on"
+                    )
             histories = UserHistories.from_dataset(ds)
         elif (d / HISTORIES_FILE).exists():
             histories = UserHistories.load(d / HISTORIES_FILE, cfg.n_users, cfg.n_items)

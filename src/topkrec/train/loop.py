@@ -75,11 +75,13 @@ def train_agent(
     start random and are trained). ``initial_agent`` starts from given weights (its config is used).
     ``resume`` continues from the checkpoint in ``out``; ``metrics`` receives every logged record.
     """
-    from topkrec.io import check_output_dir
+    from topkrec.io import check_output_dir, recover_interrupted
 
     config, out = config or TrainConfig(), Path(out)
     if not resume:
         check_output_dir(out, force)  # every rank checks (read-only), before any collective call
+    else:
+        recover_interrupted(out)  # a kill while a checkpoint was swapped in left the complete one beside out
     dist, device = distributed.setup(resolve_device(config.device))  # one process: a no-op
     dataset = with_gamma(dataset, config.gamma)
     agent = build_agent(dataset, agent_config, config, embeddings, initial_agent).to(device).train()
