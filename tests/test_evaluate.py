@@ -10,7 +10,7 @@ import torch
 
 from agent_data import synth_dataset
 from topkrec.data.dataset import Dataset
-from topkrec.data.transitions import build_transitions
+from topkrec.data.transitions import TransitionBatch, build_transitions
 from topkrec.errors import ArtifactError, TopkrecError
 from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, popularity_scorer
 from topkrec.evaluate.metrics import (
@@ -140,8 +140,8 @@ def test_coverage_tail_share_ndcg_all_follow_the_tie_convention() -> None:
     # user 0 relevant {1} at position 2 → 1/log2(4) = 0.5; user 1 relevant {0} at position 0 → 1
     assert m.ndcg_all == pytest.approx(0.75)
 
-    def flat(user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(user.shape[0], 4)  # every item ties: the list is items 0, 1, 2
+    def flat(batch: TransitionBatch) -> torch.Tensor:
+        return torch.zeros(batch.user.shape[0], 4)  # every item ties: the list is items 0, 1, 2
 
     m = evaluate_scorer(flat, test, first, counts, blp, EvalConfig(k=3, n_boot=20))
     assert m.coverage == pytest.approx(3 / 4) and m.tail_share == pytest.approx(2 / 3)
@@ -156,8 +156,8 @@ def test_non_finite_scores_are_refused_naming_the_model(bad: float) -> None:
     test = build_transitions(ds, "test", 2)
     blp = torch.log(torch.full((len(test),), 0.25))
 
-    def broken(user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(user.shape[0], 4)
+    def broken(batch: TransitionBatch) -> torch.Tensor:
+        out = torch.zeros(batch.user.shape[0], 4)
         out[:, 2] = bad
         return out
 

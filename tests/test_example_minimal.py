@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -48,7 +49,9 @@ def test_library_matches_minimal_example(tmp_path, correction: str) -> None:
         seed=3,
     )
     torch.manual_seed(0)
-    agent = Agent(AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16, hist_num=10, encoder="concat"))
+    # The example is the reference algorithm: bare item ids over every logged row.
+    acfg = AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16, hist_num=10, encoder="concat")
+    agent = Agent(replace(acfg, history="all", feedback_tokens=False))
     net = ex.Net(ds.n_users, ds.n_items, args)
     with torch.no_grad():
         net.user_embedding.weight.copy_(agent.user_embedding.weight)

@@ -10,16 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from topkrec.ope.model_target import model_target_prob, previous_items
+from topkrec.data.transitions import token_windows
+from topkrec.ope.model_target import model_target_prob
 from topkrec.simulate.environment import EnvConfig, Environment, LoggingPolicyConfig, logging_policy_probs, rollout
 from topkrec.simulate.sequential import prepare_logs
 
 
-def test_previous_items():
+def test_token_windows():
     users = np.array([0, 0, 0, 1, 1])
     items = np.array([5, 6, 7, 8, 9])
-    h = previous_items(users, items, 2, pad=99)
-    assert h.tolist() == [[99, 99], [99, 5], [5, 6], [99, 99], [99, 8]]
+    keep = np.array([True, False, True, True, True])
+    h, e = token_windows(users, keep, items, items + 10, None, 2, pad=99, event_pad=3)
+    assert h.tolist() == [[99, 99], [99, 5], [99, 5], [99, 99], [99, 8]]
+    assert e.tolist() == [[3, 3], [3, 15], [3, 15], [3, 3], [3, 18]]
+    h, _ = token_windows(users, np.ones(5, bool), items, items, np.array([0, 1, 1, 0, 0]), 2, pad=99, event_pad=3)
+    assert h.tolist() == [[99, 99], [99, 5], [99, 5], [99, 99], [99, 99]]  # rows of one step share a state
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +56,16 @@ def test_model_target_prob_matches_the_training_transitions(trained):
     from topkrec.data.transitions import build_transitions
 
     csv, ds, model, module = trained
-    probs = model_target_prob(model, csv, "item", "user", "ts")
-    tr = build_transitions(ds, "train", module.config.hist_num, "cpu")
+    cols = {"reward_col": "reward", "event_col": "event", "step_col": "step"}
+    probs = model_target_prob(model, csv, "item", "user", "ts", **cols)
+    tr = build_transitions(ds, "train", module.config.hist_num, "cpu", module.config.history)
     with torch.no_grad():
         batch = tr.batch(torch.arange(len(tr)))
-        logp = module.policy_head.log_probs(module.encode(batch.user, batch.history))
+        logp = module.policy_head.log_probs(module.encode(batch.user, batch.history, batch.history_event))
         expected = logp.gather(1, batch.action[:, None]).squeeze(1).exp().double().numpy()
     assert probs.shape == expected.shape
     assert np.allclose(probs, expected, rtol=1e-5, atol=1e-9)
-    slate = model_target_prob(model, csv, "item", "user", "ts", k=3)
+    slate = model_target_prob(model, csv, "item", "user", "ts", k=3, **cols)
     assert np.allclose(slate, 1 - (1 - expected) ** 3, rtol=1e-5, atol=1e-9)
 
 

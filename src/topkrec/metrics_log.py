@@ -26,9 +26,7 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise TopkrecError(
-                "--tensorboard needs the tensorboard package: pip install 'topkrec[tensorboard]'"
-            ) from e
+            raise TopkrecError("--tensorboard needs the tensorboard package: pip install 'topkrec[tensorboard]'") from e
         log_dir = Path(log_dir)
         if log_dir.exists() and not log_dir.is_dir():
             raise TopkrecError(f"--tensorboard {log_dir} exists and is not a directory")

@@ -94,6 +94,12 @@ def prepare(
         help="events format: integer slate-step column (rows of one slate share it, non-decreasing per user); "
         "returns are then discounted once per step. Kept as events.parquet `step`.",
     ),
+    context_events: str = typer.Option(
+        "",
+        "--context-events",
+        help="Comma-separated behaviours that are context only (organic views, page visits): they enter "
+        "histories but are never training actions nor test targets; their reward is 0.",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing non-empty --out."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of the table."),
 ) -> None:
@@ -145,6 +151,7 @@ def prepare(
         gamma=gamma,
         seed=seed,
         skip_bad_rows=skip_bad_rows,
+        context_events=tuple(c.strip() for c in context_events.split(",") if c.strip()),
         columns=EventColumns(
             user=user_col,
             item=item_col,

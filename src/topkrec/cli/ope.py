@@ -46,6 +46,14 @@ def ope(
         None, "--user-col", help="With --model: the user column; the state is the user + their earlier logged items."
     ),
     time_col: str | None = typer.Option(None, "--time-col", help="With --model: order each user's rows by this."),
+    event_col: str | None = typer.Option(
+        None,
+        "--event-col",
+        help="With --model: the event type of each row (pv, cart, ...), for a model whose history tokens carry it.",
+    ),
+    step_col: str | None = typer.Option(
+        None, "--step-col", help="With --model: the slate step of each row (a row's state excludes its slate-mates)."
+    ),
     target_k: int = typer.Option(
         1, "--target-k", help="With --model: K draws per slate; the target probability is 1 − (1 − π)^K."
     ),
@@ -223,7 +231,17 @@ def ope(
         assert model is not None
         if user_col is None:
             raise TopkrecError("--model needs --user-col (the state is the user and their earlier logged items)")
-        target_prob, known = model_target(model, logs, action_col, user_col, time_col, k=target_k)
+        target_prob, known = model_target(
+            model,
+            logs,
+            action_col,
+            user_col,
+            time_col,
+            k=target_k,
+            reward_col=reward_col,
+            event_col=event_col,
+            step_col=step_col,
+        )
         if not known.any():
             raise TopkrecError(
                 f"none of the {data.n} logged actions of {logs} is in the catalogue of model {model}, so the model "

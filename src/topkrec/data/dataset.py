@@ -70,6 +70,7 @@ class Dataset:
     meta: dict[str, Any] = field(default_factory=dict)
     propensity: np.ndarray | None = None  # (E,) float64 logged propensities, None when the log had none
     step: np.ndarray | None = None  # (E,) int32 slate step within the user, None when every row is its own step
+    context: np.ndarray | None = None  # (E,) bool context-only rows (history, never actions); None: no such rows
 
     @property
     def pad_index(self) -> int:
@@ -82,6 +83,22 @@ class Dataset:
     @property
     def n_events(self) -> int:
         return int(self.user.shape[0])
+
+    def context_mask(self) -> np.ndarray:
+        """(E,) bool: rows that are context only (organic views, page visits): history, never actions."""
+        if self.context is None:
+            return np.zeros(self.n_events, dtype=bool)
+        return np.asarray(self.context, dtype=bool)
+
+    def event_vocabulary(self) -> tuple[tuple[str, ...], np.ndarray]:
+        """(event type names, (E,) int32 code of each row): what the user did with the item, for the state.
+
+        The type is the behaviour label (pv, cart, fav, buy, skip, ...). When one label carries several
+        reward values (MovieLens: every row is a ``rating``, its value the reward), and the (label, reward)
+        pairs are few (<= 32), each pair is its own type, named ``label=reward`` (``rating=4.5``): a one-star
+        and a five-star rating are different feedback. Names are sorted, so codes are stable across runs.
+        """
+        return event_vocabulary(np.asarray(self.behavior).astype(str), np.asarray(self.reward, dtype=np.float64))
 
     def train_item_counts(self) -> np.ndarray:
         """(n_items,) int64 train-split event count of each item (popularity; OOV test rows not counted)."""
@@ -128,6 +145,8 @@ class Dataset:
             columns.append(pl.Series("propensity", self.propensity.astype(np.float64)))
         if self.step is not None:
             columns.append(pl.Series("step", self.step.astype(np.int32)))
+        if self.context is not None:
+            columns.append(pl.Series("context", np.asarray(self.context, dtype=bool)))
         user_raw = self.user_raw if self.user_raw is not None else np.arange(self.n_users).astype(str)
         item_raw = self.item_raw if self.item_raw is not None else np.arange(self.n_items).astype(str)
         write_dataset_dir(
@@ -191,6 +210,7 @@ class Dataset:
             meta=meta,
             propensity=ev["propensity"].to_numpy().astype(np.float64) if "propensity" in ev.columns else None,
             step=ev["step"].to_numpy().astype(np.int32) if "step" in ev.columns else None,
+            context=ev["context"].to_numpy().astype(bool) if "context" in ev.columns else None,
         )
 
 
@@ -312,3 +332,26 @@ def discounted_returns(
     if step is None:
         return value.astype(np.float32)
     return (reward + future[group_of_row]).astype(np.float32)
+
+
+MAX_VALUED_EVENT_TYPES = 32
+
+
+def event_type_name(behavior: str, reward: float, valued: bool) -> str:
+    """The event type of one row (see ``Dataset.event_vocabulary``)."""
+    return f"{behavior}={reward:g}" if valued else str(behavior)
+
+
+def event_vocabulary(behavior: np.ndarray, reward: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """(sorted type names, (E,) int32 codes) for rows with these behaviour labels and rewards."""
+    if behavior.size == 0:
+        return (), np.zeros(0, dtype=np.int32)
+    labels, label_code = np.unique(behavior, return_inverse=True)
+    pairs, pair_code = np.unique(np.stack([label_code.astype(np.float64), reward], axis=1), axis=0, return_inverse=True)
+    if not labels.size < pairs.shape[0] <= MAX_VALUED_EVENT_TYPES:
+        return tuple(str(x) for x in labels), label_code.astype(np.int32)
+    names = [event_type_name(str(labels[int(code)]), float(value), True) for code, value in pairs]
+    order = np.argsort(names, kind="stable")
+    rank = np.empty(len(names), dtype=np.int32)
+    rank[order] = np.arange(len(names), dtype=np.int32)
+    return tuple(names[i] for i in order), rank[pair_code.reshape(-1)]

@@ -1,12 +1,14 @@
-"""Each known user's consumed items, stored beside the model for serving.
+"""Each known user's history rows, stored beside the model for serving.
 
-Serving needs, for a user known to the dataset, the items they consumed: the last ``hist_num`` of
-them form the state's history, and all of them are excluded from recommendations when
-``exclude_seen`` is on. They are kept as one flat item array plus per-user offsets (O(events)
-memory), in ``user_histories.safetensors`` inside the model directory::
+Serving needs, for a user known to the dataset, their history rows — the rows the model's ``history``
+setting keeps (``topkrec.data.transitions.history_rows``), as (item, event type) tokens: the last
+``hist_num`` of them form the state, built exactly as training builds the state of a next event (tested),
+and their items are excluded from recommendations when ``exclude_seen`` is on. They are kept as flat
+arrays plus per-user offsets (O(events) memory), in ``user_histories.safetensors`` in the model directory::
 
-    items    (E,)          int32  item indices of every user's events in time order, OOV items dropped
-    offsets  (n_users + 1,) int64 user u's items are items[offsets[u]:offsets[u + 1]]
+    items    (R,)           int32  item indices of every user's history rows in time order, OOV rows dropped
+    events   (R,)           int32  their event-type codes (absent in files written before feedback tokens)
+    offsets  (n_users + 1,) int64  user u's rows are [offsets[u], offsets[u + 1])
 
 Both splits are included: at serving time the held-out events are in the past too.
 """
@@ -32,10 +34,11 @@ __all__ = ["HISTORIES_FILE", "UserHistories", "write_user_histories"]
 
 @dataclass(frozen=True)
 class UserHistories:
-    """Flat per-user item sequences (oldest first)."""
+    """Flat per-user (item, event type) sequences (oldest first)."""
 
-    items: np.ndarray  # (E,) int32
+    items: np.ndarray  # (R,) int32
     offsets: np.ndarray  # (n_users + 1,) int64
+    events: np.ndarray | None = None  # (R,) int32 event-type codes; None: unknown (older model directories)
 
     @property
     def n_users(self) -> int:
@@ -47,26 +50,38 @@ class UserHistories:
 
     @classmethod
     def empty(cls, n_users: int) -> UserHistories:
-        return cls(items=np.zeros(0, dtype=np.int32), offsets=np.zeros(n_users + 1, dtype=np.int64))
+        return cls(
+            items=np.zeros(0, dtype=np.int32),
+            offsets=np.zeros(n_users + 1, dtype=np.int64),
+            events=np.zeros(0, dtype=np.int32),
+        )
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset) -> UserHistories:
-        """Every user's events in dataset order (sorted by user then time), OOV items dropped."""
-        keep = dataset.item != dataset.oov_index
+    def from_dataset(cls, dataset: Dataset, history: str = "context_engaged") -> UserHistories:
+        """Every user's history rows (``history``: which rows, as the model's setting) in dataset order
+        (user, then time), OOV items dropped."""
+        from topkrec.data.transitions import history_rows
+
+        _, codes = dataset.event_vocabulary()
+        keep = history_rows(dataset, history) & (dataset.item != dataset.oov_index)
         users = dataset.user[keep].astype(np.int64)
         items = dataset.item[keep].astype(np.int32)
+        events = codes[keep].astype(np.int32)
         order = np.argsort(users, kind="stable")  # the file is user-grouped already; stable keeps time order
-        users, items = users[order], items[order]
+        users, items, events = users[order], items[order], events[order]
         counts = np.bincount(users, minlength=dataset.n_users)
         offsets = np.zeros(dataset.n_users + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        return cls(items=items, offsets=offsets)
+        return cls(items=items, offsets=offsets, events=events)
 
     def to_bytes(self) -> bytes:
         """The safetensors file contents."""
         from safetensors.numpy import save
 
-        return save({"items": np.ascontiguousarray(self.items), "offsets": np.ascontiguousarray(self.offsets)})
+        tensors = {"items": np.ascontiguousarray(self.items), "offsets": np.ascontiguousarray(self.offsets)}
+        if self.events is not None:
+            tensors["events"] = np.ascontiguousarray(self.events)
+        return save(tensors)
 
     def save(self, path: Path) -> None:
         atomic_write_bytes(Path(path), self.to_bytes())
@@ -80,6 +95,7 @@ class UserHistories:
             tensors = load_file(str(path))
             items = tensors["items"].astype(np.int32, copy=False)
             offsets = tensors["offsets"].astype(np.int64, copy=False)
+            events = tensors["events"].astype(np.int32, copy=False) if "events" in tensors else None
         except Exception as e:  # safetensors raises several kinds for corrupt files
             raise ArtifactError(f"{path} is not a readable user-histories file ({e}); rebuild the model dir") from e
         if offsets.shape != (n_users + 1,) or offsets[0] != 0 or offsets[-1] != items.shape[0]:
@@ -88,11 +104,13 @@ class UserHistories:
             )
         if np.any(np.diff(offsets) < 0) or (items.size and (items.min() < 0 or items.max() >= n_items)):
             raise ArtifactError(f"{path}: item indices or offsets out of range for a {n_items}-item model")
-        return cls(items=items, offsets=offsets)
+        if events is not None and events.shape != items.shape:
+            raise ArtifactError(f"{path}: {events.shape[0]} event codes for {items.shape[0]} items")
+        return cls(items=items, offsets=offsets, events=events)
 
 
-def write_user_histories(model_dir: Path, dataset: Dataset) -> Path:
-    """Write ``user_histories.safetensors`` for ``dataset`` into ``model_dir`` (called by ``train``)."""
+def write_user_histories(model_dir: Path, dataset: Dataset, history: str = "context_engaged") -> Path:
+    """Write ``user_histories.safetensors`` for ``dataset`` into ``model_dir`` (``train`` does it itself)."""
     path = Path(model_dir) / HISTORIES_FILE
-    UserHistories.from_dataset(dataset).save(path)
+    UserHistories.from_dataset(dataset, history).save(path)
     return path

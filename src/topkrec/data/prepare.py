@@ -96,6 +96,9 @@ class PrepareConfig:
     """Column mapping of the ``events`` format."""
     time_unit: str = "s"
     """Unit of numeric timestamps: s, ms, us or ns (converted to whole seconds)."""
+    context_events: tuple[str, ...] = ()
+    """Behaviour labels of context-only rows (organic views, page visits): they enter histories but are never
+    training actions nor test targets, and their reward is 0."""
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -387,6 +390,22 @@ def read_raw(input_path: Path, cfg: PrepareConfig) -> RawLog:
     return apply_time_unit(raw, cfg.time_unit, cfg.skip_bad_rows)
 
 
+def _context_rows(
+    beh_code: np.ndarray, labels: list[str], context_events: tuple[str, ...], src: str
+) -> np.ndarray | None:
+    """(E,) bool context-only rows of ``--context-events`` (None when none were asked for)."""
+    if not context_events:
+        return None
+    unknown = [c for c in context_events if c not in labels]
+    if unknown:
+        raise DataError(
+            f"{src}: --context-events {', '.join(unknown)} match no behaviour of the log "
+            f"(its behaviours: {', '.join(labels)})"
+        )
+    codes = np.array([labels.index(c) for c in context_events])
+    return np.isin(beh_code, codes)
+
+
 def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
     """Run every preparation step on the raw files at ``input_path``; returns the dataset and warnings."""
     import polars as pl
@@ -485,6 +504,9 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
             raise DataError(f"{src}: no events left after filtering")
         user_code, item_code, ts = user_code[keep], item_code[keep], ts[keep]
         beh_code, reward = beh_code[keep], reward_all[keep]
+        context = _context_rows(beh_code, labels, cfg.context_events, src)
+        if context is not None:
+            reward = np.where(context, np.float32(0.0), reward).astype(reward.dtype)
         extra = {k: v[keep] for k, v in extra.items()}
         timings["dedupe_sample"] = time.perf_counter() - t
         logger.info("prepare: %s took %.2f s", "dedupe_sample", timings["dedupe_sample"])
@@ -537,6 +559,8 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
             columns["propensity"] = pl.Series("propensity", extra["propensity"].astype(np.float64))
         if step is not None:
             columns["step"] = pl.Series("step", step.astype(np.int32))
+        if context is not None:
+            columns["context"] = pl.Series("context", context)
         events = pl.DataFrame(list(columns.values()))
         beh_counts = np.bincount(beh_code, minlength=len(labels))
         summary: dict[str, Any] = {
@@ -567,6 +591,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
             "sampling": sampling_info,
             "has_propensity": "propensity" in extra,
             "has_step": step is not None,
+            "context_events": list(cfg.context_events),
             "ts_min": int(ts.min()),
             "ts_max": int(ts.max()),
             "prepare_seconds": {k: round(v, 3) for k, v in timings.items()},

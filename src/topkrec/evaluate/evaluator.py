@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from topkrec.data.dataset import Dataset
-from topkrec.data.transitions import Transitions, build_transitions
+from topkrec.data.transitions import TransitionBatch, Transitions, build_transitions
 from topkrec.errors import ArtifactError, TopkrecError
 from topkrec.evaluate.metrics import (
     check_finite_scores,
@@ -46,7 +46,7 @@ from topkrec.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (user (B,), history (B, H)) -> (B, N) scores
+Scorer = Callable[[TransitionBatch], torch.Tensor]  # a batch of states -> (B, N) scores
 
 __all__ = [
     "EvalConfig",
@@ -127,23 +127,28 @@ def popularity_scorer(counts: torch.Tensor) -> Scorer:
     """log(count): as a softmax policy this is π(a) = count(a)/Σ count, the same for every state."""
     logits = torch.log(counts.clamp_min(0.5)).float()
 
-    def score(user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return logits.to(user.device)[None, :].expand(user.shape[0], -1)
+    def score(batch: TransitionBatch) -> torch.Tensor:
+        return logits.to(batch.user.device)[None, :].expand(batch.user.shape[0], -1)
 
     return score
 
 
-def agent_scorers(agent: LoadedAgent) -> tuple[Scorer, Scorer]:
-    """(π logits, β̂ logits) scorers of a loaded agent."""
+def agent_scorers(agent: LoadedAgent) -> dict[str, Scorer]:
+    """Logit scorers of a loaded agent's heads: ``policy`` (π), ``behavior`` (β̂) and, when the agent has
+    one, ``supervised``."""
     module = agent.module
 
-    def policy(user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return module.policy_head.logits(module.encode(user, history))
+    def head_scorer(head: torch.nn.Module) -> Scorer:
+        def score(b: TransitionBatch) -> torch.Tensor:
+            logits: torch.Tensor = head.logits(module.encode(b.user, b.history, b.history_event))  # type: ignore[operator]
+            return logits
 
-    def behavior(user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return module.behavior_head.logits(module.encode(user, history))
+        return score
 
-    return policy, behavior
+    scorers = {"policy": head_scorer(module.policy_head), "behavior": head_scorer(module.behavior_head)}
+    if module.supervised_head is not None:
+        scorers["supervised"] = head_scorer(module.supervised_head)
+    return scorers
 
 
 CPU_CHUNK_ELEMENTS = 1 << 22
@@ -180,7 +185,7 @@ def _action_logp(scorer: Scorer, test: Transitions, chunk: int, name: str = "beh
     out = []
     for s in range(0, len(test), chunk):
         b = test.batch(torch.arange(s, min(s + chunk, len(test)), device=test.device))
-        logits = scorer(b.user, b.history).float()
+        logits = scorer(b).float()
         check_finite_scores(logits, name)
         n = logits.shape[1]
         lp = torch.log_softmax(logits, dim=1).gather(1, b.action.clamp(0, n - 1)[:, None]).squeeze(1)
@@ -217,7 +222,7 @@ def evaluate_scorer(
     with progress_bar(n + len(first), f"evaluate {name}", enabled=progress) as bar:
         for s in range(0, n, chunk):
             b = test.batch(torch.arange(s, min(s + chunk, n), device=dev))
-            scores = scorer(b.user, b.history).float()
+            scores = scorer(b).float()
             check_finite_scores(scores, name)
             rank = target_rank(scores, b.action)
             ndcg_sum += float(ndcg_from_rank(rank, k).sum())
@@ -238,7 +243,7 @@ def evaluate_scorer(
         n_users = 0
         for s in range(0, len(first), chunk):
             b = first.batch(torch.arange(s, min(s + chunk, len(first)), device=dev))
-            scores = scorer(b.user, b.history).float()
+            scores = scorer(b).float()
             check_finite_scores(scores, name)
             top = topk_indices(scores, k)
             relevant = torch.isin(b.user[:, None] * (n_items + 1) + top, keys)
@@ -320,31 +325,42 @@ def evaluate_agents(
     first_agent = next(iter(agents.values()))
     for agent in agents.values():
         check_model_matches_dataset(agent, dataset)
-    hist_nums = {a.config.hist_num for a in agents.values()}
     device = first_agent.device
     counts = torch.as_tensor(dataset.train_item_counts(), dtype=torch.float64)
     results: dict[str, ModelMetrics] = {}
-    cache: dict[int, tuple[Transitions, Transitions]] = {}
-    for hist in hist_nums:
-        test = build_transitions(dataset, "test", hist, device)
-        cache[hist] = (test, test.first_per_user())
+    cache: dict[tuple[int, str], tuple[Transitions, Transitions]] = {}
+
+    def transitions(agent: LoadedAgent) -> tuple[Transitions, Transitions]:
+        """The test events with each agent's own state (history length and rows): the same rows for all."""
+        key = (agent.config.hist_num, agent.config.history)
+        if key not in cache:
+            test = build_transitions(dataset, "test", key[0], device, key[1])
+            cache[key] = (test, test.first_per_user())
+        return cache[key]
+
     chunk = chunk_rows(config, dataset.n_items, device)
     behavior_logps: dict[str, torch.Tensor] = {}
     for name, agent in agents.items():
         agent.module.eval()
-        test, first = cache[agent.config.hist_num]
-        policy, behavior = agent_scorers(agent)
-        behavior_logps[name] = _action_logp(behavior, test, chunk, name=f"{name} (its β̂ head)")
+        test, first = transitions(agent)
+        scorers = agent_scorers(agent)
+        behavior_logps[name] = _action_logp(scorers["behavior"], test, chunk, name=f"{name} (its β̂ head)")
         results[name] = evaluate_scorer(
-            policy, test, first, counts, behavior_logps[name], config, progress=progress, name=name
+            scorers["policy"], test, first, counts, behavior_logps[name], config, progress=progress, name=name
         )
     if baselines:
         first_name = next(iter(agents))
-        test, first = cache[first_agent.config.hist_num]
-        _, behavior = agent_scorers(first_agent)
+        test, first = transitions(first_agent)
+        scorers = agent_scorers(first_agent)
         blp = behavior_logps[first_name]
         results["popularity"] = evaluate_scorer(
             popularity_scorer(counts.to(device)), test, first, counts, blp, config, progress, "popularity"
         )
-        results["behavior"] = evaluate_scorer(behavior, test, first, counts, blp, config, progress, "behavior")
+        results["behavior"] = evaluate_scorer(
+            scorers["behavior"], test, first, counts, blp, config, progress, "behavior"
+        )
+        if "supervised" in scorers:  # the supervised head alone: the supervised sequential baseline
+            results["supervised"] = evaluate_scorer(
+                scorers["supervised"], test, first, counts, blp, config, progress, "supervised"
+            )
     return results

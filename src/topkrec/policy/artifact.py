@@ -53,6 +53,14 @@ MODULE_FILES = {
     "policy_head": "policy_head.safetensors",
     "behavior_head": "behavior_head.safetensors",
 }
+"""The module files every model has; ``supervised_head.safetensors`` too when it has that head."""
+
+
+def module_files(agent: Agent) -> dict[str, str]:
+    """Module name → file name of every module of ``agent``."""
+    return {name: f"{name}.safetensors" for name in agent.module_names()}
+
+
 HISTORIES_FILE = "user_histories.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 OPTIMIZER_META_FILE = "optimizer.json"
@@ -73,6 +81,7 @@ __all__ = [
     "LoadedAgent",
     "TrainerState",
     "load_agent",
+    "module_files",
     "read_checkpoint",
     "read_saved_configs",
     "read_train_log",
@@ -170,7 +179,7 @@ def write_model_files(
     d.mkdir(parents=True, exist_ok=True)
     cfg = agent.config
     train_config = train_config or TrainConfig()
-    for name, filename in MODULE_FILES.items():
+    for name, filename in module_files(agent).items():
         atomic_write_bytes(d / filename, _tensor_bytes(agent.module_state(name)))
     users = [str(x) for x in (user_raw if user_raw is not None else range(cfg.n_users))]
     items = [str(x) for x in (item_raw if item_raw is not None else range(cfg.n_items))]
@@ -187,7 +196,9 @@ def write_model_files(
             "agent": cfg.to_json(),
             "train": train_config.to_json(),
             "data": {"n_users": cfg.n_users, "n_items": cfg.n_items, **(data_info or {})},
-            "shapes": {name: {k: list(v.shape) for k, v in agent.module_state(name).items()} for name in MODULE_FILES},
+            "shapes": {
+                name: {k: list(v.shape) for k, v in agent.module_state(name).items()} for name in module_files(agent)
+            },
             "n_parameters": int(sum(p.numel() for p in agent.parameters())),
         },
     )
@@ -323,7 +334,7 @@ def load_agent(model_dir: Path | str, device: str | torch.device = "cpu") -> Loa
         agent = Agent(config)
     except (TypeError, ValueError, TopkrecError) as e:
         raise ArtifactError(f"{d / CONFIG_FILE}: invalid agent config ({e})") from e
-    for name, filename in MODULE_FILES.items():
+    for name, filename in module_files(agent).items():
         _load_module_file(agent, name, d / filename, d / CONFIG_FILE)
     try:
         maps = read_json(d / MAPS_FILE)
@@ -373,7 +384,7 @@ def read_checkpoint(out: Path, agent: Agent, optimizer: Optimizer) -> tuple[Trai
     out = Path(out)
     if not (out / TRAINER_STATE_FILE).exists():
         raise TopkrecError(f"--resume: {out} holds no checkpoint (no {TRAINER_STATE_FILE}); train without --resume")
-    for name, filename in MODULE_FILES.items():
+    for name, filename in module_files(agent).items():
         _load_module_file(agent, name, out / filename, out / CONFIG_FILE)
     path = out / OPTIMIZER_FILE
     if not path.exists():

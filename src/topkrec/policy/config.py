@@ -29,8 +29,9 @@ __all__ = [
 
 Correction = Literal["none", "is", "topk"]
 CORRECTIONS: tuple[str, ...] = ("none", "is", "topk")
-Encoder = Literal["concat", "mean", "gru", "cfn"]
-ENCODERS: tuple[str, ...] = ("concat", "mean", "gru", "cfn")
+Encoder = Literal["concat", "mean", "gru", "cfn", "attention"]
+ENCODERS: tuple[str, ...] = ("concat", "mean", "gru", "cfn", "attention")
+HistoryRows = Literal["all", "engaged", "context_engaged"]
 SoftmaxKind = Literal["full", "sampled", "adaptive"]
 SOFTMAX_KINDS: tuple[str, ...] = ("full", "sampled", "adaptive")
 
@@ -47,6 +48,8 @@ class AgentConfig:
     """Users in the dataset (rows of the user embedding table)."""
     n_items: int = 0
     """Items in the catalogue; the item table has n_items + 1 rows, the last is the pad/OOV index."""
+    event_types: tuple[str, ...] = ()
+    """The dataset's event types (``Dataset.event_vocabulary``): code i of a history token is event_types[i]."""
     embed_size: int = setting(
         32,
         "Width of the user and item embeddings when no --embeddings are given (pretrained ones set it).",
@@ -54,8 +57,36 @@ class AgentConfig:
         ge=1,
     )
     hist_num: int = setting(10, "Items of history in the state (the reference's hist_num).", ge=1)
+    history: HistoryRows = setting(
+        "context_engaged",
+        "Which rows form the history: all (skipped impressions too), engaged (rows with a reward) or "
+        "context_engaged (context-only rows such as organic views, plus the engaged ones).",
+    )
+    feedback_tokens: bool = setting(
+        True,
+        "History tokens are (item, event type) — what the user did with each item (viewed, carted, rated 4.5, "
+        "skipped) — instead of bare item ids (the reference).",
+        flag="feedback-tokens/item-tokens",
+    )
+    user_embedding: bool = setting(
+        True,
+        "Learn a user-id embedding; off: the state is the history alone, so new users are served exactly as "
+        "users were trained.",
+    )
     hidden: int = setting(64, "Width of the state s that both heads read.", ge=1)
-    encoder: Encoder = setting("concat", "State encoder: concat (the reference), mean, gru or cfn.")
+    encoder: Encoder = setting(
+        "concat",
+        "State encoder: concat (the reference), mean, gru, cfn (the paper's Chaos-Free RNN) or attention "
+        "(causal self-attention, SASRec-style).",
+    )
+    attention_blocks: int = setting(2, "--encoder attention: self-attention blocks.", ge=1)
+    attention_heads: int = setting(1, "--encoder attention: heads per block (must divide the embedding width).", ge=1)
+    dropout: float = setting(0.0, "Dropout in the attention and recurrent encoders while training.", ge=0, lt=1)
+    supervised_head: bool = setting(
+        False,
+        "A third head trained by next-item cross-entropy on every logged row, through the shared encoder "
+        "(SQN-style, Xin et al. SIGIR 2020); it shapes the state π reads and is scored as 'supervised'.",
+    )
     softmax: SoftmaxKind = setting(
         "full", "Head of π and β̂: full softmax, sampled (shared negatives, log-Q) or adaptive."
     )
@@ -79,6 +110,10 @@ class AgentConfig:
         check_settings(self)
         if self.n_users < 0 or self.n_items < 0:
             raise SettingsError(f"n_users and n_items must be >= 0 (got {self.n_users}, {self.n_items})")
+        if self.encoder == "attention" and self.embed_size % self.attention_heads:
+            raise SettingsError(
+                f"--attention-heads {self.attention_heads} must divide the embedding width {self.embed_size}"
+            )
 
     @property
     def pad_index(self) -> int:
@@ -92,9 +127,14 @@ class AgentConfig:
             options.update(negatives=self.negatives, proposal=self.proposal, normaliser=self.sampled_logp)
         return {**options, **self.extra_head_options}
 
-    def for_dataset(self, n_users: int, n_items: int) -> AgentConfig:
-        """This config bound to a dataset's counts."""
-        return replace(self, n_users=int(n_users), n_items=int(n_items))
+    def for_dataset(self, n_users: int, n_items: int, event_types: tuple[str, ...] = ()) -> AgentConfig:
+        """This config bound to a dataset's counts and event types."""
+        return replace(self, n_users=int(n_users), n_items=int(n_items), event_types=tuple(event_types))
+
+    @property
+    def event_pad(self) -> int:
+        """The event code of padding (one past the last event type)."""
+        return len(self.event_types)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "pad_index": self.pad_index, "head_options": self.head_options}
@@ -102,6 +142,9 @@ class AgentConfig:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> AgentConfig:
         obj = dict(_section(obj, "agent"))
+        if "history" not in obj:  # written before feedback tokens: bare items over every logged row
+            obj.setdefault("feedback_tokens", False)
+            obj.setdefault("history", "all")
         # Model directories written before settings were declared once: embed_dim and a head_options dict.
         if "embed_dim" in obj and "embed_size" not in obj:
             obj["embed_size"] = obj["embed_dim"]
@@ -153,6 +196,21 @@ class TrainConfig:
         le=1,
         resume_locked=True,
     )
+    supervised_weight: float = setting(
+        1.0, "Weight of the supervised head's cross-entropy in the encoder's loss (with --supervised-head).", ge=0
+    )
+    propensity: Literal["estimated", "logged"] = setting(
+        "estimated",
+        "The importance weight's β: estimated (the β̂ head) or logged (the dataset's propensity column; β̂ is "
+        "still trained and its error against the logged values reported).",
+        resume_locked=True,
+    )
+    logged_propensity: Literal["inclusion", "draw"] = setting(
+        "inclusion",
+        "What the dataset's propensity column holds: the probability that the item was in the slate "
+        "(inclusion, α = 1 − (1 − β)^K; converted to the per-draw β with --k) or the per-draw β itself.",
+        resume_locked=True,
+    )
     bias_init: Literal["popularity", "zero"] = setting(
         "popularity",
         "Initial output biases of π and β̂: the log train count of each item (both heads start as popularity) or 0.",
@@ -188,7 +246,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {
         # The reference notebook's agent (DESIGN, "Reference settings"): one epoch at lr 1e-5 on frozen
         # pretrained embeddings, concat encoder over 10 items, hidden 64, K 10, batch 128, weight clip 2.0.
-        "agent": {"encoder": "concat", "hist_num": 10, "hidden": 64, "trainable_embeddings": False, "softmax": "full"},
+        "agent": {
+            "encoder": "concat",
+            "hist_num": 10,
+            "hidden": 64,
+            "trainable_embeddings": False,
+            "softmax": "full",
+            "history": "all",
+            "feedback_tokens": False,
+            "user_embedding": True,
+            "supervised_head": False,
+            "dropout": 0.0,
+        },
         "train": {
             "epochs": 1,
             "batch_size": 128,
@@ -199,6 +268,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "k": 10,
             "cap": 2.0,
             "gamma": 0.99,
+            "propensity": "estimated",
         },
         # The reference DSSM as the seed notebook runs it: 4 epochs at lr 1e-3, cosine loss, one negative.
         "pretrain": {"epochs": 4, "lr": 1e-3, "batch_size": 2048, "loss": "cosine", "neg_items": 1, "embed_size": 32},

@@ -17,11 +17,16 @@ __all__ = ["Agent"]
 
 
 class Agent(nn.Module):
-    """Embeddings + state encoder + π head + β̂ head.
+    """Embeddings + state encoder + π head + β̂ head (+ the optional supervised head).
 
     β̂ reads the state detached (DESIGN §3): its cross-entropy loss trains only β̂'s own parameters,
-    so the behaviour estimate never shapes the state that π uses.
+    so the behaviour estimate never shapes the state that π uses. The supervised head (``supervised_head``)
+    reads it attached: its next-item cross-entropy trains the encoder next to π's corrected loss.
     """
+
+    user_embedding: nn.Embedding | None
+    event_embedding: nn.Embedding | None
+    supervised_head: ItemHead | None
 
     def __init__(
         self, config: AgentConfig, user_init: torch.Tensor | None = None, item_init: torch.Tensor | None = None
@@ -34,46 +39,86 @@ class Agent(nn.Module):
             )
         self.config = config
         n_items, d = config.n_items, config.embed_size
-        self.user_embedding = nn.Embedding(config.n_users, d)
+        self.user_embedding = nn.Embedding(config.n_users, d) if config.user_embedding else None
         self.item_embedding = nn.Embedding(n_items + 1, d, padding_idx=config.pad_index)
         with torch.no_grad():
-            if user_init is not None:
+            if user_init is not None and self.user_embedding is not None:
                 self.user_embedding.weight.copy_(user_init)
             if item_init is not None:
                 self.item_embedding.weight.copy_(item_init)
             self.item_embedding.weight[config.pad_index].zero_()
         if not config.trainable_embeddings:
-            self.user_embedding.weight.requires_grad_(False)
-            self.item_embedding.weight.requires_grad_(False)
-        self.encoder = StateEncoder(config.encoder, d, config.hist_num, config.hidden)
+            for table in (self.user_embedding, self.item_embedding):
+                if table is not None:
+                    table.weight.requires_grad_(False)
+        # Event types of the history tokens: always trained (small), zeros for padding.
+        self.event_embedding = None
+        if config.feedback_tokens and config.event_types:
+            self.event_embedding = nn.Embedding(config.event_pad + 1, d, padding_idx=config.event_pad)
+            with torch.no_grad():
+                self.event_embedding.weight.normal_(0.0, 0.1)
+                self.event_embedding.weight[config.event_pad].zero_()
+        self.encoder = StateEncoder(
+            config.encoder,
+            d,
+            config.hist_num,
+            config.hidden,
+            config.attention_blocks,
+            config.attention_heads,
+            config.dropout,
+        )
         self.policy_head: ItemHead = make_head(config.softmax, config.hidden, n_items, **config.head_options)
         self.behavior_head: ItemHead = make_head(config.softmax, config.hidden, n_items, **config.head_options)
+        self.supervised_head = None
+        if config.supervised_head:
+            self.supervised_head = make_head(config.softmax, config.hidden, n_items, **config.head_options)
 
-    def encode(self, user: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """state (B, hidden) from user indices (B,) and histories (B, H) left-padded with the pad index.
+    def module_names(self) -> tuple[str, ...]:
+        """The modules saved as ``<name>.safetensors`` in a model directory."""
+        heads = ("policy_head", "behavior_head") + (("supervised_head",) if self.supervised_head is not None else ())
+        return ("encoder", *heads)
 
-        A user index of −1 means an unknown user: its user embedding is zeros (history-only state).
+    def encode(
+        self, user: torch.Tensor, history: torch.Tensor, history_event: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """state (B, hidden) from user indices (B,), histories (B, H) left-padded with the pad index and the
+        histories' event-type codes (B, H) (padded with ``config.event_pad``; None: unknown event types).
+
+        A user index of −1 means an unknown user: its user embedding is zeros (history-only state), as for
+        every user of a model without user embeddings.
         """
-        if history.dim() != 2 or history.shape[1] != self.config.hist_num or user.shape != history.shape[:1]:
+        cfg = self.config
+        if history.dim() != 2 or history.shape[1] != cfg.hist_num or user.shape != history.shape[:1]:
             raise ValueError(
-                f"user (B,) and history (B, {self.config.hist_num}) expected, "
-                f"got {tuple(user.shape)}, {tuple(history.shape)}"
+                f"user (B,) and history (B, {cfg.hist_num}) expected, got {tuple(user.shape)}, {tuple(history.shape)}"
             )
-        known = user >= 0
-        u = self.user_embedding(user.clamp_min(0)) * known[:, None].to(self.user_embedding.weight.dtype)
         h = self.item_embedding(history)
-        mask = history != self.config.pad_index
+        if self.event_embedding is not None and history_event is not None:
+            if history_event.shape != history.shape:
+                raise ValueError(
+                    f"history_event {tuple(history_event.shape)} must match history {tuple(history.shape)}"
+                )
+            h = h + self.event_embedding(history_event.clamp(0, cfg.event_pad))
+        if self.user_embedding is not None:
+            known = user >= 0
+            u = self.user_embedding(user.clamp_min(0)) * known[:, None].to(h.dtype)
+        else:
+            u = h.new_zeros(user.shape[0], cfg.embed_size)
+        mask = history != cfg.pad_index
         state: torch.Tensor = self.encoder(u, h, mask)
         return state
 
     def module_state(self, name: str) -> dict[str, torch.Tensor]:
         """The tensors saved in ``<name>.safetensors`` (encoder = embeddings + encoder)."""
         if name == "encoder":
-            return {
-                "user_embedding.weight": self.user_embedding.weight,
-                "item_embedding.weight": self.item_embedding.weight,
-                **{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()},
-            }
+            tables = {"item_embedding.weight": self.item_embedding.weight}
+            if self.user_embedding is not None:
+                tables["user_embedding.weight"] = self.user_embedding.weight
+            if self.event_embedding is not None:
+                tables["event_embedding.weight"] = self.event_embedding.weight
+            return {**tables, **{f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}}
+        if name not in self.module_names():
+            raise ArtifactError(f"this agent has no module {name!r} (it has {', '.join(self.module_names())})")
         module = getattr(self, name)
         return dict(module.state_dict())
 

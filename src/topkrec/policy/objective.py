@@ -37,6 +37,7 @@ __all__ = [
     "importance_weight",
     "log1mexp",
     "reinforce_loss",
+    "per_draw_log_propensity",
     "topk_multiplier",
 ]
 
@@ -63,6 +64,23 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 − exp(x)) for x ≤ 0, accurate near both ends (Mächler 2012)."""
     x = x.clamp(max=0.0)
     return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def per_draw_log_propensity(logged: torch.Tensor, k: int, kind: str) -> torch.Tensor:
+    """log β of each logged action from a logged propensity column (NaN stays NaN: nothing logged).
+
+    ``kind="draw"``: the column is the per-draw β itself. ``kind="inclusion"``: it is the probability α that
+    the item was among the K shown; under K independent draws α = 1 − (1 − β)^K (the top-K correction's
+    model, §4.4), so β = 1 − (1 − α)^(1/K), computed as log1mexp(log1p(−α)/K). For slates sampled without
+    replacement (Plackett–Luce) this inversion is an approximation: the per-draw β of the paper is not
+    defined there.
+    """
+    logged = logged.double()
+    if kind == "draw":
+        return torch.log(logged).float()
+    if kind != "inclusion":
+        raise ValueError(f"kind must be draw or inclusion, got {kind!r}")
+    return log1mexp(torch.log1p(-logged) / k).float()
 
 
 def topk_multiplier(policy_logp: torch.Tensor, k: int) -> torch.Tensor:

@@ -93,6 +93,9 @@ class RecommendRequest(_Options):
 
     user: Id | None = None
     history: list[Id] | None = None
+    history_events: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, description="What the user did with each history item (the model's event types, GET /model)."
+    )
 
 
 class BatchRequest(_Options):
@@ -100,6 +103,9 @@ class BatchRequest(_Options):
 
     users: list[Id | None] | None = None
     histories: list[list[Id] | None] | None = None
+    history_events: list[list[Annotated[str, Field(max_length=200)]] | None] | None = Field(
+        None, description="Aligned with histories: each history's event types."
+    )
 
 
 class ItemOut(BaseModel):
@@ -303,7 +309,13 @@ class MicroBatcher:
         opts = jobs[0].request.options()
         users = [j.request.user for j in jobs]
         try:
-            recs = self.recommender.recommend_batch(users, [j.request.history for j in jobs], **asdict(opts))
+            events = [j.request.history_events for j in jobs]
+            recs = self.recommender.recommend_batch(
+                users,
+                [j.request.history for j in jobs],
+                history_events=events if any(e is not None for e in events) else None,
+                **asdict(opts),
+            )
         except Exception as e:  # handed to each request: TopkrecError → 400, anything else → 500
             if not isinstance(e, TopkrecError):
                 logger.exception("scoring a batch of %d requests failed", len(jobs))
@@ -508,7 +520,9 @@ def create_app(
                     f"exploring {n} rows with m={opts.m}, k={opts.k} is {work} units of work, more than "
                     f"{limits.max_explore_work}; send fewer rows per request or lower m or k − k_prime"
                 )
-        recs = recommender.recommend_batch(body.users, body.histories, **asdict(opts))
+        recs = recommender.recommend_batch(
+            body.users, body.histories, history_events=body.history_events, **asdict(opts)
+        )
         if log is not None:
             log.write(list(body.users or [None] * n), recs, opts.explore)
         return _json({"results": [r.to_dict() for r in recs]})

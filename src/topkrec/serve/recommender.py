@@ -127,6 +127,7 @@ class _Prepared:
 
     user: np.ndarray  # (B,) int64, −1 = unknown user
     history: np.ndarray  # (B, H) int64, oldest first, left-padded with the pad index
+    history_event: np.ndarray  # (B, H) int64 event-type codes of the history, padded with the event pad code
     seen_rows: np.ndarray  # (S,) int64 row of each seen item
     seen_items: np.ndarray  # (S,) int64 seen item index
     user_known: list[bool]
@@ -144,6 +145,16 @@ class Recommender:
         self.pad_index = int(agent.config.pad_index)
         self.histories = histories if histories is not None else UserHistories.empty(agent.config.n_users)
         self.has_histories = histories is not None
+        cfg = agent.config
+        self.event_index: dict[str, int] = {name: i for i, name in enumerate(cfg.event_types)}
+        self.event_pad = cfg.event_pad
+        default = agent.raw_config.get("data", {}).get("default_event")
+        # A history given without event types: its items count as the commonest type of the training rows.
+        self.default_event = self.event_index.get(str(default), self.event_pad)
+        stored = self.histories.events
+        self._stored_events = (
+            stored if stored is not None else np.full(self.histories.items.shape, self.event_pad, dtype=np.int32)
+        )
         self.item_raw: list[str] = [str(x) for x in agent.item_raw]
         self.user_index: dict[str, int] = {str(raw): i for i, raw in enumerate(agent.user_raw)}
         self.item_index: dict[str, int] = {raw: i for i, raw in enumerate(self.item_raw)}
@@ -187,7 +198,7 @@ class Recommender:
                         f"dataset {dataset} is not the one the model {d} was trained on (its id maps differ); "
                         "pass the dataset the model was trained on"
                     )
-            histories = UserHistories.from_dataset(ds)
+            histories = UserHistories.from_dataset(ds, cfg.history)
         elif (d / HISTORIES_FILE).exists():
             histories = UserHistories.load(d / HISTORIES_FILE, cfg.n_users, cfg.n_items)
         else:
@@ -218,6 +229,9 @@ class Recommender:
             "train_k": self.agent.train_config.k,
             "device": str(self.device),
             "has_user_histories": self.has_histories,
+            "event_types": list(cfg.event_types),
+            "history": cfg.history,
+            "user_embedding": cfg.user_embedding,
             "max_k": MAX_K,
             "max_m": MAX_M,
         }
@@ -228,6 +242,7 @@ class Recommender:
         user: RawId | None = None,
         history: Sequence[RawId] | None = None,
         k: int = 10,
+        history_events: Sequence[str] | None = None,
         exclude_seen: bool = True,
         explore: bool = False,
         m: int = 200,
@@ -235,11 +250,16 @@ class Recommender:
         temperature: float = 1.0,
         seed: int | None = None,
     ) -> Recommendation:
-        """Recommend ``k`` raw item ids for one user (see the module docstring)."""
+        """Recommend ``k`` raw item ids for one user (see the module docstring).
+
+        ``history_events`` names what the user did with each ``history`` item (one of the model's event types,
+        ``info()["event_types"]``); without it the items count as the commonest event type of training.
+        """
         return self.recommend_batch(
             [user],
             [history],
             k=k,
+            history_events=None if history_events is None else [history_events],
             exclude_seen=exclude_seen,
             explore=explore,
             m=m,
@@ -253,6 +273,7 @@ class Recommender:
         users: Sequence[RawId | None] | None = None,
         histories: Sequence[Sequence[RawId] | None] | None = None,
         k: int = 10,
+        history_events: Sequence[Sequence[str] | None] | None = None,
         exclude_seen: bool = True,
         explore: bool = False,
         m: int = 200,
@@ -270,7 +291,9 @@ class Recommender:
         n_rows = _batch_length(users, histories)
         user_list: Sequence[RawId | None] = users if users is not None else [None] * n_rows
         hist_list: Sequence[Sequence[RawId] | None] = histories if histories is not None else [None] * n_rows
-        prepared = self._prepare(user_list, hist_list, exclude_seen)
+        if history_events is not None and len(history_events) != n_rows:
+            raise TopkrecError(f"history_events has {len(history_events)} rows for {n_rows} requests")
+        prepared = self._prepare(user_list, hist_list, exclude_seen, history_events)
         rng = np.random.default_rng(seed) if explore else None
         out: list[Recommendation] = []
         rows_per_chunk = max(1, min(1024, _LOGIT_ELEMENTS // max(self.n_items, 1)))
@@ -298,7 +321,11 @@ class Recommender:
 
     # ------------------------------------------------------------------ internals
     def _prepare(
-        self, users: Sequence[RawId | None], histories: Sequence[Sequence[RawId] | None], exclude_seen: bool
+        self,
+        users: Sequence[RawId | None],
+        histories: Sequence[Sequence[RawId] | None],
+        exclude_seen: bool,
+        history_events: Sequence[Sequence[str] | None] | None = None,
     ) -> _Prepared:
         """Model inputs for a batch: vectorised over the stored histories, a Python pass only over the
         rows that bring their own history (raw ids must be looked up one by one)."""
@@ -313,12 +340,15 @@ class Recommender:
         safe = np.maximum(user_idx, 0)
         starts = np.where(known, offsets[safe], 0)
         ends = np.where(known, offsets[safe + 1], 0)
-        # State: the last hist_num stored items, left-padded.
+        # State: the last hist_num stored (item, event) tokens, left-padded — as training builds it.
         state_hist = np.full((n_rows, hist_num), pad, dtype=np.int64)
+        state_event = np.full((n_rows, hist_num), self.event_pad, dtype=np.int64)
         if stored_items.size:
             pos = ends[:, None] - hist_num + np.arange(hist_num)[None, :]
             inside = pos >= starts[:, None]
-            state_hist = np.where(inside, stored_items[np.clip(pos, 0, stored_items.size - 1)], pad).astype(np.int64)
+            at = np.clip(pos, 0, stored_items.size - 1)
+            state_hist = np.where(inside, stored_items[at], pad).astype(np.int64)
+            state_event = np.where(inside, self._stored_events[at], self.event_pad).astype(np.int64)
         seen_rows: list[np.ndarray] = []
         seen_items: list[np.ndarray] = []
         if exclude_seen and stored_items.size:
@@ -335,42 +365,64 @@ class Recommender:
                 continue
             if isinstance(raw_hist, str | bytes):
                 raise TopkrecError(f"history must be a list of item ids, not the string {str(raw_hist)[:40]!r}")
+            raw_events = history_events[r] if history_events is not None else None
+            if raw_events is not None and len(raw_events) != len(raw_hist):
+                raise TopkrecError(
+                    f"history_events has {len(raw_events)} entries for a history of {len(raw_hist)} items"
+                )
             given_list: list[int] = []
-            for raw_item in raw_hist:
+            given_events: list[int] = []
+            for j, raw_item in enumerate(raw_hist):
                 i = item_index.get(str(raw_item))
                 if i is None:
                     unknown_items[r].append(str(raw_item))
-                else:
-                    given_list.append(i)
+                    continue
+                given_list.append(i)
+                given_events.append(self.default_event if raw_events is None else self._event_code(raw_events[j]))
             if not given_list:
                 continue
             given = np.asarray(given_list, dtype=np.int64)
             # The given history comes after the stored one (it is newer).
-            seq = np.concatenate([state_hist[r][state_hist[r] != pad], given])[-hist_num:]
-            state_hist[r] = pad
+            real = state_hist[r] != pad
+            seq = np.concatenate([state_hist[r][real], given])[-hist_num:]
+            seq_events = np.concatenate([state_event[r][real], np.asarray(given_events, dtype=np.int64)])[-hist_num:]
+            state_hist[r], state_event[r] = pad, self.event_pad
             state_hist[r, hist_num - seq.size :] = seq
+            state_event[r, hist_num - seq.size :] = seq_events
             if exclude_seen:
                 seen_rows.append(np.full(given.size, r, dtype=np.int64))
                 seen_items.append(given)
         return _Prepared(
             user=user_idx,
             history=state_hist,
+            history_event=state_event,
             seen_rows=np.concatenate(seen_rows) if seen_rows else np.zeros(0, dtype=np.int64),
             seen_items=np.concatenate(seen_items) if seen_items else np.zeros(0, dtype=np.int64),
             user_known=known.tolist(),
             unknown_items=unknown_items,
         )
 
-    def logits(self, user: np.ndarray, history: np.ndarray) -> torch.Tensor:
-        """(B, n_items) float32 policy logits for user indices (B,) (−1 = unknown) and histories (B, H)."""
+    def _event_code(self, name: str) -> int:
+        code = self.event_index.get(str(name))
+        if code is None:
+            known = ", ".join(self.event_index) or "none (the model has no event types)"
+            raise TopkrecError(f"unknown history event {name!r}; the model's event types are: {known}")
+        return code
+
+    def logits(self, user: np.ndarray, history: np.ndarray, history_event: np.ndarray | None = None) -> torch.Tensor:
+        """(B, n_items) float32 policy logits for user indices (B,) (−1 = unknown), histories (B, H) and their
+        event-type codes (B, H) (None: the commonest type of training for every real item)."""
         import torch
 
         from topkrec.heads import FullSoftmaxHead
 
+        if history_event is None:
+            history_event = np.where(history != self.pad_index, self.default_event, self.event_pad)
         with torch.inference_mode():
             u = torch.as_tensor(user, dtype=torch.long, device=self.device)
             h = torch.as_tensor(history, dtype=torch.long, device=self.device)
-            state = self.agent.module.encode(u, h)
+            e = torch.as_tensor(history_event, dtype=torch.long, device=self.device)
+            state = self.agent.module.encode(u, h, e)
             head = self.agent.module.policy_head
             if isinstance(head, FullSoftmaxHead):
                 # Same numbers as head.logits, without a second full pass for a temperature of 1.
@@ -432,7 +484,7 @@ class Recommender:
         """(B, n_items) logits of rows start:stop with every seen item at −inf."""
         import torch
 
-        logits = self.logits(prep.user[start:stop], prep.history[start:stop])  # (B, n_items)
+        logits = self.logits(prep.user[start:stop], prep.history[start:stop], prep.history_event[start:stop])
         assert logits.shape == (stop - start, self.n_items)
         sel = (prep.seen_rows >= start) & (prep.seen_rows < stop)
         if sel.any():
@@ -462,7 +514,8 @@ class Recommender:
         with torch.inference_mode():
             u = torch.as_tensor(prep.user[start:stop], dtype=torch.long, device=self.device)
             h = torch.as_tensor(prep.history[start:stop], dtype=torch.long, device=self.device)
-            state = self.agent.module.encode(u, h)
+            ev = torch.as_tensor(prep.history_event[start:stop], dtype=torch.long, device=self.device)
+            state = self.agent.module.encode(u, h, ev)
             head = self.agent.module.policy_head
             assert isinstance(head, FullSoftmaxHead)
             weight_t, bias, temperature = head.weight.t(), head.bias, float(head.temperature)

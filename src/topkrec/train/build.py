@@ -46,11 +46,12 @@ def build_agent(
         if (initial_agent.config.n_users, initial_agent.config.n_items) != (dataset.n_users, dataset.n_items):
             raise TopkrecError("the initial agent's n_users/n_items do not match the dataset")
         return initial_agent
-    cfg = (agent_config or AgentConfig()).for_dataset(dataset.n_users, dataset.n_items)
+    event_types, _ = dataset.event_vocabulary()
+    cfg = (agent_config or AgentConfig()).for_dataset(dataset.n_users, dataset.n_items, event_types)
     user_init = item_init = None
     if embeddings is not None:
         user_init, item_init = embeddings.user, embeddings.item
-        cfg = replace(cfg, embed_size=int(user_init.shape[1]))
+        cfg = replace(cfg, embed_size=int(item_init.shape[1]))
     elif not cfg.trainable_embeddings:
         logger.warning("no pretrained embeddings given: embeddings start random and are trained")
         cfg = replace(cfg, trainable_embeddings=True)
@@ -58,7 +59,8 @@ def build_agent(
     agent = Agent(cfg, user_init, item_init)
     if embeddings is None:
         with torch.no_grad():  # small random embeddings; the pad row stays zero
-            agent.user_embedding.weight.normal_(0.0, 0.1)
+            if agent.user_embedding is not None:
+                agent.user_embedding.weight.normal_(0.0, 0.1)
             agent.item_embedding.weight.normal_(0.0, 0.1)
             agent.item_embedding.weight[cfg.pad_index].zero_()
     counts = torch.as_tensor(dataset.train_item_counts())
@@ -66,7 +68,8 @@ def build_agent(
     from topkrec.heads.sampled import set_proposal_counts
 
     # --proposal popularity samples negatives ∝ train count + 1 (a no-op for the other heads).
-    if set_proposal_counts([agent.policy_head, agent.behavior_head], counts):
+    heads = [h for h in (agent.policy_head, agent.behavior_head, agent.supervised_head) if h is not None]
+    if set_proposal_counts(heads, counts):
         logger.info("sampled softmax: popularity proposal from the train counts")
     return agent
 
@@ -83,7 +86,9 @@ def init_output_bias(agent: Agent, counts: torch.Tensor, kind: str) -> None:
     log_prior = torch.log(counts.to(torch.float32) + 1.0)
     log_prior -= log_prior.mean()
     with torch.no_grad():
-        for head in (agent.policy_head, agent.behavior_head):
+        for head in (agent.policy_head, agent.behavior_head, agent.supervised_head):
+            if head is None:
+                continue
             bias = getattr(head, "bias", None)
             if isinstance(bias, torch.Tensor) and tuple(bias.shape) == tuple(log_prior.shape):
                 bias.copy_(log_prior.to(bias.device))

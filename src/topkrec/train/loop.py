@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from topkrec import distributed
@@ -39,7 +40,7 @@ from topkrec.policy.model import Agent
 from topkrec.policy.objective import STAT_FIELDS, PolicyLossStats
 from topkrec.progress import progress_bar
 from topkrec.train.build import build_agent, resume_from_checkpoint, with_gamma
-from topkrec.train.step import StepOutput, TrainObjective, train_step
+from topkrec.train.step import LOSS_FIELDS, StepOutput, TrainObjective, train_step
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +87,14 @@ def train_agent(
     dataset = with_gamma(dataset, config.gamma)
     agent = build_agent(dataset, agent_config, config, embeddings, initial_agent).to(device).train()
     optimizer = build_optimizer(agent, config, allow_sparse=not dist.enabled)
-    data = TrainData.build(dataset, agent.config.hist_num, device, config, dist)
+    data = TrainData.build(dataset, agent.config, device, config, dist)
     state, history = resume_from_checkpoint(out, agent, optimizer, config) if resume else (TrainerState(), [])
     state.world_size = dist.world_size
     objective = _objective(agent, config, device, dist, data.all_rewarded)
     metrics = metrics or MetricsLogger(jsonl if dist.is_main else None)
     metrics.history = history
-    meter = IntervalMeter(device, config.log_every)
-    checkpointer = Checkpointer(out, dataset, dist.is_main)
+    meter = IntervalMeter(device, config.log_every, agent.supervised_head is not None, dataset.propensity is not None)
+    checkpointer = Checkpointer(out, dataset, agent.config, dist.is_main)
     total = data.total_steps(config)
     t0 = time.perf_counter()
     try:
@@ -155,9 +156,19 @@ class TrainData:
 
     @classmethod
     def build(
-        cls, dataset: Dataset, hist_num: int, device: torch.device, config: TrainConfig, dist: distributed.DistContext
+        cls,
+        dataset: Dataset,
+        agent_config: AgentConfig,
+        device: torch.device,
+        config: TrainConfig,
+        dist: distributed.DistContext,
     ) -> TrainData:
-        transitions = build_transitions(dataset, "train", hist_num, device)
+        if config.propensity == "logged" and dataset.propensity is None:
+            raise TopkrecError(
+                "--propensity logged needs logged propensities: the dataset has none (prepare --format events "
+                "--propensity-col COL), or train with --propensity estimated"
+            )
+        transitions = build_transitions(dataset, "train", agent_config.hist_num, device, agent_config.history)
         if len(transitions) == 0:
             raise TopkrecError("the dataset has no train events to learn from")
         if dist.enabled and config.batch_size < dist.world_size:
@@ -211,16 +222,17 @@ class IntervalMeter:
     checked at each flush and before each checkpoint (``raise_if_diverged``).
     """
 
-    def __init__(self, device: torch.device, log_every: int) -> None:
+    def __init__(self, device: torch.device, log_every: int, supervised: bool = False, logged: bool = False) -> None:
         self.log_every = max(1, log_every)
-        self.sums = torch.zeros(2 + len(STAT_FIELDS), device=device)
+        self.supervised, self.logged = supervised, logged
+        self.sums = torch.zeros(len(LOSS_FIELDS) + len(STAT_FIELDS), device=device)
         self.first_bad = torch.full((), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
         self.n_steps = self.n_stat_steps = self.rows = 0
         self.started = time.perf_counter()
 
     def add(self, step: StepOutput, rows: int, global_step: int) -> None:
         self.sums += step.values
-        bad = ~torch.isfinite(step.values[:2]).all()
+        bad = ~torch.isfinite(step.values[:3]).all()
         self.first_bad = torch.where(bad, self.first_bad.clamp_max(global_step), self.first_bad)
         self.n_steps += 1
         self.n_stat_steps += step.n_policy_rows > 0
@@ -243,14 +255,18 @@ class IntervalMeter:
         dist.all_reduce_sum(packed)
         values = packed.tolist()
         self.raise_if_diverged()
-        k = 2 + len(STAT_FIELDS)
+        n_loss, k = len(LOSS_FIELDS), len(LOSS_FIELDS) + len(STAT_FIELDS)
         steps, stat_steps, rows = values[k:]
         record = {
             "train/policy_loss": values[0] / max(steps, 1),
             "train/behavior_loss": values[1] / max(steps, 1),
         }
+        if self.supervised:
+            record["train/supervised_loss"] = values[2] / max(steps, 1)
+        if self.logged:  # β̂'s error against the logged propensity (per draw), whichever β the weights use
+            record["train/behavior_logged_log_error"] = values[3] / max(steps, 1)
         if stat_steps:
-            record.update(PolicyLossStats(*(v / stat_steps for v in values[2:k])).as_metrics("train/"))
+            record.update(PolicyLossStats(*(v / stat_steps for v in values[n_loss:k])).as_metrics("train/"))
         record["time/samples_per_s"] = rows / max(time.perf_counter() - self.started, 1e-9)
         record["train/epoch"] = epoch
         self.sums.zero_()
@@ -262,15 +278,20 @@ class IntervalMeter:
 class Checkpointer:
     """Writes the model directory (weights, optimizer, RNG, trainer state, log) atomically; rank 0 only."""
 
-    def __init__(self, out: Path, dataset: Dataset, is_main: bool) -> None:
+    def __init__(self, out: Path, dataset: Dataset, agent_config: AgentConfig, is_main: bool) -> None:
         from topkrec.data.histories import UserHistories
         from topkrec.embeddings import dataset_fingerprint
 
         self.out, self.is_main = out, is_main
         self.user_raw, self.item_raw = dataset.user_raw, dataset.item_raw
         self.data_info = {"n_events": dataset.n_events, "fingerprint": dataset_fingerprint(dataset)}
-        # Serving needs each known user's history: it is stored beside the weights.
-        self.extra_files = {HISTORIES_FILE: UserHistories.from_dataset(dataset).to_bytes()} if is_main else {}
+        # Serving needs each known user's history rows: they are stored beside the weights.
+        histories = UserHistories.from_dataset(dataset, agent_config.history)
+        if agent_config.event_types and histories.events is not None and histories.events.size:
+            # the event type of a request's history items given without events
+            common = np.bincount(histories.events, minlength=len(agent_config.event_types)).argmax()
+            self.data_info["default_event"] = agent_config.event_types[int(common)]
+        self.extra_files = {HISTORIES_FILE: histories.to_bytes()} if is_main else {}
 
     def save(
         self,

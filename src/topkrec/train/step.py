@@ -1,7 +1,10 @@
 """One optimizer step of the agent (DESIGN §3).
 
 - β̂ is trained by cross-entropy on every logged action, from the *detached* state (§4.3);
-- π (and the state encoder) by ``corrected_policy_loss`` on the logged actions with non-zero reward.
+- π (and the state encoder) by ``corrected_policy_loss`` on the logged actions with non-zero reward, its
+  importance weight against β̂ or, with ``--propensity logged``, against the logged propensity;
+- the supervised head, when the agent has one, by next-item cross-entropy on every logged action from the
+  attached state (SQN-style): it trains the encoder next to π.
 
 ``TrainObjective`` is the step's loss as a module's forward, so DDP and ``torch.compile`` can wrap it;
 ``train_step`` runs it, backpropagates and steps the optimizer.
@@ -17,21 +20,30 @@ from topkrec.data.transitions import TransitionBatch
 from topkrec.optim import Optimizer
 from topkrec.policy.config import TrainConfig
 from topkrec.policy.model import Agent
-from topkrec.policy.objective import STAT_FIELDS, PolicyLossStats, corrected_policy_loss_tensors
+from topkrec.policy.objective import (
+    STAT_FIELDS,
+    PolicyLossStats,
+    corrected_policy_loss_tensors,
+    per_draw_log_propensity,
+)
 
-__all__ = ["StepOutput", "TrainObjective", "train_step"]
+__all__ = ["LOSS_FIELDS", "StepOutput", "TrainObjective", "train_step"]
+
+LOSS_FIELDS = ("policy_loss", "behavior_loss", "supervised_loss", "behavior_logged_error")
+"""The first entries of ``StepOutput.values``; ``behavior_logged_error`` is the mean |log β̂ − log β| over the
+rows with a logged propensity (0 when the data has none)."""
 
 
 @dataclass(frozen=True)
 class StepOutput:
     """Losses and diagnostics of one optimizer step, kept as one detached tensor on the training device.
 
-    ``values`` is ``[policy_loss, behavior_loss, *STAT_FIELDS]``. The properties turn it into floats,
-    which waits for the device: the training loop reads them only at logging time, so on a GPU the
-    steps in between run without a host sync.
+    ``values`` is ``[*LOSS_FIELDS, *STAT_FIELDS]``. The properties turn it into floats, which waits for the
+    device: the training loop reads them only at logging time, so on a GPU the steps in between run without
+    a host sync.
     """
 
-    values: torch.Tensor  # (2 + len(STAT_FIELDS),)
+    values: torch.Tensor  # (len(LOSS_FIELDS) + len(STAT_FIELDS),)
     n_policy_rows: int  # rows with a non-zero reward (π's rows); 0 means no policy update this step
 
     @property
@@ -43,51 +55,64 @@ class StepOutput:
         return float(self.values[1])
 
     @property
+    def supervised_loss(self) -> float:
+        return float(self.values[2])
+
+    @property
     def stats(self) -> PolicyLossStats | None:
         """None when no row of the batch had a non-zero reward."""
-        return PolicyLossStats.from_tensor(self.values[2:]) if self.n_policy_rows else None
+        return PolicyLossStats.from_tensor(self.values[len(LOSS_FIELDS) :]) if self.n_policy_rows else None
 
 
 class TrainObjective(torch.nn.Module):
     """The loss of one step as a module's ``forward``, so that DDP and ``torch.compile`` can wrap it.
 
     DDP synchronises the gradients of what runs through the forward of the module it wraps, and the
-    agent's own forward is not the training loss (the step calls the encoder and both heads), hence
-    this thin module around the agent. ``forward`` returns π's and β̂'s mean losses and the detached
-    ``[policy_loss, behavior_loss, *STAT_FIELDS]`` vector of ``StepOutput``.
+    agent's own forward is not the training loss (the step calls the encoder and the heads), hence
+    this thin module around the agent. ``forward`` returns π's, β̂'s and the supervised head's mean losses
+    and the detached ``StepOutput.values`` vector.
     """
 
     def __init__(self, agent: Agent, config: TrainConfig, autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.agent = agent
         self.correction, self.k, self.cap, self.snis = config.correction, config.k, config.cap, config.snis
+        self.logged = config.propensity == "logged"
+        self.logged_kind = config.logged_propensity
         self.autocast_dtype = autocast_dtype
 
     def forward(
-        self,
-        user: torch.Tensor,
-        history: torch.Tensor,
-        action: torch.Tensor,
-        returns: torch.Tensor,
-        policy_rows: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, batch: TransitionBatch, policy_rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``policy_rows``: indices of the rows with a non-zero reward, or None when every row has one.
 
-        π's loss is a constant zero when no row has a reward. The caller weighs the two losses (under DDP
-        by ``DistContext.loss_scale``) outside this forward, so a compiled forward sees no per-step floats.
+        π's loss is a constant zero when no row has a reward, the supervised loss when the agent has no such
+        head. The caller weighs the losses (under DDP by ``DistContext.loss_scale``) outside this forward, so a
+        compiled forward sees no per-step floats.
         """
         agent = self.agent
         dtype = self.autocast_dtype
+        action = batch.action
         with torch.autocast(action.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            state = agent.encode(user, history)  # (B, hidden)
+            state = agent.encode(batch.user, batch.history, batch.history_event)  # (B, hidden)
             # β̂ on the detached state: its loss never reaches the encoder (§4.3).
             behavior = agent.behavior_head(state.detach(), action)
             behavior_loss = -behavior.train_logp.float().mean()
+            propensity = batch.propensity if batch.propensity is not None else torch.full_like(batch.reward, torch.nan)
+            logged_logp = per_draw_log_propensity(propensity, self.k, self.logged_kind)  # NaN: none logged
+            known = torch.isfinite(logged_logp)
+            logged_error = torch.where(known, (behavior.logp - logged_logp).abs(), 0.0).sum() / known.sum().clamp_min(1)
+            weight_logp = logged_logp if self.logged else behavior.logp
+            if agent.supervised_head is not None:
+                supervised_loss = -agent.supervised_head(state, action).train_logp.float().mean()
+            else:
+                supervised_loss = behavior_loss.new_zeros(())
+            returns = batch.returns
             if policy_rows is None:
-                policy_state, actions, behavior_logp = state, action, behavior.logp
+                policy_state, actions = state, action
             else:
                 policy_state, actions = state[policy_rows], action[policy_rows]
-                returns, behavior_logp = returns[policy_rows], behavior.logp[policy_rows]
+                returns, weight_logp = returns[policy_rows], weight_logp[policy_rows]
             if actions.shape[0] > 0:
                 policy = agent.policy_head(policy_state, actions)
                 policy_logp = policy.train_logp.float()
@@ -95,13 +120,14 @@ class TrainObjective(torch.nn.Module):
                     # Value = exact log π (what w and λ_K are computed from); gradient = the head's surrogate.
                     policy_logp = policy_logp + (policy.logp - policy_logp).detach()
                 policy_loss, stats = corrected_policy_loss_tensors(
-                    policy_logp, behavior_logp, returns, self.correction, self.k, self.cap, self.snis
+                    policy_logp, weight_logp, returns, self.correction, self.k, self.cap, self.snis
                 )
             else:
                 policy_loss = behavior_loss.new_zeros(())
                 stats = behavior_loss.new_zeros(len(STAT_FIELDS))
-        values = torch.cat([torch.stack([policy_loss, behavior_loss]).detach().float(), stats.detach().float()])
-        return policy_loss, behavior_loss, values
+        losses = torch.stack([policy_loss, behavior_loss, supervised_loss, logged_error]).detach().float()
+        values = torch.cat([losses, stats.detach().float()])
+        return policy_loss, behavior_loss, supervised_loss, values
 
 
 def train_step(
@@ -114,21 +140,26 @@ def train_step(
     objective: torch.nn.Module | None = None,
     scales: tuple[float, float] = (1.0, 1.0),
 ) -> StepOutput:
-    """One optimizer step on β̂ (all rows) and π (rows with non-zero reward).
+    """One optimizer step on β̂ (all rows), π (rows with non-zero reward) and the supervised head (all rows).
 
     ``all_rewarded``: whether every row of the batch is known to have a non-zero reward (the training
     loop knows it for the whole split); then the step needs no host sync at all. None = look (one sync).
     ``objective``: the (possibly DDP-wrapped or compiled) ``TrainObjective`` of ``agent``; built if None.
-    ``scales``: (β̂, π) factors on the two mean losses: this rank's ``DistContext.loss_scale`` under DDP.
+    ``scales``: (all rows, π's rows) factors on the mean losses: this rank's ``DistContext.loss_scale`` under
+    DDP (β̂ and the supervised head average over all rows, π over the rewarded ones).
     """
     if all_rewarded is None:
         all_rewarded = bool((batch.reward != 0).all())
     rows = None if all_rewarded else torch.nonzero(batch.reward != 0).squeeze(1)
     n_rows = len(batch) if rows is None else int(rows.numel())
     module = objective if objective is not None else TrainObjective(agent, config, autocast_dtype)
-    policy_loss, behavior_loss, values = module(batch.user, batch.history, batch.action, batch.returns, rows)
-    behavior_scale, policy_scale = scales
-    loss = behavior_loss if behavior_scale == 1.0 else behavior_loss * behavior_scale
+    policy_loss, behavior_loss, supervised_loss, values = module(batch, rows)
+    all_rows_scale, policy_scale = scales
+    loss = behavior_loss
+    if agent.supervised_head is not None:
+        loss = loss + config.supervised_weight * supervised_loss
+    if all_rows_scale != 1.0:
+        loss = loss * all_rows_scale
     if n_rows:
         loss = loss + (policy_loss if policy_scale == 1.0 else policy_loss * policy_scale)
     optimizer.zero_grad(set_to_none=True)
