@@ -73,7 +73,7 @@ def _full_path(rec: Recommender, monkeypatch: pytest.MonkeyPatch, *args: object,
     with monkeypatch.context() as m:
         # The previous code path: whole-matrix addmm in 64-row chunks, torch.topk over every item.
         m.setattr(recommender_module, "_topk_by_runs", lambda logits, k, run_max=None: None)
-        m.setattr(Recommender, "_blocked_scoring_applies", lambda self, k, rows: False)
+        m.setattr(Recommender, "_blocked_scoring_applies", lambda self, k, rows, prep: False)
         return rec.recommend_batch(*args, **kwargs)  # type: ignore[arg-type]
 
 
@@ -92,7 +92,7 @@ def test_blocked_scoring_with_temperature_identical_to_full_topk(
     big_rec: Recommender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     head = big_rec.agent.module.policy_head
-    assert big_rec._blocked_scoring_applies(10, 100)
+    assert big_rec._blocked_scoring_applies(10, 100, big_rec._prepare(["u1"], [None], False))
     users = [f"u{i}" for i in range(0, 300, 3)]
     with monkeypatch.context() as m:
         m.setattr(head, "temperature", 0.7)

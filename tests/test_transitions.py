@@ -72,6 +72,7 @@ def reference_transitions(ds: Dataset, split: str, hist_num: int, history: str =
             for r in idx[:j]:
                 engaged = not context[r] and ds.reward[r] != 0
                 keep = history == "all" or engaged or (history == "context_engaged" and context[r])
+                keep = keep and ds.item[r] != ds.pad_index  # items outside the catalogue never enter a state
                 if step[r] < step[e] and keep:
                     past.append((int(ds.item[r]), int(codes[r])))
             past = past[-hist_num:]

@@ -6,7 +6,7 @@ setting keeps (``topkrec.data.transitions.history_rows``), as (item, event type)
 and their items are excluded from recommendations when ``exclude_seen`` is on. They are kept as flat
 arrays plus per-user offsets (O(events) memory), in ``user_histories.safetensors`` in the model directory::
 
-    items    (R,)           int32  item indices of every user's history rows in time order, OOV rows dropped
+    items    (R,)           int32  item indices of every user's history rows in time order (never OOV)
     events   (R,)           int32  their event-type codes (absent in files written before feedback tokens)
     offsets  (n_users + 1,) int64  user u's rows are [offsets[u], offsets[u + 1])
 
@@ -59,11 +59,11 @@ class UserHistories:
     @classmethod
     def from_dataset(cls, dataset: Dataset, history: str = "context_engaged") -> UserHistories:
         """Every user's history rows (``history``: which rows, as the model's setting) in dataset order
-        (user, then time), OOV items dropped."""
+        (user, then time); rows of items outside the catalogue are never history rows."""
         from topkrec.data.transitions import history_rows
 
         _, codes = dataset.event_vocabulary()
-        keep = history_rows(dataset, history) & (dataset.item != dataset.oov_index)
+        keep = history_rows(dataset, history)
         users = dataset.user[keep].astype(np.int64)
         items = dataset.item[keep].astype(np.int32)
         events = codes[keep].astype(np.int32)
@@ -102,7 +102,7 @@ class UserHistories:
             raise ArtifactError(
                 f"{path}: offsets of shape {offsets.shape} do not fit {n_users} users and {items.shape[0]} items"
             )
-        if np.any(np.diff(offsets) < 0) or (items.size and (items.min() < 0 or items.max() >= n_items)):
+        if np.any(np.diff(offsets) < 0) or (items.size and (items.min() < 0 or items.max() > n_items)):
             raise ArtifactError(f"{path}: item indices or offsets out of range for a {n_items}-item model")
         if events is not None and events.shape != items.shape:
             raise ArtifactError(f"{path}: {events.shape[0]} event codes for {items.shape[0]} items")

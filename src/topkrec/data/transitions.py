@@ -204,16 +204,21 @@ def token_windows(
 
 
 def history_rows(dataset: Dataset, which: str) -> np.ndarray:
-    """(E,) bool: the rows that enter histories under ``which`` (see the module docstring)."""
+    """(E,) bool: the rows that enter histories under ``which`` (see the module docstring).
+
+    Rows of items outside the catalogue (test items never seen in train) never do: the model cannot
+    represent them, and serving drops unknown items of a request's history the same way.
+    """
     if which not in HISTORY_ROWS:
         raise ValueError(f"history must be one of {', '.join(HISTORY_ROWS)}, got {which!r}")
     context = dataset.context_mask()
     engaged = ~context & (np.asarray(dataset.reward) != 0)
+    known = np.asarray(dataset.item) != dataset.pad_index
     if which == "all":
-        return np.ones(dataset.n_events, dtype=bool)
+        return known
     if which == "engaged":
-        return engaged
-    return engaged | context
+        return engaged & known
+    return (engaged | context) & known
 
 
 @dataclass(frozen=True)

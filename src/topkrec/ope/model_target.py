@@ -121,7 +121,7 @@ def _states(
     cfg = agent.config
     n = len(order)
     reward = df[reward_col].cast(float).to_numpy()[order] if reward_col is not None else np.ones(n)
-    keep = np.ones(n, dtype=bool) if cfg.history == "all" else reward != 0
+    keep = (np.ones(n, dtype=bool) if cfg.history == "all" else reward != 0) & (item[order] != cfg.pad_index)
     event_index = {name: i for i, name in enumerate(cfg.event_types)}
     if event_col is not None:
         labels = np.array([str(e) for e in df[event_col].to_list()], dtype=object)[order]

@@ -50,6 +50,9 @@ class AgentConfig:
     """Items in the catalogue; the item table has n_items + 1 rows, the last is the pad/OOV index."""
     event_types: tuple[str, ...] = ()
     """The dataset's event types (``Dataset.event_vocabulary``): code i of a history token is event_types[i]."""
+    history_events: tuple[str, ...] = ()
+    """The event types whose rows enter histories under ``history`` (serving filters new feedback by them;
+    empty: every type)."""
     embed_size: int = setting(
         32,
         "Width of the user and item embeddings when no --embeddings are given (pretrained ones set it).",

@@ -3,5 +3,14 @@ propensities, and the FastAPI app of ``topkrec serve`` (``topkrec.serve.app``, i
 
 from topkrec.serve.exploration import ExplorationConfig, boltzmann_explore, inclusion_probabilities
 from topkrec.serve.recommender import Recommendation, Recommender
+from topkrec.serve.sessions import Session, Sessions
 
-__all__ = ["ExplorationConfig", "Recommendation", "Recommender", "boltzmann_explore", "inclusion_probabilities"]
+__all__ = [
+    "ExplorationConfig",
+    "Recommendation",
+    "Recommender",
+    "Session",
+    "Sessions",
+    "boltzmann_explore",
+    "inclusion_probabilities",
+]

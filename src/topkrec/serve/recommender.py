@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import torch
 
     from topkrec.policy.artifact import LoadedAgent
+    from topkrec.serve.sessions import Session, Sessions
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class _Prepared:
     seen_items: np.ndarray  # (S,) int64 seen item index
     user_known: list[bool]
     unknown_items: list[list[str]]
+    allowed: np.ndarray | None = None  # (n_items,) bool: the candidate set (None: every item)
 
 
 class Recommender:
@@ -151,6 +153,11 @@ class Recommender:
         default = agent.raw_config.get("data", {}).get("default_event")
         # A history given without event types: its items count as the commonest type of the training rows.
         self.default_event = self.event_index.get(str(default), self.event_pad)
+        in_history = np.ones(self.event_pad + 1, dtype=bool)
+        if cfg.history_events:  # feedback of the other types (e.g. skipped impressions) never enters the state
+            in_history[:] = False
+            in_history[[self.event_index[name] for name in cfg.history_events if name in self.event_index]] = True
+        self._in_history = in_history
         stored = self.histories.events
         self._stored_events = (
             stored if stored is not None else np.full(self.histories.items.shape, self.event_pad, dtype=np.int32)
@@ -237,12 +244,25 @@ class Recommender:
         }
 
     # ------------------------------------------------------------------ API
+    def session(self, user: RawId | None = None) -> Session:
+        """A step-wise session (``topkrec.serve.sessions``): ``observe(item, event)``, then ``recommend(k)``."""
+        from topkrec.serve.sessions import Session, Sessions
+
+        return Session(Sessions.start(self, [user]))
+
+    def sessions(self, users: Sequence[RawId | None]) -> Sessions:
+        """Many running sessions scored together (``topkrec.serve.sessions.Sessions``)."""
+        from topkrec.serve.sessions import Sessions
+
+        return Sessions.start(self, users)
+
     def recommend(
         self,
         user: RawId | None = None,
         history: Sequence[RawId] | None = None,
         k: int = 10,
         history_events: Sequence[str] | None = None,
+        candidates: Sequence[RawId] | None = None,
         exclude_seen: bool = True,
         explore: bool = False,
         m: int = 200,
@@ -260,6 +280,7 @@ class Recommender:
             [history],
             k=k,
             history_events=None if history_events is None else [history_events],
+            candidates=candidates,
             exclude_seen=exclude_seen,
             explore=explore,
             m=m,
@@ -274,6 +295,7 @@ class Recommender:
         histories: Sequence[Sequence[RawId] | None] | None = None,
         k: int = 10,
         history_events: Sequence[Sequence[str] | None] | None = None,
+        candidates: Sequence[RawId] | None = None,
         exclude_seen: bool = True,
         explore: bool = False,
         m: int = 200,
@@ -293,11 +315,15 @@ class Recommender:
         hist_list: Sequence[Sequence[RawId] | None] = histories if histories is not None else [None] * n_rows
         if history_events is not None and len(history_events) != n_rows:
             raise TopkrecError(f"history_events has {len(history_events)} rows for {n_rows} requests")
-        prepared = self._prepare(user_list, hist_list, exclude_seen, history_events)
+        prepared = self._prepare(user_list, hist_list, exclude_seen, history_events, candidates)
+        return self._recommend_prepared(prepared, options, n_rows)
+
+    def _recommend_prepared(self, prepared: _Prepared, options: RecommendOptions, n_rows: int) -> list[Recommendation]:
+        k, explore, seed = options.k, options.explore, options.seed
         rng = np.random.default_rng(seed) if explore else None
         out: list[Recommendation] = []
         rows_per_chunk = max(1, min(1024, _LOGIT_ELEMENTS // max(self.n_items, 1)))
-        if not explore and self._blocked_scoring_applies(k, n_rows):
+        if not explore and self._blocked_scoring_applies(k, n_rows, prepared):
             rows_per_chunk = max(1, min(256, _BLOCKED_ELEMENTS // self.n_items))
         for start in range(0, n_rows, rows_per_chunk):
             stop = min(start + rows_per_chunk, n_rows)
@@ -326,38 +352,22 @@ class Recommender:
         histories: Sequence[Sequence[RawId] | None],
         exclude_seen: bool,
         history_events: Sequence[Sequence[str] | None] | None = None,
+        candidates: Sequence[RawId] | None = None,
     ) -> _Prepared:
         """Model inputs for a batch: vectorised over the stored histories, a Python pass only over the
         rows that bring their own history (raw ids must be looked up one by one)."""
         n_rows = len(users)
-        hist_num, pad = self.hist_num, self.pad_index
         user_index = self.user_index
         user_idx = np.fromiter(
             (-1 if u is None else user_index.get(str(u), -1) for u in users), dtype=np.int64, count=n_rows
         )
-        known = user_idx >= 0
-        offsets, stored_items = self.histories.offsets, self.histories.items
-        safe = np.maximum(user_idx, 0)
-        starts = np.where(known, offsets[safe], 0)
-        ends = np.where(known, offsets[safe + 1], 0)
-        # State: the last hist_num stored (item, event) tokens, left-padded — as training builds it.
-        state_hist = np.full((n_rows, hist_num), pad, dtype=np.int64)
-        state_event = np.full((n_rows, hist_num), self.event_pad, dtype=np.int64)
-        if stored_items.size:
-            pos = ends[:, None] - hist_num + np.arange(hist_num)[None, :]
-            inside = pos >= starts[:, None]
-            at = np.clip(pos, 0, stored_items.size - 1)
-            state_hist = np.where(inside, stored_items[at], pad).astype(np.int64)
-            state_event = np.where(inside, self._stored_events[at], self.event_pad).astype(np.int64)
+        state_hist, state_event, valid = self.stored_windows(user_idx)
         seen_rows: list[np.ndarray] = []
         seen_items: list[np.ndarray] = []
-        if exclude_seen and stored_items.size:
-            lengths = ends - starts
-            total = int(lengths.sum())
-            row_of = np.repeat(np.arange(n_rows, dtype=np.int64), lengths)
-            first = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-            seen_rows.append(row_of)
-            seen_items.append(stored_items[first + np.arange(total)].astype(np.int64))
+        if exclude_seen:
+            rows, items = self.stored_seen(user_idx)
+            seen_rows.append(rows)
+            seen_items.append(items)
         unknown_items: list[list[str]] = [[] for _ in range(n_rows)]
         item_index = self.item_index
         for r, raw_hist in enumerate(histories):
@@ -370,37 +380,96 @@ class Recommender:
                 raise TopkrecError(
                     f"history_events has {len(raw_events)} entries for a history of {len(raw_hist)} items"
                 )
-            given_list: list[int] = []
-            given_events: list[int] = []
+            given_items = np.empty(len(raw_hist), dtype=np.int64)
             for j, raw_item in enumerate(raw_hist):
                 i = item_index.get(str(raw_item))
-                if i is None:
+                if i is None:  # as in training, an item outside the catalogue never enters the state
                     unknown_items[r].append(str(raw_item))
-                    continue
-                given_list.append(i)
-                given_events.append(self.default_event if raw_events is None else self._event_code(raw_events[j]))
-            if not given_list:
-                continue
-            given = np.asarray(given_list, dtype=np.int64)
+                    i = self.pad_index
+                given_items[j] = i
+            if raw_events is None:
+                given_events = np.full(len(raw_hist), self.default_event, dtype=np.int64)
+            else:
+                given_events = np.fromiter((self._event_code(e) for e in raw_events), dtype=np.int64)
+            keep = self.enters_history(given_events) & (given_items != self.pad_index)
             # The given history comes after the stored one (it is newer).
-            real = state_hist[r] != pad
-            seq = np.concatenate([state_hist[r][real], given])[-hist_num:]
-            seq_events = np.concatenate([state_event[r][real], np.asarray(given_events, dtype=np.int64)])[-hist_num:]
-            state_hist[r], state_event[r] = pad, self.event_pad
-            state_hist[r, hist_num - seq.size :] = seq
-            state_event[r, hist_num - seq.size :] = seq_events
+            state_hist[r], state_event[r], valid[r] = push_tokens(
+                state_hist[r],
+                state_event[r],
+                valid[r],
+                given_items[keep],
+                given_events[keep],
+                self.pad_index,
+                self.event_pad,
+            )
             if exclude_seen:
-                seen_rows.append(np.full(given.size, r, dtype=np.int64))
-                seen_items.append(given)
+                known_items = given_items[given_items != self.pad_index]
+                seen_rows.append(np.full(known_items.size, r, dtype=np.int64))
+                seen_items.append(known_items)
         return _Prepared(
             user=user_idx,
             history=state_hist,
             history_event=state_event,
             seen_rows=np.concatenate(seen_rows) if seen_rows else np.zeros(0, dtype=np.int64),
             seen_items=np.concatenate(seen_items) if seen_items else np.zeros(0, dtype=np.int64),
-            user_known=known.tolist(),
+            user_known=(user_idx >= 0).tolist(),
             unknown_items=unknown_items,
+            allowed=self.candidate_mask(candidates),
         )
+
+    def stored_windows(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items, event codes, valid) (B, H) of the last ``hist_num`` stored tokens of each user index (−1 = none),
+        left-padded: the state training builds for the user's next event."""
+        hist_num, n_rows = self.hist_num, len(user_idx)
+        offsets, stored_items = self.histories.offsets, self.histories.items
+        known = user_idx >= 0
+        safe = np.maximum(user_idx, 0)
+        starts = np.where(known, offsets[safe], 0)
+        ends = np.where(known, offsets[safe + 1], 0)
+        state_hist = np.full((n_rows, hist_num), self.pad_index, dtype=np.int64)
+        state_event = np.full((n_rows, hist_num), self.event_pad, dtype=np.int64)
+        valid = np.zeros((n_rows, hist_num), dtype=bool)
+        if stored_items.size:
+            pos = ends[:, None] - hist_num + np.arange(hist_num)[None, :]
+            valid = pos >= starts[:, None]
+            at = np.clip(pos, 0, stored_items.size - 1)
+            state_hist = np.where(valid, stored_items[at], self.pad_index).astype(np.int64)
+            state_event = np.where(valid, self._stored_events[at], self.event_pad).astype(np.int64)
+        return state_hist, state_event, valid
+
+    def stored_seen(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, item) pairs of every stored catalogue item of each row's user (for ``exclude_seen``)."""
+        offsets, stored_items = self.histories.offsets, self.histories.items
+        known = user_idx >= 0
+        safe = np.maximum(user_idx, 0)
+        starts = np.where(known, offsets[safe], 0)
+        lengths = np.where(known, offsets[safe + 1], 0) - starts
+        total = int(lengths.sum())
+        row_of = np.repeat(np.arange(len(user_idx), dtype=np.int64), lengths)
+        first = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        items = stored_items[first + np.arange(total)].astype(np.int64) if total else np.zeros(0, dtype=np.int64)
+        real = items != self.pad_index
+        return row_of[real], items[real]
+
+    def enters_history(self, events: np.ndarray) -> np.ndarray:
+        """Whether feedback of these event codes enters the state (the model's ``history`` setting)."""
+        return self._in_history[np.clip(events, 0, self.event_pad)]
+
+    def candidate_mask(self, candidates: Sequence[RawId] | None) -> np.ndarray | None:
+        """(n_items,) bool of the items that may be shown (None: every item); unknown ids are skipped."""
+        if candidates is None:
+            return None
+        if isinstance(candidates, str | bytes):
+            raise TopkrecError(f"candidates must be a list of item ids, not the string {str(candidates)[:40]!r}")
+        index = [self.item_index.get(str(c)) for c in candidates]
+        known = np.array([i for i in index if i is not None], dtype=np.int64)
+        if known.size == 0:
+            raise TopkrecError(
+                f"none of the {len(index)} candidates is in the model's catalogue; pass item ids the model knows"
+            )
+        mask = np.zeros(self.n_items, dtype=bool)
+        mask[known] = True
+        return mask
 
     def _event_code(self, name: str) -> int:
         code = self.event_index.get(str(name))
@@ -458,7 +527,7 @@ class Recommender:
 
         k = options.k
         if not options.explore:
-            if self._blocked_scoring_applies(k, stop - start):
+            if self._blocked_scoring_applies(k, stop - start, prep):
                 logits, run_max = self._masked_logits_blocked(prep, start, stop)
                 top = _topk_by_runs(logits, k, run_max)
             else:
@@ -491,13 +560,16 @@ class Recommender:
             r = torch.as_tensor(prep.seen_rows[sel] - start, device=logits.device)
             c = torch.as_tensor(prep.seen_items[sel], device=logits.device)
             logits[r, c] = -math.inf
+        if prep.allowed is not None:
+            logits[:, torch.as_tensor(~prep.allowed, device=logits.device)] = -math.inf
         return logits
 
-    def _blocked_scoring_applies(self, k: int, rows: int) -> bool:
+    def _blocked_scoring_applies(self, k: int, rows: int, prep: _Prepared) -> bool:
         from topkrec.heads import FullSoftmaxHead
 
         return (
-            rows >= _BLOCKED_MIN_ROWS
+            prep.allowed is None
+            and rows >= _BLOCKED_MIN_ROWS
             and self.device.type == "cpu"
             and isinstance(self.agent.module.policy_head, FullSoftmaxHead)
             and self.n_items // _RUN >= 8 * (k + 1)
@@ -630,3 +702,25 @@ def recommend_in_chunks(
         return
     with ThreadPoolExecutor(workers) as pool:
         yield from pool.map(run, starts)
+
+
+def push_tokens(
+    items: np.ndarray,
+    events: np.ndarray,
+    valid: np.ndarray,
+    new_items: np.ndarray,
+    new_events: np.ndarray,
+    pad: int,
+    event_pad: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One state window (H,) with ``new_*`` tokens appended as the newest: the last H tokens, left-padded."""
+    h = items.shape[0]
+    seq_items = np.concatenate([items[valid], new_items])[-h:]
+    seq_events = np.concatenate([events[valid], new_events])[-h:]
+    out_items = np.full(h, pad, dtype=np.int64)
+    out_events = np.full(h, event_pad, dtype=np.int64)
+    out_valid = np.zeros(h, dtype=bool)
+    out_items[h - seq_items.size :] = seq_items
+    out_events[h - seq_items.size :] = seq_events
+    out_valid[h - seq_items.size :] = True
+    return out_items, out_events, out_valid

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from topkrec.data.dataset import Dataset, discounted_returns
@@ -46,8 +47,9 @@ def build_agent(
         if (initial_agent.config.n_users, initial_agent.config.n_items) != (dataset.n_users, dataset.n_items):
             raise TopkrecError("the initial agent's n_users/n_items do not match the dataset")
         return initial_agent
-    event_types, _ = dataset.event_vocabulary()
+    event_types, codes = dataset.event_vocabulary()
     cfg = (agent_config or AgentConfig()).for_dataset(dataset.n_users, dataset.n_items, event_types)
+    cfg = replace(cfg, history_events=history_event_types(dataset, cfg.history))
     user_init = item_init = None
     if embeddings is not None:
         user_init, item_init = embeddings.user, embeddings.item
@@ -72,6 +74,18 @@ def build_agent(
     if set_proposal_counts(heads, counts):
         logger.info("sampled softmax: popularity proposal from the train counts")
     return agent
+
+
+def history_event_types(dataset: Dataset, history: str) -> tuple[str, ...]:
+    """The event types most of whose rows are history rows under ``history`` (what serving keeps)."""
+    from topkrec.data.transitions import history_rows
+
+    names, codes = dataset.event_vocabulary()
+    if not names:
+        return ()
+    kept = np.bincount(codes[history_rows(dataset, history)], minlength=len(names))
+    total = np.bincount(codes, minlength=len(names))
+    return tuple(name for name, k, t in zip(names, kept, total, strict=True) if t and 2 * k >= t)
 
 
 def init_output_bias(agent: Agent, counts: torch.Tensor, kind: str) -> None:
