@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from topkrec.serve import Recommender
+from topkrec.serve import Recommender, Session
 from topkrec.simulate.environment import EnvConfig, Environment, LoggingPolicyConfig, logging_policy_probs, rollout
 from topkrec.simulate.gym_env import SequentialRecEnv
 from topkrec.simulate.sequential import prepare_logs
@@ -56,7 +56,11 @@ def mean_return(env: SequentialRecEnv, policy: Policy, sessions: int, seed: int 
     for _ in range(sessions):
         total, done = 0.0, False
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
+            slate = policy(obs)
+            obs, reward, terminated, truncated, info = env.step(slate)
+            feedback = getattr(policy, "feedback", None)
+            if feedback is not None:
+                feedback(slate, info)
             total += reward
             done = terminated or truncated
         totals.append(total)
@@ -64,15 +68,28 @@ def mean_return(env: SequentialRecEnv, policy: Policy, sessions: int, seed: int 
     return float(np.mean(totals))
 
 
-def model_policy(rec: Recommender, k: int, pad: int) -> Policy:
-    """The trained π's top K for the observed user and their recent feedback (raw ids are env item ids)."""
+class ModelPolicy:
+    """The trained π's top K, served through a step-wise session per user (raw ids are env item ids).
 
-    def policy(obs: dict) -> np.ndarray:
-        history = [str(i) for i in obs["items"] if i != pad]
-        r = rec.recommend(user=str(obs["user"]), history=history, k=k, exclude_seen=False)
-        return np.array([int(i) for i in r.items])
+    The session starts from the user's history the model was trained on and is told what happened to
+    every shown item (the engaged one's behaviour, ``skip`` for the others): its state is built by the
+    model's own rules, as in training.
+    """
 
-    return policy
+    def __init__(self, rec: Recommender, k: int) -> None:
+        self.rec, self.k = rec, k
+        self.sessions: dict[int, Session] = {}
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        session = self.sessions.setdefault(int(obs["user"]), self.rec.session(user=str(obs["user"])))
+        self.current = session
+        return np.array([int(i) for i in session.recommend(k=self.k, exclude_seen=False).items])
+
+    def feedback(self, slate: np.ndarray, info: dict) -> None:
+        for j, item in enumerate(slate):
+            if info["shown"][j]:
+                engaged = int(item) == info["engaged_item"]
+                self.current.observe(str(int(item)), info["event"] if engaged else "skip")
 
 
 def main() -> None:
@@ -84,12 +101,12 @@ def main() -> None:
     print(f"model: {model}")
 
     env = SequentialRecEnv(WORLD)
-    k, pad = WORLD.slate_size, WORLD.n_items
+    k = WORLD.slate_size
     head = np.argsort(-Environment(WORLD).item_logpop)[:k]  # the K items of highest popularity prior
     policies: dict[str, Policy] = {
         "random": lambda obs: env.np_random.choice(WORLD.n_items, size=k, replace=False),
         "popularity prior": lambda obs: head,
-        "topkrec (topk, greedy)": model_policy(Recommender.load(model, device="cpu"), k, pad),
+        "topkrec (topk, greedy)": ModelPolicy(Recommender.load(model, device="cpu"), k),
     }
     for name, policy in policies.items():
         print(f"{name:>24}: {mean_return(env, policy, args.sessions):.3f} reward per session")

@@ -256,6 +256,12 @@ class Recommender:
 
         return Sessions.start(self, users)
 
+    def sessions_for_indices(self, user_index: np.ndarray, stored_history: bool = True) -> Sessions:
+        """``sessions`` for model user indices (−1: unknown), as simulators that speak the model's ids use it."""
+        from topkrec.serve.sessions import Sessions
+
+        return Sessions(self, np.asarray(user_index, dtype=np.int64), stored_history)
+
     def recommend(
         self,
         user: RawId | None = None,

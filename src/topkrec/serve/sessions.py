@@ -113,10 +113,23 @@ class Sessions:
             self.valid[at] = np.concatenate([self.valid[at, 1:], np.ones((at.size, 1), dtype=bool)], axis=1)
 
     # ------------------------------------------------------------------ scoring
-    def logits(self, rows: np.ndarray | None = None) -> torch.Tensor:
-        """(B, n_items) policy logits of ``rows`` (all rows by default)."""
+    def logits(self, rows: np.ndarray | None = None, head: str = "policy_head") -> torch.Tensor:
+        """(B, n_items) logits of ``rows`` (all rows by default) under π (``head="behavior_head"``: β̂)."""
+        import torch
+
         sel = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
-        return self.recommender.logits(self.user[sel], self.history[sel], self.history_event[sel])
+        if head == "policy_head":
+            return self.recommender.logits(self.user[sel], self.history[sel], self.history_event[sel])
+        module = self.recommender.agent.module
+        device = self.recommender.device
+        with torch.inference_mode():
+            state = module.encode(
+                torch.as_tensor(self.user[sel], device=device),
+                torch.as_tensor(self.history[sel], device=device),
+                torch.as_tensor(self.history_event[sel], device=device),
+            )
+            logits: torch.Tensor = getattr(module, head).logits(state).float()
+        return logits
 
     def recommend(
         self,

@@ -443,11 +443,14 @@ def rollout(
     as a log row with its exact propensity (α = 1 − (1 − p)^K for draws, the Plackett–Luce inclusion
     probability for ``pl``, 1 for slates). ``impressions`` False logs (and keeps in the users'
     histories) only the engaged items, as interaction logs such as Taobao's do; True logs every shown
-    item, the skipped ones as ``skip``.
+    item, the skipped ones as ``skip``. A ``policy`` with an ``observe(users, slates, events, logged)``
+    method is told after each step what happened: the shown slates (B, K), their event codes (B, K,
+    EVENT_TOKENS) and which positions the log keeps (B, K) — what a trained agent's serving sessions need.
     """
     if form not in SLATE_FORMS:
         raise ValueError(f"unknown slate form {form!r}; use one of {', '.join(SLATE_FORMS)}")
     streams = as_streams(streams)
+    observe = getattr(policy, "observe", None)
     c = env.config
     k = c.slate_size
     users_all = np.arange(c.n_users)
@@ -512,6 +515,8 @@ def rollout(
                 rows["hist"].append(state.history[b])
             # the user's history gains the shown items in slate order (or only the engaged one)
             push_history(hist, hist_ev, idx, slates, events, in_history)
+            if observe is not None:  # a stateful policy (a trained agent's sessions) sees the same feedback
+                observe(idx, slates, events, in_history)
             last[idx] = np.where(engaged, res.engaged_item, last[idx])
             taste[idx] = res.taste
             active[idx[res.ends]] = False

@@ -44,6 +44,7 @@ import numpy as np
 
 from topkrec.policy.config import Correction, Encoder
 from topkrec.simulate.environment import (
+    EVENT_TOKENS,
     EnvConfig,
     Environment,
     LoggedEvents,
@@ -258,8 +259,58 @@ class _IdMaps:
         return np.where(env_history >= 0, self.item_ds[np.maximum(env_history, 0)], self.pad)
 
 
+class AgentSessions:
+    """A trained model served to the simulated users through its step-wise sessions (``topkrec.serve``).
+
+    One session row per environment user, started from the user's stored history (the training logs), so
+    each state is built by the model's own rules — its history setting, its (item, event type) tokens,
+    its window — exactly as training built the logged states (``tests/test_sessions.py``). ``rollout``
+    tells it each step's feedback (``observe``); calling it gives per-draw probabilities (B, I_env).
+    """
+
+    def __init__(self, model_dir: Path, maps: _IdMaps, n_env_items: int, head: str = "policy_head") -> None:
+        from topkrec.serve import Recommender
+
+        self.rec = Recommender.load(model_dir, device="cpu")
+        self.maps, self.n_env_items, self.head = maps, n_env_items, head
+        self.sessions = self.rec.sessions_for_indices(maps.user_ds)
+        names = self.rec.config.event_types
+        code = {name: i for i, name in enumerate(names)}
+        # environment event token → the model's event code (pad for tokens the data never had)
+        self.event_code = np.array([code.get(t, self.rec.event_pad) for t in EVENT_TOKENS], dtype=np.int64)
+
+    def probs(self, users: np.ndarray) -> np.ndarray:
+        import torch
+
+        logits = self.sessions.logits(users, head=self.head).float()
+        probs = torch.softmax(logits, dim=-1).double().numpy()
+        out = np.zeros((users.shape[0], self.n_env_items))
+        out[:, self.maps.item_env] = probs
+        return out
+
+    def __call__(self, state: SessionState) -> np.ndarray:
+        return self.probs(state.users)
+
+    def observe(self, users: np.ndarray, slates: np.ndarray, events: np.ndarray, logged: np.ndarray) -> None:
+        b, j = np.nonzero(logged)  # row-major: each user's slate in position order
+        self.sessions.observe_indices(users[b], self.maps.item_ds[slates[b, j]], self.event_code[events[b, j]])
+
+    def greedy(self, k: int) -> PolicyFn:
+        """The same sessions serving their K most probable items (``recommend``'s deterministic mode)."""
+
+        def choose(state: SessionState) -> np.ndarray:
+            return np.argsort(-self.probs(state.users), axis=1, kind="stable")[:, :k]
+
+        choose.observe = self.observe  # type: ignore[attr-defined]
+        return choose
+
+
 def _agent_probs(module: Any, maps: _IdMaps, state: SessionState, head: str, n_env_items: int) -> np.ndarray:
-    """Per-draw probabilities (B, I_env) of the agent's π (or β̂) head for the sessions in ``state``."""
+    """Per-draw probabilities (B, I_env) of a module's head from the environment's own history window.
+
+    Stateless and approximate (bare items, the environment's window): benchmarks that have no model
+    directory use it; the scenario serves models through ``AgentSessions``.
+    """
     import torch
 
     with torch.no_grad():
@@ -280,8 +331,31 @@ def _step_groups(log: LoggedEvents) -> tuple[np.ndarray, np.ndarray]:
     return first, group
 
 
+def _replay_states(rec: Any, maps: _IdMaps, log: LoggedEvents, first: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(user index (G,), history items (G, H), event codes (G, H)) of each logged step ``first`` (its first row):
+    the log replayed through the model's sessions in time order, so each step's state is the one the model
+    would have had when the slate was shown."""
+    sessions = rec.sessions_for_indices(maps.user_ds)
+    code = {name: i for i, name in enumerate(rec.config.event_types)}
+    event_codes = np.array([code.get(str(e), rec.event_pad) for e in log.event], dtype=np.int64)
+    _, group = _step_groups(log)
+    n_groups, h = first.shape[0], rec.hist_num
+    items = np.empty((n_groups, h), dtype=np.int64)
+    events = np.empty((n_groups, h), dtype=np.int64)
+    group_ts = log.ts[first]
+    rows_by_group = np.argsort(group, kind="stable")  # rows of each group, in log (slate) order
+    bounds = np.searchsorted(group[rows_by_group], np.arange(n_groups + 1))
+    for ts in np.unique(group_ts):  # steps in time order; a user has at most one step at a time
+        gs = np.flatnonzero(group_ts == ts)
+        users = log.user[first[gs]]
+        items[gs], events[gs] = sessions.history[users], sessions.history_event[users]
+        rows = np.concatenate([rows_by_group[bounds[g] : bounds[g + 1]] for g in gs])
+        sessions.observe_indices(log.user[rows], maps.item_ds[log.item[rows]], event_codes[rows])
+    return maps.user_ds[log.user[first]], items, events
+
+
 def item_level_estimates(
-    module: Any,
+    model_dir: Path,
     maps: _IdMaps,
     log: LoggedEvents,
     k: int,
@@ -312,13 +386,17 @@ def item_level_estimates(
     import torch
 
     from topkrec.ope import BootstrapResult
+    from topkrec.serve import Recommender
     from topkrec.serve.exploration import inclusion_probabilities
 
     if greedy:
         form = "slate"
+    rec = Recommender.load(model_dir, device="cpu")
+    module = rec.agent.module
     n = log.item.shape[0]
     alpha_p = np.zeros(n)
     first, group = _step_groups(log)
+    state_user, state_items, state_events = _replay_states(rec, maps, log, first)
     expected_shown = np.zeros(first.shape[0])  # m(s) of each logged step's state
     item_ds = maps.item_ds[log.item]
     known = item_ds != maps.pad  # items never logged in training cannot be drawn by π
@@ -330,10 +408,10 @@ def item_level_estimates(
     with torch.no_grad():
         for g0 in range(0, first.shape[0], chunk):
             g1 = min(g0 + chunk, first.shape[0])
-            rows = first[g0:g1]
-            user = torch.as_tensor(maps.user_ds[log.user[rows]])
-            hist = torch.as_tensor(maps.history(log.history[rows]))
-            logp = torch.log_softmax(getattr(module, head).logits(module.encode(user, hist)).float(), dim=-1)
+            user = torch.as_tensor(state_user[g0:g1])
+            hist, hist_ev = torch.as_tensor(state_items[g0:g1]), torch.as_tensor(state_events[g0:g1])
+            state = module.encode(user, hist, hist_ev)
+            logp = torch.log_softmax(getattr(module, head).logits(state).float(), dim=-1)
             logp_np = logp.double().numpy()  # (G, n_items)
             if form == "slate":  # in the top K ⇔ fewer than K items score higher
                 rank_ok = None
@@ -448,15 +526,11 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
     maps = _IdMaps(dataset, env_cfg.n_items, env_cfg.n_users)
     popular_env = maps.item_env[np.argsort(-np.bincount(dataset.item[dataset.reward > 0], minlength=dataset.n_items))]
 
-    def agent_policy(module: Any, head: str = "policy_head") -> PolicyFn:
-        return lambda state: _agent_probs(module, maps, state, head, env_cfg.n_items)
+    def agent_policy(corr: str, head: str = "policy_head") -> PolicyFn:
+        return AgentSessions(work / f"seed{seed}_{corr}", maps, env_cfg.n_items, head)
 
-    def agent_greedy(module: Any) -> PolicyFn:
-        def choose(state: SessionState) -> np.ndarray:  # top-K of π: the serving default
-            probs = _agent_probs(module, maps, state, "policy_head", env_cfg.n_items)
-            return np.argsort(-probs, axis=1, kind="stable")[:, :k]
-
-        return choose
+    def agent_greedy(corr: str) -> PolicyFn:  # top-K of π: the serving default
+        return AgentSessions(work / f"seed{seed}_{corr}", maps, env_cfg.n_items).greedy(k)
 
     def popularity(state: SessionState) -> np.ndarray:
         return np.tile(popular_env[:k], (state.users.shape[0], 1))
@@ -470,12 +544,12 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
     policies: dict[str, tuple[PolicyFn, SlateForm]] = {}
     for form, suffix in FORM_ITEMS:
         for corr in CORRECTION_NAMES:
-            fn = agent_greedy(models[corr]) if form == "slate" else agent_policy(models[corr])
+            fn = agent_greedy(corr) if form == "slate" else agent_policy(corr)
             policies[corr + suffix] = (fn, form)
     policies.update(
         {
             "logging": (logging_policy, "draws"),
-            "behavior": (agent_policy(models["none"], "behavior_head"), "draws"),
+            "behavior": (agent_policy("none", "behavior_head"), "draws"),
             "popularity": (popularity, "slate"),
             "uniform": (uniform, "draws"),
             "oracle": (oracle, "slate"),
@@ -539,8 +613,11 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
         if form == "pl" and not config.ope_pl:
             continue
         for name in CORRECTION_NAMES:
-            estimates[name + suffix] = item_level_estimates(models[name], maps, held_out, form=form, **common)
-    estimates["behavior"] = item_level_estimates(models["none"], maps, held_out, head="behavior_head", **common)
+            model_dir = work / f"seed{seed}_{name}"
+            estimates[name + suffix] = item_level_estimates(model_dir, maps, held_out, form=form, **common)
+    estimates["behavior"] = item_level_estimates(
+        work / f"seed{seed}_none", maps, held_out, head="behavior_head", **common
+    )
     timings["ope"] = time.perf_counter() - t
     # sanity: the logging policy's own estimate (weights exactly 1) is the held-out log's mean return
     ones = np.bincount(held_out.session, weights=held_out.reward, minlength=held_out.n_sessions)
