@@ -70,16 +70,36 @@ def train_command(
             force=force,
             progress=STATE.progress,
             metrics=metrics,
+            on_epoch=_print_validation if distributed.env_rank() == 0 else None,
         )
     finally:
         metrics.close()
         distributed.teardown()
     if distributed.env_rank() != 0:
         return
-    last = result.history[-1] if result.history else {}
+    losses = [r for r in result.history if "train/policy_loss" in r]
+    state = result.state
+    best = (
+        f"; validation ndcg@{settings['train'].k} {state.best_metric:.4f} at epoch {state.best_epoch} (kept)"
+        + (" — stopped early" if state.stopped_early else "")
+        if state.best_metric is not None
+        else ""
+    )
     typer.echo(
-        f"trained {result.state.global_step} steps ({result.state.epoch} epochs) in {result.seconds:.1f} s → {out}"
-        + (f"; last policy loss {last['train/policy_loss']:.4g}" if "train/policy_loss" in last else "")
+        f"trained {state.global_step} steps ({state.epoch} epochs) in {result.seconds:.1f} s → {out}"
+        + (f"; last policy loss {losses[-1]['train/policy_loss']:.4g}" if losses else "")
+        + best
+    )
+
+
+def _print_validation(record: dict[str, float]) -> None:
+    """One line per epoch on stderr: π's validation ndcg@K against popularity's."""
+    k = next(key for key in record if key.startswith("val/ndcg@")).split("@")[1]
+    typer.echo(
+        f"epoch {int(record['train/epoch'])}: validation ndcg@{k} {record[f'val/ndcg@{k}']:.4f} "
+        f"(popularity {record[f'val/popularity_ndcg@{k}']:.4f}; best {record[f'val/best_ndcg@{k}']:.4f} "
+        f"at epoch {int(record['val/best_epoch'])})",
+        err=True,
     )
 
 

@@ -203,6 +203,27 @@ def token_windows(
     )
 
 
+def validation_rows(dataset: Dataset, val_size: float) -> np.ndarray:
+    """(E,) bool: the last round(val_size · n) train events of each user with n > 3 train events (the split rule
+    of ``prepare``, applied inside the train part; Python's round, half to even). Context rows never count."""
+    out = np.zeros(dataset.n_events, dtype=bool)
+    if val_size <= 0:
+        return out
+    candidate = ~np.asarray(dataset.is_test, dtype=bool) & ~dataset.context_mask()
+    rows = np.flatnonzero(candidate)
+    users = np.asarray(dataset.user)[rows]
+    if rows.size == 0:
+        return out
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    lengths = np.diff(np.r_[starts, rows.size])
+    n = np.repeat(lengths, lengths)
+    pos = np.arange(rows.size) - np.repeat(starts, lengths)
+    keep_train = np.round((1.0 - val_size) * lengths).astype(np.int64)  # half to even, as Python's round
+    held = (n > 3) & (pos >= np.repeat(keep_train, lengths))
+    out[rows[held]] = True
+    return out
+
+
 def history_rows(dataset: Dataset, which: str) -> np.ndarray:
     """(E,) bool: the rows that enter histories under ``which`` (see the module docstring).
 
@@ -253,8 +274,10 @@ def build_transitions(
     hist_num: int = 10,
     device: torch.device | str = "cpu",
     history: str = "context_engaged",
+    rows_mask: np.ndarray | None = None,
 ) -> Transitions:
-    """The transitions of ``split`` (context-only rows excluded), every tensor on ``device``.
+    """The transitions of ``split`` (context-only rows excluded; ``rows_mask`` (E,) keeps fewer), every tensor
+    on ``device``.
 
     Requires events grouped by user and time-sorted within a user (the dataset-directory contract).
     """
@@ -271,6 +294,8 @@ def build_transitions(
         raise DataError("events are not grouped by user; the dataset directory is corrupt, re-run `topkrec prepare`")
     is_test = np.asarray(dataset.is_test, dtype=bool)
     in_split = (is_test if split == "test" else ~is_test) & ~dataset.context_mask()
+    if rows_mask is not None:
+        in_split &= np.asarray(rows_mask, dtype=bool)
     rows = np.flatnonzero(in_split).astype(np.int64)
     index = HistoryIndex.build(dataset, history)
     names, _ = dataset.event_vocabulary()

@@ -67,6 +67,8 @@ OPTIMIZER_META_FILE = "optimizer.json"
 RNG_FILE = "rng.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 TRAIN_LOG_FILE = "train_log.jsonl"
+BEST_WEIGHTS_FILE = "best_weights.safetensors"
+"""With --val-size, while training: the weights of the best validation epoch so far (for --resume)."""
 METRICS_FILE = "metrics.json"
 
 __all__ = [
@@ -78,6 +80,7 @@ __all__ = [
     "MODULE_FILES",
     "TRAINER_STATE_FILE",
     "TRAIN_LOG_FILE",
+    "BEST_WEIGHTS_FILE",
     "LoadedAgent",
     "TrainerState",
     "load_agent",
@@ -100,6 +103,10 @@ class TrainerState:
     global_step: int = 0
     finished: bool = False
     world_size: int = 1  # processes of the (last) run; --batch-size is the global batch over all of them
+    best_metric: float | None = None  # with --val-size: the best validation ndcg@K so far
+    best_epoch: int | None = None  # its epoch (1-based); the finished model holds that epoch's weights
+    since_best: int = 0  # epochs since the best one (early stopping at --patience)
+    stopped_early: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +115,10 @@ class TrainerState:
             "global_step": self.global_step,
             "finished": self.finished,
             "world_size": self.world_size,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "since_best": self.since_best,
+            "stopped_early": self.stopped_early,
         }
 
     @classmethod
@@ -119,6 +130,10 @@ class TrainerState:
                 global_step=int(obj["global_step"]),
                 finished=bool(obj.get("finished", False)),
                 world_size=int(obj.get("world_size", 1)),
+                best_metric=None if obj.get("best_metric") is None else float(obj["best_metric"]),
+                best_epoch=None if obj.get("best_epoch") is None else int(obj["best_epoch"]),
+                since_best=int(obj.get("since_best", 0)),
+                stopped_early=bool(obj.get("stopped_early", False)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{source} is not a valid trainer state ({e}); the checkpoint is corrupt") from e

@@ -219,6 +219,20 @@ class TrainConfig:
         "Initial output biases of π and β̂: the log train count of each item (both heads start as popularity) or 0.",
         resume_locked=True,
     )
+    val_size: float = setting(
+        0.0,
+        "Share of each user's last train events held out for validation (users with more than 3 train events): "
+        "they stay in histories but are never trained on; after each epoch π's ndcg@K on them is printed next to "
+        "popularity's, and the best epoch's weights are kept. 0: no validation.",
+        ge=0,
+        lt=1,
+        resume_locked=True,
+    )
+    patience: int = setting(
+        2,
+        "With --val-size: stop after this many epochs without a better validation ndcg@K (0: never stop early).",
+        ge=0,
+    )
     seed: int = setting(
         0, "Seed of initialisation and of each epoch's permutation (seeded by (seed, epoch)).", ge=0, resume_locked=True
     )

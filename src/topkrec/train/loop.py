@@ -29,12 +29,12 @@ import torch
 
 from topkrec import distributed
 from topkrec.data.dataset import Dataset
-from topkrec.data.transitions import Transitions, build_transitions
+from topkrec.data.transitions import Transitions, build_transitions, validation_rows
 from topkrec.device import resolve_device
 from topkrec.errors import TopkrecError
 from topkrec.metrics_log import MetricsLogger
 from topkrec.optim import Optimizer, build_optimizer
-from topkrec.policy.artifact import HISTORIES_FILE, TrainerState, write_checkpoint
+from topkrec.policy.artifact import BEST_WEIGHTS_FILE, HISTORIES_FILE, TrainerState, write_checkpoint
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
 from topkrec.policy.objective import STAT_FIELDS, PolicyLossStats
@@ -69,12 +69,14 @@ def train_agent(
     on_step: Callable[[int, StepOutput], None] | None = None,
     initial_agent: Agent | None = None,
     metrics: MetricsLogger | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train π and β̂ on the train split of ``dataset``; checkpoint into the model dir ``out``.
 
     ``embeddings``: ``PretrainedEmbeddings`` (``topkrec.embeddings.load_embeddings``) or None (tables
     start random and are trained). ``initial_agent`` starts from given weights (its config is used).
-    ``resume`` continues from the checkpoint in ``out``; ``metrics`` receives every logged record.
+    ``resume`` continues from the checkpoint in ``out``; ``metrics`` receives every logged record;
+    ``on_epoch`` gets each epoch's validation record (with ``--val-size``).
     """
     from topkrec.io import check_output_dir, recover_interrupted
 
@@ -93,8 +95,9 @@ def train_agent(
     objective = _objective(agent, config, device, dist, data.all_rewarded)
     metrics = metrics or MetricsLogger(jsonl if dist.is_main else None)
     metrics.history = history
+    validator = Validator.build(dataset, agent.config, config, device, out if resume else None)
     meter = IntervalMeter(device, config.log_every, agent.supervised_head is not None, dataset.propensity is not None)
-    checkpointer = Checkpointer(out, dataset, agent.config, dist.is_main)
+    checkpointer = Checkpointer(out, dataset, agent.config, dist.is_main, validator)
     total = data.total_steps(config)
     t0 = time.perf_counter()
     try:
@@ -115,9 +118,13 @@ def train_agent(
                     bar.update(0, info=f"epoch {state.epoch + 1} π {record['train/policy_loss']:.3g}")
                 if epoch_end:
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                    if validator is not None and validator.after_epoch(agent, state, metrics, on_epoch):
+                        break  # early stopping: --patience epochs without a better validation metric
                 if (epoch_end and state.epoch < config.epochs) or _every(config.checkpoint_every, state.global_step):
                     checkpointer.save(agent, optimizer, config, state, metrics.history, meter)
-        state.finished = state.epoch >= config.epochs
+        state.finished = state.epoch >= config.epochs or state.stopped_early
+        if state.finished and validator is not None:
+            validator.restore_best(agent)  # the finished model is the best validation epoch's
         checkpointer.save(agent, optimizer, config, state, metrics.history, meter)
         dist.barrier()  # every rank waits for rank 0's last write before the group goes away
     except KeyboardInterrupt:
@@ -168,7 +175,10 @@ class TrainData:
                 "--propensity logged needs logged propensities: the dataset has none (prepare --format events "
                 "--propensity-col COL), or train with --propensity estimated"
             )
-        transitions = build_transitions(dataset, "train", agent_config.hist_num, device, agent_config.history)
+        val = validation_rows(dataset, config.val_size)
+        transitions = build_transitions(
+            dataset, "train", agent_config.hist_num, device, agent_config.history, rows_mask=~val
+        )
         if len(transitions) == 0:
             raise TopkrecError("the dataset has no train events to learn from")
         if dist.enabled and config.batch_size < dist.world_size:
@@ -275,10 +285,105 @@ class IntervalMeter:
         return record
 
 
+class Validator:
+    """``--val-size``: π's ndcg@K on held-out train events after each epoch, against popularity's; keeps the
+    best epoch's weights and says when ``--patience`` epochs have passed without improvement."""
+
+    def __init__(
+        self,
+        val: Transitions,
+        popularity: torch.Tensor,
+        config: TrainConfig,
+        best_state: dict[str, torch.Tensor] | None,
+    ) -> None:
+        self.val, self.k, self.patience = val, config.k, config.patience
+        self.best_state = best_state
+        self.popularity_ndcg = self._ndcg(lambda b: popularity[None, :].expand(len(b), -1))
+
+    @classmethod
+    def build(
+        cls,
+        dataset: Dataset,
+        agent_config: AgentConfig,
+        config: TrainConfig,
+        device: torch.device,
+        resume_from: Path | None,
+    ) -> Validator | None:
+        if config.val_size <= 0:
+            return None
+        mask = validation_rows(dataset, config.val_size)
+        val = build_transitions(dataset, "train", agent_config.hist_num, device, agent_config.history, rows_mask=mask)
+        if len(val) == 0:
+            logger.warning("--val-size %g holds out no event (users need more than 3 train events)", config.val_size)
+            return None
+        train = ~np.asarray(dataset.is_test, dtype=bool) & ~mask
+        counts = np.bincount(dataset.item[train], minlength=dataset.n_items + 1)[: dataset.n_items]
+        popularity = torch.log(torch.as_tensor(counts, dtype=torch.float32, device=device).clamp_min(0.5))
+        best = None
+        if resume_from is not None and (resume_from / BEST_WEIGHTS_FILE).exists():
+            from safetensors.torch import load_file
+
+            best = load_file(str(resume_from / BEST_WEIGHTS_FILE))
+        return cls(val, popularity, config, best)
+
+    @torch.no_grad()
+    def _ndcg(self, score: Callable[[Any], torch.Tensor]) -> float:
+        from topkrec.evaluate.metrics import ndcg_from_rank, target_rank
+
+        total, n = 0.0, len(self.val)
+        for start in range(0, n, 1024):
+            b = self.val.batch(torch.arange(start, min(start + 1024, n), device=self.val.device))
+            total += float(ndcg_from_rank(target_rank(score(b).float(), b.action), self.k).sum())
+        return total / max(n, 1)
+
+    def after_epoch(
+        self,
+        agent: Agent,
+        state: TrainerState,
+        metrics: MetricsLogger,
+        on_epoch: Callable[[dict[str, float]], None] | None,
+    ) -> bool:
+        """Score the epoch, keep the best weights; True when training should stop early."""
+        agent.eval()
+        ndcg = self._ndcg(lambda b: agent.policy_head.logits(agent.encode(b.user, b.history, b.history_event)))
+        agent.train()
+        if state.best_metric is None or ndcg > state.best_metric:
+            state.best_metric, state.best_epoch, state.since_best = ndcg, state.epoch, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()}
+        else:
+            state.since_best += 1
+        record = {
+            f"val/ndcg@{self.k}": ndcg,
+            f"val/popularity_ndcg@{self.k}": self.popularity_ndcg,
+            f"val/best_ndcg@{self.k}": float(state.best_metric),
+            "val/best_epoch": float(state.best_epoch or 0),
+            "train/epoch": float(state.epoch),
+        }
+        metrics.log(state.global_step, record)
+        if on_epoch is not None:
+            on_epoch(record)
+        state.stopped_early = bool(self.patience) and state.since_best >= self.patience
+        if state.stopped_early:
+            logger.info("early stop after epoch %d: best validation at epoch %s", state.epoch, state.best_epoch)
+        return state.stopped_early
+
+    def restore_best(self, agent: Agent) -> None:
+        if self.best_state is not None:
+            agent.load_state_dict(self.best_state)
+
+    def best_bytes(self) -> bytes:
+        from safetensors.torch import save
+
+        assert self.best_state is not None
+        return save({k: v.contiguous() for k, v in self.best_state.items()})
+
+
 class Checkpointer:
     """Writes the model directory (weights, optimizer, RNG, trainer state, log) atomically; rank 0 only."""
 
-    def __init__(self, out: Path, dataset: Dataset, agent_config: AgentConfig, is_main: bool) -> None:
+    def __init__(
+        self, out: Path, dataset: Dataset, agent_config: AgentConfig, is_main: bool, validator: Validator | None = None
+    ) -> None:
         from topkrec.data.histories import UserHistories
         from topkrec.embeddings import dataset_fingerprint
 
@@ -292,6 +397,7 @@ class Checkpointer:
             common = np.bincount(histories.events, minlength=len(agent_config.event_types)).argmax()
             self.data_info["default_event"] = agent_config.event_types[int(common)]
         self.extra_files = {HISTORIES_FILE: histories.to_bytes()} if is_main else {}
+        self.validator = validator
 
     def save(
         self,
@@ -305,6 +411,9 @@ class Checkpointer:
         meter.raise_if_diverged()  # never replace a good checkpoint with NaN weights
         if not self.is_main:  # one writer; the weights are the same on every rank
             return
+        extra = dict(self.extra_files)
+        if self.validator is not None and self.validator.best_state is not None and not state.finished:
+            extra[BEST_WEIGHTS_FILE] = self.validator.best_bytes()
         write_checkpoint(
             self.out,
             agent,
@@ -315,7 +424,7 @@ class Checkpointer:
             self.user_raw,
             self.item_raw,
             self.data_info,
-            self.extra_files,
+            extra,
         )
 
 

@@ -1,0 +1,100 @@
+"""--val-size: held-out train events, validation against popularity, best epoch kept, early stopping, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from agent_data import synth_dataset
+from topkrec.cli import app
+from topkrec.data.dataset import Dataset
+from topkrec.data.transitions import build_transitions, validation_rows
+from topkrec.policy.config import AgentConfig, TrainConfig
+from topkrec.train import train_agent
+
+AGENT = AgentConfig(embed_size=8, hidden=16, encoder="mean")
+
+
+def _cfg(**kw: object) -> TrainConfig:
+    base = {"lr": 5e-3, "batch_size": 32, "device": "cpu", "val_size": 0.2, "seed": 1}
+    return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_validation_rows_follow_the_split_rule_inside_the_train_part() -> None:
+    user = np.array([0] * 5 + [1] * 3 + [2] * 7, np.int32)
+    n = user.size
+    is_test = np.zeros(n, bool)
+    is_test[[4, 14]] = True
+    ds = Dataset(
+        user=user,
+        item=np.zeros(n, np.int32),
+        behavior=np.array(["pv"] * n, dtype=object),
+        reward=np.ones(n, np.float32),
+        ts=np.arange(n, dtype=np.int64),
+        session=user.copy(),
+        is_test=is_test,
+        returns=np.ones(n, np.float32),
+        n_users=3,
+        n_items=1,
+    )
+    # user 0: 4 train events → round(0.75·4) = 3 kept, 1 held; user 1: 3 → none; user 2: 6 → round(4.5) = 4 (half
+    # to even) kept, 2 held
+    assert np.flatnonzero(validation_rows(ds, 0.25)).tolist() == [3, 12, 13]
+    assert not validation_rows(ds, 0.0).any()
+    tr = build_transitions(ds, "train", 2, rows_mask=~validation_rows(ds, 0.25))
+    assert len(tr) == 13 - 3
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {
+        f"{f.stem}.{k}": v
+        for f in model.glob("*.safetensors")
+        if "head" in f.stem
+        for k, v in load_file(str(f)).items()
+    }
+
+
+def test_early_stopping_keeps_the_best_epoch_and_equals_a_run_that_stopped_there(tmp_path) -> None:
+    ds = synth_dataset(n_users=60, n_items=70, seed=2)
+    records: list[dict[str, float]] = []
+    long = train_agent(ds, tmp_path / "long", AGENT, _cfg(epochs=8, patience=1), on_epoch=records.append)
+    state = long.state
+    assert state.finished and state.best_epoch is not None and state.best_metric is not None
+    best = max(r["val/ndcg@10"] for r in records)
+    assert state.best_metric == pytest.approx(best)
+    assert all(r["val/popularity_ndcg@10"] == records[0]["val/popularity_ndcg@10"] for r in records)
+    assert state.stopped_early and state.best_epoch < state.epoch == len(records) < 8  # this seed stops early
+    train_agent(ds, tmp_path / "short", AGENT, _cfg(epochs=state.best_epoch, patience=0))
+    one, two = _weights(tmp_path / "long"), _weights(tmp_path / "short")
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert not (tmp_path / "long" / "best_weights.safetensors").exists()  # only kept while training
+
+
+def test_a_validated_run_resumed_mid_epoch_ends_as_the_uninterrupted_one(tmp_path) -> None:
+    ds = synth_dataset(n_users=60, n_items=70, seed=3)
+    full = train_agent(ds, tmp_path / "full", AGENT, _cfg(epochs=3, patience=0))
+    steps_per_epoch = full.state.global_step // 3
+    train_agent(ds, tmp_path / "cut", AGENT, _cfg(epochs=3, patience=0, max_steps=steps_per_epoch * 2 + 1))
+    assert (tmp_path / "cut" / "best_weights.safetensors").exists()
+    resumed = train_agent(ds, tmp_path / "cut", AGENT, _cfg(epochs=3, patience=0), resume=True)
+    assert resumed.state.best_epoch == full.state.best_epoch
+    one, two = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_train_prints_validation_against_popularity_each_epoch(tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    synth_dataset(n_users=40, n_items=50, seed=4).save(data)
+    r = CliRunner().invoke(
+        app,
+        ["--no-progress", "train", "--data", str(data), "--out", str(tmp_path / "m"), "--epochs", "2"]
+        + ["--val-size", "0.2", "--device", "cpu", "--lr", "0.003"],
+    )
+    assert r.exit_code == 0, r.output
+    assert "epoch 1: validation ndcg@10" in r.output and "(popularity " in r.output
+    assert "validation ndcg@10" in r.output.splitlines()[-1]
