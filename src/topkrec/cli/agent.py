@@ -134,6 +134,17 @@ def evaluate_command(
     out: Path | None = typer.Option(None, "--out", help="Where to write metrics.json (default <model>/metrics.json)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the popularity and β̂ baselines."),
+    exclude_seen: bool = typer.Option(
+        False,
+        "--exclude-seen/--include-seen",
+        help="Rank only items the user had not consumed before each test event (as serving's default does).",
+    ),
+    candidates: Path | None = typer.Option(
+        None,
+        "--candidates",
+        help="Only these items may be recommended (.txt one id per line, or .csv/.parquet `item` column); test "
+        "events on other items are left out.",
+    ),
 ) -> None:
     """Evaluate a model and the baselines (popularity, β̂) on the test split; write metrics.json."""
     import json
@@ -141,6 +152,7 @@ def evaluate_command(
     from topkrec.cli.common import STATE
     from topkrec.data.dataset import Dataset
     from topkrec.device import resolve_device
+    from topkrec.evaluate.evaluator import EvalConfig
     from topkrec.evaluate.report import evaluate_model_dirs
     from topkrec.io import check_output_file
 
@@ -148,11 +160,13 @@ def evaluate_command(
     if out is not None:
         check_output_file(out, {"--model": model, "--data": data}, allowed=[model / "metrics.json"])
     dataset = Dataset.load(data)
+    eval_config = EvalConfig(exclude_seen=exclude_seen, candidates=_candidate_mask(dataset, candidates))
     doc = evaluate_model_dirs(
         {None: model},
         dataset,
         k=k,
         device=resolve_device(device),
+        config=eval_config,
         baselines=not no_baselines,
         out=out or model / "metrics.json",
         plots_dir=(out.parent if out else model) if plots else None,
@@ -163,6 +177,24 @@ def evaluate_command(
     else:
         print_table(f"test split of {data} (k={k})", doc["models"], k)
         typer.echo(f"wrote {out or model / 'metrics.json'}")
+
+
+def _candidate_mask(dataset: Any, path: Path | None) -> Any:
+    """(n_items,) bool of the --candidates file's items in the dataset's catalogue, or None."""
+    if path is None:
+        return None
+    import numpy as np
+
+    from topkrec.cli.common import read_item_ids
+    from topkrec.errors import TopkrecError
+
+    index = {str(raw): i for i, raw in enumerate(dataset.item_raw)}
+    known = [index[i] for i in read_item_ids(path) if i in index]
+    if not known:
+        raise TopkrecError(f"none of the --candidates in {path} is in the dataset's catalogue")
+    mask = np.zeros(dataset.n_items, dtype=bool)
+    mask[known] = True
+    return mask
 
 
 @settings_command([AGENT, SettingsGroup("train", TrainConfig, exclude=frozenset({"correction"}))], PRESETS)

@@ -90,6 +90,12 @@ def recommend_command(
     threads: int = typer.Option(
         0, "--threads", min=0, max=256, help="Batch mode: scoring threads (0 = one per CPU core)."
     ),
+    candidates: Path | None = typer.Option(
+        None,
+        "--candidates",
+        help="Only these items may be recommended (ads, in-stock items): a .txt with one item id per line, or a "
+        ".csv/.parquet with an `item` column.",
+    ),
 ) -> None:
     """Recommend items for one user (--user and/or --history) or many (--users FILE --out FILE)."""
     from topkrec.cli.common import STATE
@@ -115,6 +121,10 @@ def recommend_command(
     kwargs: dict[str, Any] = dict(
         k=k, exclude_seen=exclude_seen, explore=explore, m=m, k_prime=k_prime, temperature=temperature, seed=seed
     )
+    if candidates is not None:
+        from topkrec.cli.common import read_item_ids
+
+        kwargs["candidates"] = read_item_ids(candidates)
     if users is None:
         result = rec.recommend(user=user, history=_split_ids(history) if history else None, **kwargs)
         if as_json:

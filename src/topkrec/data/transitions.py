@@ -123,6 +123,18 @@ class Transitions:
         events = torch.where(valid, self.hist_events[safe], torch.full_like(pos, self.event_pad))
         return items, events
 
+    def seen(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row (S,), item (S,)) of every history row before each event position's step — the items its user
+        had consumed, as serving's ``exclude_seen`` counts them (pairs in row order)."""
+        import torch
+
+        start, end = self.hist_start[positions], self.hist_end[positions]
+        lengths = end - start
+        rows = torch.repeat_interleave(torch.arange(positions.numel(), device=positions.device), lengths)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        at = torch.arange(int(lengths.sum()), device=positions.device) - torch.repeat_interleave(offsets, lengths)
+        return rows, self.hist_items[torch.repeat_interleave(start, lengths) + at]
+
     def batch(self, idx: torch.Tensor) -> TransitionBatch:
         """The transitions at indices ``idx`` (B,) of this split (indices into ``rows``)."""
         positions = self.rows[idx]

@@ -76,6 +76,12 @@ class EvalConfig:
     n_boot: int = 200
     """Bootstrap resamples for the OPE confidence intervals."""
     seed: int = 0
+    exclude_seen: bool = False
+    """Rank only items the user has not consumed before the event (its history rows), as serving's
+    ``exclude_seen`` does; off by default: on repeat-consumption logs the next item is often a seen one."""
+    candidates: np.ndarray | None = None
+    """(n_items,) bool: only these items may be recommended (ads, in-stock items); test events on other items
+    are left out of every metric (``n_events`` counts the rest)."""
 
 
 @dataclass
@@ -221,9 +227,9 @@ def evaluate_scorer(
     policy_logp = torch.empty(n, dtype=torch.float32, device=dev)
     with progress_bar(n + len(first), f"evaluate {name}", enabled=progress) as bar:
         for s in range(0, n, chunk):
-            b = test.batch(torch.arange(s, min(s + chunk, n), device=dev))
-            scores = scorer(b).float()
-            check_finite_scores(scores, name)
+            idx = torch.arange(s, min(s + chunk, n), device=dev)
+            b = test.batch(idx)
+            scores = _restrict(scorer(b).float(), test, test.rows[idx], config, name)
             rank = target_rank(scores, b.action)
             ndcg_sum += float(ndcg_from_rank(rank, k).sum())
             recall_sum += float(recall_from_rank(rank, k).sum())
@@ -242,9 +248,9 @@ def evaluate_scorer(
         ndcg_all_sum = 0.0
         n_users = 0
         for s in range(0, len(first), chunk):
-            b = first.batch(torch.arange(s, min(s + chunk, len(first)), device=dev))
-            scores = scorer(b).float()
-            check_finite_scores(scores, name)
+            idx = torch.arange(s, min(s + chunk, len(first)), device=dev)
+            b = first.batch(idx)
+            scores = _restrict(scorer(b).float(), first, first.rows[idx], config, name)
             top = topk_indices(scores, k)
             relevant = torch.isin(b.user[:, None] * (n_items + 1) + top, keys)
             n_rel = n_rel_per_user[b.user]
@@ -291,6 +297,21 @@ def evaluate_scorer(
     )
 
 
+def _restrict(
+    scores: torch.Tensor, transitions: Transitions, positions: torch.Tensor, config: EvalConfig, name: str
+) -> torch.Tensor:
+    """The scores checked finite, then −inf outside the candidate set and (``exclude_seen``) on seen items."""
+    check_finite_scores(scores, name)
+    # out of place: a scorer may return a view of its own buffer (popularity expands one row)
+    if config.candidates is not None:
+        outside = ~torch.as_tensor(config.candidates, device=scores.device)
+        scores = scores.masked_fill(outside[None, :], -math.inf)
+    if config.exclude_seen:
+        rows, items = transitions.seen(positions)
+        scores = scores.index_put((rows, items), scores.new_tensor(-math.inf))
+    return scores
+
+
 def check_model_matches_dataset(agent: LoadedAgent, dataset: Dataset) -> None:
     cfg = agent.config
     if (cfg.n_users, cfg.n_items) != (dataset.n_users, dataset.n_items):
@@ -334,7 +355,11 @@ def evaluate_agents(
         """The test events with each agent's own state (history length and rows): the same rows for all."""
         key = (agent.config.hist_num, agent.config.history)
         if key not in cache:
-            test = build_transitions(dataset, "test", key[0], device, key[1])
+            mask = None
+            if config.candidates is not None:  # test events on items that may not be shown are left out
+                item = np.asarray(dataset.item)
+                mask = (item < dataset.n_items) & np.asarray(config.candidates)[np.minimum(item, dataset.n_items - 1)]
+            test = build_transitions(dataset, "test", key[0], device, key[1], rows_mask=mask)
             cache[key] = (test, test.first_per_user())
         return cache[key]
 

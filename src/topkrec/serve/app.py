@@ -96,6 +96,7 @@ class RecommendRequest(_Options):
     history_events: list[Annotated[str, Field(max_length=200)]] | None = Field(
         None, description="What the user did with each history item (the model's event types, GET /model)."
     )
+    candidates: list[Id] | None = Field(None, description="Only these items may be recommended (e.g. ads).")
 
 
 class BatchRequest(_Options):
@@ -106,6 +107,7 @@ class BatchRequest(_Options):
     history_events: list[list[Annotated[str, Field(max_length=200)]] | None] | None = Field(
         None, description="Aligned with histories: each history's event types."
     )
+    candidates: list[Id] | None = Field(None, description="Only these items may be recommended, for every row.")
 
 
 class ItemOut(BaseModel):
@@ -300,7 +302,8 @@ class MicroBatcher:
             groups: dict[Any, list[_Job]] = {}
             for i, job in enumerate(jobs):
                 opts = job.request.options()
-                key: Any = (i,) if (opts.explore and opts.seed is not None) else opts
+                alone = (opts.explore and opts.seed is not None) or job.request.candidates is not None
+                key: Any = (i,) if alone else opts  # a candidate set is the request's own: scored alone
                 groups.setdefault(key, []).append(job)
             for group in groups.values():
                 self._score(group)
@@ -314,6 +317,7 @@ class MicroBatcher:
                 users,
                 [j.request.history for j in jobs],
                 history_events=events if any(e is not None for e in events) else None,
+                candidates=jobs[0].request.candidates,
                 **asdict(opts),
             )
         except Exception as e:  # handed to each request: TopkrecError → 400, anything else → 500
@@ -521,7 +525,7 @@ def create_app(
                     f"{limits.max_explore_work}; send fewer rows per request or lower m or k − k_prime"
                 )
         recs = recommender.recommend_batch(
-            body.users, body.histories, history_events=body.history_events, **asdict(opts)
+            body.users, body.histories, history_events=body.history_events, candidates=body.candidates, **asdict(opts)
         )
         if log is not None:
             log.write(list(body.users or [None] * n), recs, opts.explore)
