@@ -120,7 +120,7 @@ def test_shard_scales_count_rewarded_rows_of_the_global_batch() -> None:
         rows = torch.arange(8)
 
     def scales(dist: DistContext, idx: torch.Tensor, n_local: int, all_rewarded: bool) -> tuple[float, float]:
-        return TrainData(_T(), all_rewarded, 1).shard_scales(dist, idx, n_local)  # type: ignore[arg-type]
+        return TrainData(_T(), None, all_rewarded, 1, 1).shard_scales(dist, idx, n_local)  # type: ignore[arg-type]
 
     idx = torch.tensor([0, 1, 2, 3, 4, 5])  # rank 0: rows 0-2 (1 rewarded), rank 1: rows 3-5 (3 rewarded)
     assert [scales(DistContext(rank=r, world_size=2), idx, 3, False) for r in (0, 1)] == [

@@ -219,6 +219,13 @@ class TrainConfig:
         "Initial output biases of π and β̂: the log train count of each item (both heads start as popularity) or 0.",
         resume_locked=True,
     )
+    batching: Literal["auto", "rows", "windows"] = setting(
+        "auto",
+        "rows: each training row encodes its own window of --hist-num tokens; windows: one encoder pass per window "
+        "of a user's tokens gives every row's state (SASRec-style, ~hist-num times less work; --batch-size then "
+        "counts rows per step approximately); auto: windows for every encoder but concat.",
+        resume_locked=True,
+    )
     val_size: float = setting(
         0.0,
         "Share of each user's last train events held out for validation (users with more than 3 train events): "

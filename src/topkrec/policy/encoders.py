@@ -65,6 +65,11 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("diagonal", torch.eye(hist_num, dtype=torch.bool), False)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.forward_all(tokens, mask)[:, -1]  # the most recent token; zeros without history
+        return out
+
+    def forward_all(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, d): the output after every position (causal; zeros at padding)."""
         h = tokens.shape[1]
         keep = mask[..., None].to(tokens.dtype)
         x = self.input_dropout(tokens * self.scale + self.position.weight[None, -h:]) * keep
@@ -75,7 +80,7 @@ class CausalSelfAttention(nn.Module):
         attn_mask = blocked.repeat_interleave(self.heads, dim=0)  # (B * heads, H, H)
         for block in self.blocks:
             x = block(x, src_mask=attn_mask) * keep
-        out: torch.Tensor = self.norm(x[:, -1]) * keep[:, -1]  # the most recent token; zeros without history
+        out: torch.Tensor = self.norm(x) * keep
         return out
 
 
@@ -113,6 +118,36 @@ class StateEncoder(nn.Module):
             self.cell = nn.GRUCell(embed_dim, hidden) if kind == "gru" else CFNCell(embed_dim, hidden)
             in_dim = embed_dim + hidden
         self.out = nn.Linear(in_dim, hidden)
+
+    @property
+    def sequential(self) -> bool:
+        """Whether ``forward_all`` gives the state after every position in one pass (all but ``concat``)."""
+        return self.kind != "concat"
+
+    def forward_all(self, user: torch.Tensor, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, hidden): the state after each position of left-padded windows (B, L, d), in one pass — what
+        ``forward`` gives for the window ending there (causal; positions before the first real token are
+        the empty history's state). Training on whole windows (``TrainConfig.batching``) uses it."""
+        b, length = history.shape[:2]
+        m = mask.to(history.dtype)[..., None]
+        if self.kind == "mean":
+            seen = torch.cumsum(m, 1)
+            per_position = torch.cumsum(history * m, 1) / seen.clamp_min(1.0)
+        elif self.attention is not None:
+            per_position = self.attention.forward_all(history, mask)
+        elif self.cell is not None:
+            history = self.dropout(history)
+            h = history.new_zeros(b, self.hidden)
+            states = []
+            for t in range(length):
+                h = torch.where(mask[:, t, None], self.cell(history[:, t], h), h)
+                states.append(h)
+            per_position = self.dropout(torch.stack(states, 1))
+        else:
+            raise ValueError(f"the {self.kind} encoder has no per-position states; train it on rows")
+        features = torch.cat([user[:, None, :].expand(b, length, -1), per_position], dim=2)
+        state: torch.Tensor = torch.relu(self.out(features))
+        return state
 
     def forward(self, user: torch.Tensor, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b = user.shape[0]

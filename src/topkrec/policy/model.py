@@ -92,6 +92,23 @@ class Agent(nn.Module):
             raise ValueError(
                 f"user (B,) and history (B, {cfg.hist_num}) expected, got {tuple(user.shape)}, {tuple(history.shape)}"
             )
+        u, h, mask = self._inputs(user, history, history_event)
+        state: torch.Tensor = self.encoder(u, h, mask)
+        return state
+
+    def encode_windows(
+        self, user: torch.Tensor, history: torch.Tensor, history_event: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, H, hidden): the state after every position of left-padded token windows (B, H), in one pass
+        (``StateEncoder.forward_all``); position H − 1 is ``encode``'s state of the whole window."""
+        u, h, mask = self._inputs(user, history, history_event)
+        return self.encoder.forward_all(u, h, mask)
+
+    def _inputs(
+        self, user: torch.Tensor, history: torch.Tensor, history_event: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(user embeddings (B, d), token embeddings (B, H, d), real-token mask (B, H))."""
+        cfg = self.config
         h = self.item_embedding(history)
         if self.event_embedding is not None and history_event is not None:
             if history_event.shape != history.shape:
@@ -104,9 +121,7 @@ class Agent(nn.Module):
             u = self.user_embedding(user.clamp_min(0)) * known[:, None].to(h.dtype)
         else:
             u = h.new_zeros(user.shape[0], cfg.embed_size)
-        mask = history != cfg.pad_index
-        state: torch.Tensor = self.encoder(u, h, mask)
-        return state
+        return u, h, history != cfg.pad_index
 
     def module_state(self, name: str) -> dict[str, torch.Tensor]:
         """The tensors saved in ``<name>.safetensors`` (encoder = embeddings + encoder)."""

@@ -29,7 +29,7 @@ import torch
 
 from topkrec import distributed
 from topkrec.data.dataset import Dataset
-from topkrec.data.transitions import Transitions, build_transitions, validation_rows
+from topkrec.data.transitions import TransitionBatch, Transitions, build_transitions, validation_rows
 from topkrec.device import resolve_device
 from topkrec.errors import TopkrecError
 from topkrec.metrics_log import MetricsLogger
@@ -41,6 +41,7 @@ from topkrec.policy.objective import STAT_FIELDS, PolicyLossStats
 from topkrec.progress import progress_bar
 from topkrec.train.build import build_agent, resume_from_checkpoint, with_gamma
 from topkrec.train.step import LOSS_FIELDS, StepOutput, TrainObjective, train_step
+from topkrec.train.windows import WindowBatch, Windows
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def train_agent(
         with _sigterm_as_interrupt(), progress_bar(total, "train", enabled=progress and dist.is_main) as bar:
             bar.update(min(state.global_step, total))
             for global_idx, epoch_end in data.batches(state, config):
-                batch = data.transitions.batch(dist.shard(global_idx))
+                batch = data.batch(dist.shard(global_idx))
                 scales = data.shard_scales(dist, global_idx, len(batch))
                 step = train_step(agent, optimizer, batch, config, None, data.all_rewarded, objective, scales)
                 state.step_in_epoch, state.global_step = state.step_in_epoch + 1, state.global_step + 1
@@ -155,10 +156,13 @@ def _objective(
 
 @dataclass(frozen=True)
 class TrainData:
-    """The train split as device tensors, and how it is cut into (global) batches."""
+    """The train split as device tensors, and how it is cut into (global) batches of *units*: rows, or token
+    windows with their rows (``--batching windows``, :mod:`topkrec.train.windows`)."""
 
     transitions: Transitions
+    windows: Windows | None
     all_rewarded: bool  # known once for the split, so a step never has to look at the rewards on the host
+    per_step: int  # units per (global) step
     steps_per_epoch: int
 
     @classmethod
@@ -181,40 +185,60 @@ class TrainData:
         )
         if len(transitions) == 0:
             raise TopkrecError("the dataset has no train events to learn from")
-        if dist.enabled and config.batch_size < dist.world_size:
+        windows = Windows.build(transitions) if uses_windows(agent_config, config) else None
+        # windows: about batch_size rows per step, as hist_num-token windows
+        per_step = config.batch_size if windows is None else max(1, config.batch_size // agent_config.hist_num)
+        units = len(transitions) if windows is None else len(windows)
+        if dist.enabled and per_step < dist.world_size:
             raise TopkrecError(
-                f"--batch-size {config.batch_size} is the global batch: it must be >= the {dist.world_size} processes"
+                f"--batch-size {config.batch_size} is the global batch: it must give each of the {dist.world_size} "
+                "processes at least one row (or window)"
             )
         all_rewarded = bool((transitions.reward[transitions.rows] != 0).all())
-        return cls(transitions, all_rewarded, math.ceil(len(transitions) / config.batch_size))
+        return cls(transitions, windows, all_rewarded, per_step, math.ceil(units / per_step))
+
+    @property
+    def units(self) -> int:
+        return len(self.transitions) if self.windows is None else len(self.windows)
+
+    def batch(self, idx: torch.Tensor) -> TransitionBatch | WindowBatch:
+        return self.transitions.batch(idx) if self.windows is None else self.windows.batch(idx)
 
     def total_steps(self, config: TrainConfig) -> int:
         total = self.steps_per_epoch * config.epochs
         return total if config.max_steps is None else min(total, config.max_steps)
 
     def batches(self, state: TrainerState, config: TrainConfig) -> Iterator[tuple[torch.Tensor, bool]]:
-        """(global batch indices, last batch of its epoch?) from where ``state`` stands; the caller advances it."""
+        """(global batch of unit indices, last batch of its epoch?) from where ``state`` stands; the caller
+        advances it."""
         perm_epoch, perm = -1, None
         while state.epoch < config.epochs:
             if config.max_steps is not None and state.global_step >= config.max_steps:
                 return
             if perm is None or perm_epoch != state.epoch:
                 gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + int(state.epoch))
-                perm = torch.randperm(len(self.transitions), generator=gen).to(self.transitions.device)
+                perm = torch.randperm(self.units, generator=gen).to(self.transitions.device)
                 perm_epoch = state.epoch
-            start = state.step_in_epoch * config.batch_size
-            yield perm[start : start + config.batch_size], state.step_in_epoch + 1 == self.steps_per_epoch
+            start = state.step_in_epoch * self.per_step
+            yield perm[start : start + self.per_step], state.step_in_epoch + 1 == self.steps_per_epoch
 
     def shard_scales(
         self, dist: distributed.DistContext, global_idx: torch.Tensor, n_local: int
     ) -> tuple[float, float]:
-        """(β̂, π) loss factors of this rank so that DDP's average is the global batch's gradient (1, 1 alone).
-
-        β̂'s mean is over every row; π's over the rewarded rows, which need counting when some rows have no
-        reward (that path syncs with the host anyway, to select the rows).
-        """
+        """(all rows, π's rows) loss factors of this rank so that DDP's average is the global batch's gradient
+        (1, 1 alone). β̂ and the supervised head average over every row; π over the rewarded rows."""
         if not dist.enabled:
             return 1.0, 1.0
+        if self.windows is not None:  # row counts per window are on the host: no device sync
+            w = global_idx.cpu().numpy()
+            local = dist.shard(global_idx).cpu().numpy()
+            rows = dist.loss_scale(
+                int(self.windows.rows_per_window[local].sum()), int(self.windows.rows_per_window[w].sum())
+            )
+            n_rewarded = int(self.windows.rewarded_per_window[w].sum())
+            if n_rewarded == 0:
+                return rows, 0.0
+            return rows, dist.loss_scale(int(self.windows.rewarded_per_window[local].sum()), n_rewarded)
         behavior = dist.loss_scale(n_local, len(global_idx))
         if self.all_rewarded:
             return behavior, behavior
@@ -223,6 +247,16 @@ class TrainData:
         if n_global == 0:
             return behavior, 0.0
         return behavior, dist.loss_scale(int(dist.shard(rewarded).sum()), n_global)
+
+
+def uses_windows(agent_config: AgentConfig, config: TrainConfig) -> bool:
+    """``--batching``: windows for encoders with per-position states (auto: all but concat), else rows."""
+    if config.batching == "rows":
+        return False
+    sequential = agent_config.encoder != "concat"
+    if config.batching == "windows" and not sequential:
+        raise TopkrecError("--batching windows needs an encoder with per-position states (mean, gru, cfn, attention)")
+    return sequential
 
 
 class IntervalMeter:

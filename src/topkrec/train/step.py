@@ -26,6 +26,7 @@ from topkrec.policy.objective import (
     corrected_policy_loss_tensors,
     per_draw_log_propensity,
 )
+from topkrec.train.windows import WindowBatch
 
 __all__ = ["LOSS_FIELDS", "StepOutput", "TrainObjective", "train_step"]
 
@@ -82,7 +83,7 @@ class TrainObjective(torch.nn.Module):
         self.autocast_dtype = autocast_dtype
 
     def forward(
-        self, batch: TransitionBatch, policy_rows: torch.Tensor | None = None
+        self, batch: TransitionBatch | WindowBatch, policy_rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``policy_rows``: indices of the rows with a non-zero reward, or None when every row has one.
 
@@ -94,7 +95,7 @@ class TrainObjective(torch.nn.Module):
         dtype = self.autocast_dtype
         action = batch.action
         with torch.autocast(action.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            state = agent.encode(batch.user, batch.history, batch.history_event)  # (B, hidden)
+            state = row_states(agent, batch)  # (B, hidden)
             # β̂ on the detached state: its loss never reaches the encoder (§4.3).
             behavior = agent.behavior_head(state.detach(), action)
             behavior_loss = -behavior.train_logp.float().mean()
@@ -130,10 +131,20 @@ class TrainObjective(torch.nn.Module):
         return policy_loss, behavior_loss, supervised_loss, values
 
 
+def row_states(agent: Agent, batch: TransitionBatch | WindowBatch) -> torch.Tensor:
+    """(R, hidden) the state of each training row: its own window's, or its position's in a token window."""
+    if isinstance(batch, TransitionBatch):
+        return agent.encode(batch.user, batch.history, batch.history_event)
+    per_position = agent.encode_windows(batch.user, batch.history, batch.history_event)  # (W, H, hidden)
+    empty = agent.encode(batch.user, torch.full_like(batch.history, agent.config.pad_index))  # no token yet
+    states = torch.cat([empty[:, None, :], per_position], dim=1)
+    return states[batch.row_window, batch.row_pos + 1]
+
+
 def train_step(
     agent: Agent,
     optimizer: Optimizer,
-    batch: TransitionBatch,
+    batch: TransitionBatch | WindowBatch,
     config: TrainConfig,
     autocast_dtype: torch.dtype | None = None,
     all_rewarded: bool | None = None,
