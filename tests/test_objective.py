@@ -205,3 +205,20 @@ def test_expected_topk_update_is_gradient_of_top_k_objective(k):
     if k > 1:
         (grad_is,) = torch.autograd.grad((reward * torch.softmax(th, -1)).sum(), th)
         assert not torch.allclose(expected_update, grad_is, rtol=1e-3)
+
+
+def test_normalized_coefficients_are_scale_free_and_keep_the_direction() -> None:
+    from topkrec.policy.objective import reinforce_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 5, requires_grad=True)
+    actions = torch.tensor([0, 1, 2, 3, 4, 0])
+    returns = torch.tensor([1.0, 3.0, 0.5, 2.0, 4.0, 1.5])
+    logp = torch.log_softmax(logits, 1).gather(1, actions[:, None]).squeeze(1)
+    loss = reinforce_loss(logp, returns, normalize=True)
+    scaled = reinforce_loss(logp, 100.0 * returns, normalize=True)
+    torch.testing.assert_close(loss, scaled)
+    torch.testing.assert_close(loss, -(returns / returns.abs().mean() * logp).mean())
+    (g_norm,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    (g_raw,) = torch.autograd.grad(reinforce_loss(logp, returns), logits)
+    torch.testing.assert_close(g_norm * returns.abs().mean(), g_raw)  # the same direction, another length

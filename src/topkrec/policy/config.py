@@ -189,6 +189,12 @@ class TrainConfig:
         gt=0,
         resume_locked=True,
     )
+    weight_norm: Literal["none", "batch_mean"] = setting(
+        "none",
+        "batch_mean: divide each π row's coefficient w·λ_K·R by the batch mean of |w·λ_K·R| (the same direction; a "
+        "step size independent of the return scale and of the correction).",
+        resume_locked=True,
+    )
     snis: bool = setting(
         False, "Divide the importance weights by their batch mean (self-normalised IS).", resume_locked=True
     )

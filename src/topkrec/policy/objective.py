@@ -129,8 +129,14 @@ def reinforce_loss(
     returns: torch.Tensor,
     weight: torch.Tensor | None = None,
     multiplier: torch.Tensor | None = None,
+    normalize: bool = False,
 ) -> torch.Tensor:
-    """−mean(w · λ_K · R · log π(a|s)) with w and λ_K treated as constants."""
+    """−mean(c · log π(a|s)) with c = w · λ_K · R treated as a constant.
+
+    ``normalize`` divides c by its batch mean of |c|: the same direction, a step whose size no longer depends
+    on the scale of the returns (session sums of ratings reach the hundreds) nor on the correction, so the
+    policy's loss weighs like a cross-entropy next to β̂'s and the supervised head's.
+    """
     if policy_logp.dim() != 1 or returns.shape != policy_logp.shape:
         raise ValueError(f"(B,) log-probs and returns expected, got {tuple(policy_logp.shape)}, {tuple(returns.shape)}")
     coef = _as_float(returns.detach())
@@ -138,6 +144,8 @@ def reinforce_loss(
         coef = coef * weight.detach()
     if multiplier is not None:
         coef = coef * multiplier.detach()
+    if normalize:
+        coef = coef / coef.abs().mean().clamp_min(1e-12)
     return -(coef * policy_logp).mean()
 
 
@@ -177,6 +185,7 @@ def corrected_policy_loss_tensors(
     k: int = 10,
     cap: float | None = DEFAULT_CAP,
     snis: bool = False,
+    normalize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``corrected_policy_loss`` with its diagnostics as a (5,) tensor in ``STAT_FIELDS`` order.
 
@@ -192,11 +201,11 @@ def corrected_policy_loss_tensors(
     parts = [weight.mean(), weight.max(), capped, effective_sample_size(weight), multiplier.mean()]
     stats = torch.stack([p.to(raw.dtype) for p in parts])
     if correction == "none":
-        loss = reinforce_loss(policy_logp, returns)
+        loss = reinforce_loss(policy_logp, returns, normalize=normalize)
     elif correction == "is":
-        loss = reinforce_loss(policy_logp, returns, weight=weight)
+        loss = reinforce_loss(policy_logp, returns, weight=weight, normalize=normalize)
     else:
-        loss = reinforce_loss(policy_logp, returns, weight=weight, multiplier=multiplier)
+        loss = reinforce_loss(policy_logp, returns, weight=weight, multiplier=multiplier, normalize=normalize)
     return loss, stats
 
 
@@ -208,11 +217,14 @@ def corrected_policy_loss(
     k: int = 10,
     cap: float | None = DEFAULT_CAP,
     snis: bool = False,
+    normalize: bool = False,
 ) -> tuple[torch.Tensor, PolicyLossStats]:
     """The policy loss for ``--correction none|is|topk`` and its diagnostics.
 
     none: w ≡ 1, λ ≡ 1 (on-policy REINFORCE on logged data); is: w = min(π/β̂, cap), λ ≡ 1;
     topk: w and λ_K. Diagnostics of w are computed in every mode so runs are comparable.
     """
-    loss, stats = corrected_policy_loss_tensors(policy_logp, behavior_logp, returns, correction, k, cap, snis)
+    loss, stats = corrected_policy_loss_tensors(
+        policy_logp, behavior_logp, returns, correction, k, cap, snis, normalize
+    )
     return loss, PolicyLossStats.from_tensor(stats)

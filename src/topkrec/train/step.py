@@ -78,6 +78,7 @@ class TrainObjective(torch.nn.Module):
         super().__init__()
         self.agent = agent
         self.correction, self.k, self.cap, self.snis = config.correction, config.k, config.cap, config.snis
+        self.normalize = config.weight_norm == "batch_mean"
         self.logged = config.propensity == "logged"
         self.logged_kind = config.logged_propensity
         self.autocast_dtype = autocast_dtype
@@ -121,7 +122,7 @@ class TrainObjective(torch.nn.Module):
                     # Value = exact log π (what w and λ_K are computed from); gradient = the head's surrogate.
                     policy_logp = policy_logp + (policy.logp - policy_logp).detach()
                 policy_loss, stats = corrected_policy_loss_tensors(
-                    policy_logp, weight_logp, returns, self.correction, self.k, self.cap, self.snis
+                    policy_logp, weight_logp, returns, self.correction, self.k, self.cap, self.snis, self.normalize
                 )
             else:
                 policy_loss = behavior_loss.new_zeros(())
