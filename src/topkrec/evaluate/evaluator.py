@@ -144,16 +144,16 @@ def agent_scorers(agent: LoadedAgent) -> dict[str, Scorer]:
     one, ``supervised``."""
     module = agent.module
 
-    def head_scorer(head: torch.nn.Module) -> Scorer:
+    def head_scorer(head: str) -> Scorer:
         def score(b: TransitionBatch) -> torch.Tensor:
-            logits: torch.Tensor = head.logits(module.encode(b.user, b.history, b.history_event))  # type: ignore[operator]
-            return logits
+            state = module.encode(b.user, b.history, b.history_event)
+            return module.head_logits(head, state, b.history, b.history_event)
 
         return score
 
-    scorers = {"policy": head_scorer(module.policy_head), "behavior": head_scorer(module.behavior_head)}
+    scorers = {"policy": head_scorer("policy_head"), "behavior": head_scorer("behavior_head")}
     if module.supervised_head is not None:
-        scorers["supervised"] = head_scorer(module.supervised_head)
+        scorers["supervised"] = head_scorer("supervised_head")
     return scorers
 
 

@@ -87,12 +87,10 @@ def model_target(
     with torch.no_grad():
         for start in range(0, len(df), batch_size):
             sl = order[start : start + batch_size]
-            s = module.encode(
-                torch.as_tensor(user[sl]),
-                torch.as_tensor(history[start : start + batch_size]),
-                torch.as_tensor(history_event[start : start + batch_size]),
-            )
-            logp = module.policy_head.log_probs(s)
+            hist = torch.as_tensor(history[start : start + batch_size])
+            hist_event = torch.as_tensor(history_event[start : start + batch_size])
+            s = module.encode(torch.as_tensor(user[sl]), hist, hist_event)
+            logp = torch.log_softmax(module.head_logits("policy_head", s, hist, hist_event).float(), dim=-1)
             known = item[sl] != cfg.pad_index
             action = torch.as_tensor(np.where(known, item[sl], 0))
             p = logp.gather(1, action[:, None]).squeeze(1).exp().double().numpy()

@@ -85,6 +85,11 @@ class AgentConfig:
     attention_blocks: int = setting(2, "--encoder attention: self-attention blocks.", ge=1)
     attention_heads: int = setting(1, "--encoder attention: heads per block (must divide the embedding width).", ge=1)
     dropout: float = setting(0.0, "Dropout in the attention and recurrent encoders while training.", ge=0, lt=1)
+    repeat_bias: bool = setting(
+        False,
+        "Re-engagement: each head adds a learned bias[event type, recency] to the logits of the items in the "
+        "state's history (users re-view, cart what they viewed, buy what they carted; full softmax only).",
+    )
     supervised_head: bool = setting(
         False,
         "A third head trained by next-item cross-entropy on every logged row, through the shared encoder "
@@ -113,6 +118,8 @@ class AgentConfig:
         check_settings(self)
         if self.n_users < 0 or self.n_items < 0:
             raise SettingsError(f"n_users and n_items must be >= 0 (got {self.n_users}, {self.n_items})")
+        if self.repeat_bias and self.softmax != "full":
+            raise SettingsError(f"--repeat-bias needs --softmax full (got {self.softmax})")
         if self.encoder == "attention" and self.embed_size % self.attention_heads:
             raise SettingsError(
                 f"--attention-heads {self.attention_heads} must divide the embedding width {self.embed_size}"

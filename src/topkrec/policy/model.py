@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from topkrec.errors import ArtifactError
-from topkrec.heads import ItemHead, make_head
+from topkrec.heads import HeadOutput, ItemHead, make_head
 from topkrec.policy.config import AgentConfig
 from topkrec.policy.encoders import StateEncoder
+from topkrec.policy.repeat import add_repeat_to_logits, repeat_biases, repeat_log_prob
 
 __all__ = ["Agent"]
 
@@ -72,6 +73,58 @@ class Agent(nn.Module):
         self.supervised_head = None
         if config.supervised_head:
             self.supervised_head = make_head(config.softmax, config.hidden, n_items, **config.head_options)
+        if config.repeat_bias:  # each head's own re-engagement biases (topkrec.policy.repeat), saved with it
+            for head in self.heads():
+                head.register_parameter("repeat", nn.Parameter(torch.zeros(config.event_pad + 1, config.hist_num)))
+
+    def heads(self) -> list[ItemHead]:
+        """π, β̂ and (when there is one) the supervised head."""
+        return [h for h in (self.policy_head, self.behavior_head, self.supervised_head) if h is not None]
+
+    def head_output(
+        self,
+        name: str,
+        state: torch.Tensor,
+        actions: torch.Tensor,
+        history: torch.Tensor,
+        history_event: torch.Tensor | None = None,
+    ) -> HeadOutput:
+        """The head's ``HeadOutput`` for the logged actions, re-engagement biases included."""
+        head: ItemHead = getattr(self, name)
+        out: HeadOutput = head(state, actions)
+        table = getattr(head, "repeat", None)
+        if table is None:
+            return out
+        cfg = self.config
+        weight, bias = head.weight, head.bias  # a full softmax (the setting allows no other head)
+        assert isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)
+        temperature = float(head.options()["temperature"])
+        safe = history.clamp(max=cfg.n_items - 1)
+        action_logit = ((state * weight[actions]).sum(-1) + bias[actions]) / temperature
+        history_logits = (torch.einsum("bd,bhd->bh", state, weight[safe]) + bias[safe]) / temperature
+        biases = repeat_biases(table, history, history_event, cfg.pad_index, cfg.event_pad)
+        logp = repeat_log_prob(
+            out.train_logp.float(),
+            action_logit.float(),
+            history_logits.float(),
+            history,
+            actions,
+            biases,
+            cfg.pad_index,
+        )
+        return HeadOutput(train_logp=logp, logp=logp.detach().float())
+
+    def head_logits(
+        self, name: str, state: torch.Tensor, history: torch.Tensor, history_event: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, n_items) the head's logits, re-engagement biases included (for evaluation and serving)."""
+        head: ItemHead = getattr(self, name)
+        logits = head.logits(state)
+        table = getattr(head, "repeat", None)
+        if table is None:
+            return logits
+        biases = repeat_biases(table, history, history_event, self.config.pad_index, self.config.event_pad)
+        return add_repeat_to_logits(logits.float(), history, biases, self.config.pad_index)
 
     def module_names(self) -> tuple[str, ...]:
         """The modules saved as ``<name>.safetensors`` in a model directory."""

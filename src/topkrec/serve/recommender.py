@@ -499,6 +499,8 @@ class Recommender:
             e = torch.as_tensor(history_event, dtype=torch.long, device=self.device)
             state = self.agent.module.encode(u, h, e)
             head = self.agent.module.policy_head
+            if getattr(head, "repeat", None) is not None:  # re-engagement biases on the history's items
+                return self.agent.module.head_logits("policy_head", state, h, e).float()
             if isinstance(head, FullSoftmaxHead):
                 # Same numbers as head.logits, without a second full pass for a temperature of 1.
                 logits = torch.addmm(head.bias, state, head.weight.t())
@@ -575,6 +577,7 @@ class Recommender:
 
         return (
             prep.allowed is None
+            and getattr(self.agent.module.policy_head, "repeat", None) is None
             and rows >= _BLOCKED_MIN_ROWS
             and self.device.type == "cpu"
             and isinstance(self.agent.module.policy_head, FullSoftmaxHead)

@@ -123,12 +123,10 @@ class Sessions:
         module = self.recommender.agent.module
         device = self.recommender.device
         with torch.inference_mode():
-            state = module.encode(
-                torch.as_tensor(self.user[sel], device=device),
-                torch.as_tensor(self.history[sel], device=device),
-                torch.as_tensor(self.history_event[sel], device=device),
-            )
-            logits: torch.Tensor = getattr(module, head).logits(state).float()
+            hist = torch.as_tensor(self.history[sel], device=device)
+            hist_event = torch.as_tensor(self.history_event[sel], device=device)
+            state = module.encode(torch.as_tensor(self.user[sel], device=device), hist, hist_event)
+            logits: torch.Tensor = module.head_logits(head, state, hist, hist_event).float()
         return logits
 
     def recommend(

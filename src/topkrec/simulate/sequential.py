@@ -411,7 +411,7 @@ def item_level_estimates(
             user = torch.as_tensor(state_user[g0:g1])
             hist, hist_ev = torch.as_tensor(state_items[g0:g1]), torch.as_tensor(state_events[g0:g1])
             state = module.encode(user, hist, hist_ev)
-            logp = torch.log_softmax(getattr(module, head).logits(state).float(), dim=-1)
+            logp = torch.log_softmax(module.head_logits(head, state, hist, hist_ev).float(), dim=-1)
             logp_np = logp.double().numpy()  # (G, n_items)
             if form == "slate":  # in the top K ⇔ fewer than K items score higher
                 rank_ok = None

@@ -379,7 +379,11 @@ class Validator:
     ) -> bool:
         """Score the epoch, keep the best weights; True when training should stop early."""
         agent.eval()
-        ndcg = self._ndcg(lambda b: agent.policy_head.logits(agent.encode(b.user, b.history, b.history_event)))
+        ndcg = self._ndcg(
+            lambda b: agent.head_logits(
+                "policy_head", agent.encode(b.user, b.history, b.history_event), b.history, b.history_event
+            )
+        )
         agent.train()
         if state.best_metric is None or ndcg > state.best_metric:
             state.best_metric, state.best_epoch, state.since_best = ndcg, state.epoch, 0

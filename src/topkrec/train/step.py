@@ -97,8 +97,9 @@ class TrainObjective(torch.nn.Module):
         action = batch.action
         with torch.autocast(action.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             state = row_states(agent, batch)  # (B, hidden)
+            history, history_event = row_histories(agent, batch)  # (B, H): the repeat biases read them
             # β̂ on the detached state: its loss never reaches the encoder (§4.3).
-            behavior = agent.behavior_head(state.detach(), action)
+            behavior = agent.head_output("behavior_head", state.detach(), action, history, history_event)
             behavior_loss = -behavior.train_logp.float().mean()
             propensity = batch.propensity if batch.propensity is not None else torch.full_like(batch.reward, torch.nan)
             logged_logp = per_draw_log_propensity(propensity, self.k, self.logged_kind)  # NaN: none logged
@@ -106,7 +107,8 @@ class TrainObjective(torch.nn.Module):
             logged_error = torch.where(known, (behavior.logp - logged_logp).abs(), 0.0).sum() / known.sum().clamp_min(1)
             weight_logp = logged_logp if self.logged else behavior.logp
             if agent.supervised_head is not None:
-                supervised_loss = -agent.supervised_head(state, action).train_logp.float().mean()
+                supervised = agent.head_output("supervised_head", state, action, history, history_event)
+                supervised_loss = -supervised.train_logp.float().mean()
             else:
                 supervised_loss = behavior_loss.new_zeros(())
             returns = batch.returns
@@ -115,8 +117,10 @@ class TrainObjective(torch.nn.Module):
             else:
                 policy_state, actions = state[policy_rows], action[policy_rows]
                 returns, weight_logp = returns[policy_rows], weight_logp[policy_rows]
+                history = history[policy_rows]
+                history_event = history_event[policy_rows] if history_event is not None else None
             if actions.shape[0] > 0:
-                policy = agent.policy_head(policy_state, actions)
+                policy = agent.head_output("policy_head", policy_state, actions, history, history_event)
                 policy_logp = policy.train_logp.float()
                 if policy.train_logp is not policy.logp:
                     # Value = exact log π (what w and λ_K are computed from); gradient = the head's surrogate.
@@ -140,6 +144,20 @@ def row_states(agent: Agent, batch: TransitionBatch | WindowBatch) -> torch.Tens
     empty = agent.encode(batch.user, torch.full_like(batch.history, agent.config.pad_index))  # no token yet
     states = torch.cat([empty[:, None, :], per_position], dim=1)
     return states[batch.row_window, batch.row_pos + 1]
+
+
+def row_histories(agent: Agent, batch: TransitionBatch | WindowBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(R, H) each training row's history tokens, latest at H − 1: its own window, or (token windows) the
+    tokens of its window up to its position."""
+    if isinstance(batch, TransitionBatch):
+        return batch.history, batch.history_event
+    h = batch.history.shape[1]
+    slot = batch.row_pos[:, None] - (h - 1) + torch.arange(h, device=batch.row_pos.device)[None, :]  # (R, H)
+    inside = slot >= 0
+    at = slot.clamp_min(0)
+    items = torch.where(inside, batch.history[batch.row_window[:, None], at], agent.config.pad_index)
+    events = torch.where(inside, batch.history_event[batch.row_window[:, None], at], agent.config.event_pad)
+    return items, events
 
 
 def train_step(
