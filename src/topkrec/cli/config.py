@@ -72,6 +72,33 @@ def diff(
     typer.echo("\n".join(lines) if lines else "no differences")
 
 
+@config_app.command("flags")
+def flags(command: str = typer.Argument(..., help="train, compare, demo or pretrain.")) -> None:
+    """Print a command's settings as a markdown table (flag, default, meaning), as the docs show them."""
+    from topkrec.config.resolve import settings_markdown
+    from topkrec.errors import TopkrecError
+
+    functions = _setting_commands()
+    if command not in functions:
+        raise TopkrecError(f"unknown command {command!r}; settings belong to {', '.join(functions)}")
+    typer.echo(settings_markdown(functions[command]), nl=False)
+
+
+def _setting_commands() -> dict[str, Any]:
+    """Each command with generated settings → its settings groups."""
+    from topkrec.cli import agent, pretrain
+
+    return {
+        name: fn.settings_groups  # type: ignore[attr-defined]
+        for name, fn in (
+            ("train", agent.train_command),
+            ("compare", agent.compare_command),
+            ("demo", agent.demo_command),
+            ("pretrain", pretrain.pretrain_command),
+        )
+    }
+
+
 def register(app: typer.Typer) -> None:
     """Add ``topkrec config`` to ``app``."""
     app.add_typer(config_app, name="config")

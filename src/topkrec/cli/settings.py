@@ -190,6 +190,7 @@ def settings_command(
         wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
         wrapper.settings_options = options  # type: ignore[attr-defined]  # for tests and docs
+        wrapper.settings_groups = groups  # type: ignore[attr-defined]
         return wrapper
 
     return deco

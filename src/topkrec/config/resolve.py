@@ -11,7 +11,7 @@ from typing import Any
 from topkrec.config.fields import SettingsError, setting_fields, settings_from_mapping, settings_to_mapping
 from topkrec.config.toml import dumps_toml, read_toml
 
-__all__ = ["KNOWN_SECTIONS", "SettingsGroup", "resolve_settings", "settings_toml"]
+__all__ = ["KNOWN_SECTIONS", "SettingsGroup", "resolve_settings", "settings_markdown", "settings_toml"]
 
 KNOWN_SECTIONS = ("agent", "train", "pretrain")
 """Tables a topkrec config file may hold; a command reads the ones it uses and ignores the others."""
@@ -81,3 +81,40 @@ def settings_toml(configs: Mapping[str, Any], header: str = "") -> str:
             raise TypeError(f"{section}: expected a settings dataclass, got {type(cfg).__name__}")
         tables[section] = settings_to_mapping(cfg)
     return dumps_toml(tables, header)
+
+
+def settings_markdown(groups: Sequence[SettingsGroup]) -> str:
+    """A markdown table of ``groups``' settings (flag | default | meaning), as the docs show them."""
+    import typing
+
+    from topkrec.config.fields import SettingSpec, choices_of, flag_of
+
+    lines = ["| flag | default | meaning |", "|---|---|---|"]
+    for group in groups:
+        hints = typing.get_type_hints(group.cls)
+        for f, spec in setting_fields(group.cls):
+            if f.name in group.exclude:
+                continue
+            assert isinstance(spec, SettingSpec)
+            default = group.defaults.get(f.name, f.default)
+            flag = flag_of(f, spec, group.prefix)
+            if isinstance(default, bool):
+                on, _, off = (spec.flag or f.name.replace("_", "-")).partition("/")
+                flag = f"--{group.prefix}{on} / --{group.prefix}{off or 'no-' + on}"
+                shown = f"--{group.prefix}{on}" if default else f"--{group.prefix}{off or 'no-' + on}"
+            elif default is None:
+                shown = "none"
+            elif isinstance(default, float):
+                shown = f"{default:.6g}"
+            elif isinstance(default, tuple):
+                shown = ",".join(str(v) for v in default)
+            else:
+                shown = str(default)
+            text = spec.help
+            choices = choices_of(hints[f.name], spec)
+            if choices:
+                text += f" One of: {', '.join(choices)}."
+            if spec.none_flag:
+                flag += f" / {spec.none_flag}"
+            lines.append(f"| `{flag}` | `{shown}` | {text.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
