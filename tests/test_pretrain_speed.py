@@ -3,7 +3,8 @@
 - ``RowGatherSparseAdam`` against ``torch.optim.SparseAdam`` (bitwise: parameters, moments, state_dict);
 - the whole training step against the same trainer with torch's ``SparseAdam`` and default (for-loop) Adam;
 - the CPU negative sampler (re-checks only redrawn positions, sorted queries) against the full re-check loop;
-- evaluation through distinct ids against towers run on every eval pair.
+- evaluation through distinct ids against towers run on every eval pair;
+- the sort-based unique helpers against ``np.unique`` / ``torch.unique``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ import torch
 from topkrec.embeddings.config import PretrainConfig
 from topkrec.embeddings.losses import bce_loss, cosine_loss, in_batch_softmax_loss
 from topkrec.embeddings.planted import planted_block_dataset
-from topkrec.embeddings.sampling import NegativeSampler, consumed_keys, is_consumed, pair_keys
+from topkrec.embeddings.sampling import (
+    NegativeSampler,
+    consumed_keys,
+    is_consumed,
+    pair_keys,
+    sorted_unique,
+    unique_keys,
+)
 from topkrec.embeddings.sparse_adam import RowGatherSparseAdam, coalesced_rows
-from topkrec.embeddings.train import PretrainTrainer, roc_auc
+from topkrec.embeddings.train import PretrainTrainer, _unique_inverse, roc_auc
 
 
 def _sparse_grad(n_rows: int, width: int, ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -168,3 +176,19 @@ def test_evaluate_over_distinct_ids_equals_per_pair_towers(loss: str) -> None:
     got_loss, got_auc = trainer.evaluate()
     assert got_loss == pytest.approx(want_loss, rel=1e-6) and got_auc == pytest.approx(want_auc, abs=1e-9)
     assert 0.0 < got_auc < 1.0
+
+
+def test_sorted_unique_and_unique_keys_equal_numpy_and_torch_unique() -> None:
+    rng = np.random.default_rng(0)
+    cases = (rng.integers(0, 50, 1000), rng.integers(0, 10**12, 5000), np.array([], dtype=np.int64), np.array([7]))
+    for values in cases:
+        assert np.array_equal(sorted_unique(values), np.unique(values))
+        assert torch.equal(unique_keys(torch.from_numpy(values)), torch.unique(torch.from_numpy(values)))
+
+
+def test_unique_inverse_equals_torch_unique() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for shape, n in (((1000,), 30), ((500, 3), 2000), ((1,), 5)):
+        ids = torch.randint(0, n, shape, generator=gen)
+        got, want = _unique_inverse(ids, n), torch.unique(ids, return_inverse=True)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

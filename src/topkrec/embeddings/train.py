@@ -28,7 +28,7 @@ from topkrec.data.dataset import Dataset
 from topkrec.embeddings.config import PretrainConfig
 from topkrec.embeddings.losses import bce_loss, cosine_loss, in_batch_softmax_loss
 from topkrec.embeddings.model import TwoTower
-from topkrec.embeddings.sampling import NegativeSampler, consumed_keys, pair_keys
+from topkrec.embeddings.sampling import NegativeSampler, consumed_keys, pair_keys, sorted_unique, unique_keys
 from topkrec.embeddings.sparse_adam import RowGatherSparseAdam
 from topkrec.errors import DataError, TopkrecError
 from topkrec.metrics_log import MetricsLogger
@@ -65,7 +65,7 @@ class PairTensors:
 def positive_pairs(dataset: Dataset, test: bool) -> tuple[np.ndarray, np.ndarray]:
     """Unique (user, item) pairs of one split, OOV items dropped (they have no embedding to learn)."""
     mask = (dataset.is_test == test) & (dataset.item < dataset.n_items) & (dataset.item >= 0)
-    keys = np.unique(dataset.user[mask].astype(np.int64) * (dataset.n_items + 1) + dataset.item[mask])
+    keys = sorted_unique(dataset.user[mask].astype(np.int64) * (dataset.n_items + 1) + dataset.item[mask])
     return keys // (dataset.n_items + 1), keys % (dataset.n_items + 1)
 
 
@@ -223,7 +223,7 @@ class PretrainTrainer:
         # Eval negatives are drawn once (excluding every consumed item, train and test) so epochs compare.
         self.eval_negatives = torch.empty((0, config.neg_items), dtype=torch.long, device=dev)
         if len(self.eval_pairs):
-            all_keys = torch.unique(
+            all_keys = unique_keys(
                 torch.cat(
                     [
                         pair_keys(self.train_pairs.users, self.train_pairs.items, self.n_items),
@@ -306,8 +306,8 @@ class PretrainTrainer:
         cfg = self.config
         users, items = self.eval_pairs.users, self.eval_pairs.items
         candidates = torch.cat([items[:, None], self.eval_negatives], dim=1)  # (E, 1 + k): positive first
-        user_ids, user_row = torch.unique(users, return_inverse=True)
-        item_ids, item_row = torch.unique(candidates, return_inverse=True)
+        user_ids, user_row = _unique_inverse(users, self.model.n_users)
+        item_ids, item_row = _unique_inverse(candidates, self.n_items)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             user_vecs = _tower_rows(self.model.user_tower, user_ids, _EVAL_CHUNK)
             item_vecs = _tower_rows(self.model.item_tower, item_ids, _EVAL_CHUNK)
@@ -428,6 +428,15 @@ class PretrainTrainer:
 
 
 _EVAL_CHUNK = 8192  # rows per tower call in evaluation: activations of 8 MB at width 256 stay cache-friendly
+
+
+def _unique_inverse(ids: torch.Tensor, n_ids: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(ids, return_inverse=True)`` for ids in [0, n_ids), by marking instead of sorting
+    (O(n_ids + len(ids)); 0.46 s → ~0.02 s for the reference-scale eval pairs)."""
+    present = torch.zeros(n_ids, dtype=torch.bool, device=ids.device)
+    present[ids.reshape(-1)] = True
+    position = torch.cumsum(present, 0) - 1  # row of each present id among the distinct ones
+    return torch.nonzero(present).squeeze(1), position[ids]
 
 
 def _tower_rows(tower: nn.Module, ids: torch.Tensor, chunk: int) -> torch.Tensor:
