@@ -30,12 +30,17 @@ def coalesced_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Coalescing sorts the indices with ``torch.sort`` (not stable) and sums the values of equal indices
     one after the other in that sorted order; the same sort and an ``index_add_`` of the permuted values
-    (sequential per row) give the same floats (checked in tests/test_pretrain_speed.py)."""
+    (sequential per row on CPU) give the same floats (checked in tests/test_pretrain_speed.py). On other
+    devices it calls ``coalesce`` itself."""
     indices, values = grad._indices(), grad._values()
     if indices.shape[0] != 1:
         raise ValueError("only row-sparse gradients (one sparse dimension, as nn.Embedding emits) are supported")
     if grad.is_coalesced():
         return indices[0], values
+    if grad.device.type != "cpu":
+        # CUDA's index_add_ sums duplicates with atomics (run-to-run order); its coalesce is deterministic.
+        coalesced = grad.coalesce()
+        return coalesced._indices()[0], coalesced._values()
     sorted_indices, order = torch.sort(indices[0])
     rows, inverse = torch.unique_consecutive(sorted_indices, return_inverse=True)
     summed = values.new_zeros((rows.shape[0], *values.shape[1:]))
