@@ -3,7 +3,7 @@ loop (a per-sample torch Dataset returning dicts, negatives drawn per sample, Da
 with the same model, loss, optimizer and data, in one process, so the ratio is fair on a shared machine.
 
     python benchmarks/bench_pretrain.py [--size small|reference] [--data DATASET_DIR] [--seconds 30]
-        [--batch-size 2048] [--device cpu] [--threads N]
+        [--batch-size 2048] [--device cpu] [--threads N] [--profile-steps 20]
 
 Four loops, interleaved step by step: ``ours`` (the default step: sparse embedding rows + SparseAdam),
 ``ours_dense`` (our step with dense embedding gradients + Adam, i.e. only the data path differs from the
@@ -12,6 +12,11 @@ reference), ``ours_bf16`` (the default step with ``--bf16-cpu``; on CUDA the sam
 written). Without --data a planted-block dataset with side features is built:
 ``small`` = 10 000 users × 4 000 items, ``reference`` = 80 000 users × 160 000 items (the reference
 dataset's size). The last line is one JSON object: samples/s of each loop and the ratios.
+
+Then, for ``ours``: the seconds of one epoch as ``topkrec pretrain`` runs it (the train pairs at the measured
+rate plus one ``evaluate``, timed), and where a step's time goes — CPU time per phase (negative sampling,
+forward, backward, dense Adam, sparse Adam) and torch.profiler's own-time per op bucket (matmuls, batch norm,
+ReLU, gathers/scatters, sorts, copies, the rest), printed as a table and kept in the JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import logging
 import random
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,6 +161,73 @@ def time_data_paths(
     return samples_ours / t_ours, samples_ref / t_ref
 
 
+_BUCKETS = (
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm")),
+    ("batch norm", ("aten::native_batch_norm", "aten::native_batch_norm_backward")),
+    ("ReLU", ("aten::clamp_min", "aten::clamp_min_", "aten::threshold_backward", "aten::relu", "aten::relu_")),
+    ("gathers / scatters", ("aten::index_select", "aten::index_add_", "aten::index", "aten::embedding")),
+    ("sorts (coalescing rows)", ("aten::sort", "aten::unique_consecutive", "aten::_unique2")),
+    ("copies / cat", ("aten::copy_", "aten::clone", "aten::cat", "aten::_to_copy")),
+)
+
+
+def profile_ours(trainer: PretrainTrainer, steps: int) -> dict[str, Any]:
+    """Where our step's time goes: CPU ms per phase (median over ``steps``) and per op bucket (profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    pairs, cfg = trainer.train_pairs, trainer.config
+    batches = iter(trainer.batches())
+    phases: dict[str, list[float]] = defaultdict(list)
+    for _ in range(steps):
+        idx = next(batches)
+        users, items = pairs.users[idx], pairs.items[idx]
+        t0 = time.process_time()
+        negatives = trainer.sampler.sample(users, cfg.neg_items) if cfg.loss != "softmax" else None
+        t1 = time.process_time()
+        loss = trainer.train_module(users, items, negatives)
+        t2 = time.process_time()
+        trainer.zero_grad()
+        loss.backward()
+        t3 = time.process_time()
+        trainer.optimizers[0].step()
+        t4 = time.process_time()
+        for opt in trainer.optimizers[1:]:
+            opt.step()
+        t5 = time.process_time()
+        for name, dt in zip(
+            ("negative sampling", "forward", "backward", "dense Adam", "sparse Adam"),
+            (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4),
+            strict=True,
+        ):
+            phases[name].append(dt * 1e3)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            idx = next(batches)
+            trainer.step(pairs.users[idx], pairs.items[idx])
+    buckets: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        name = next((b for b, ops in _BUCKETS if event.key in ops), "other (elementwise, autograd, Python)")
+        buckets[name] += event.self_cpu_time_total / 1e3 / steps
+    return {
+        "phases_cpu_ms": {k: float(np.median(v)) for k, v in phases.items()},
+        "buckets_ms": dict(sorted(buckets.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def print_profile(prof: dict[str, Any]) -> None:
+    phases, buckets = prof["phases_cpu_ms"], prof["buckets_ms"]
+    total_p, total_b = sum(phases.values()), sum(buckets.values())
+    lines = [
+        f"\nours, one step: {total_p:.1f} CPU ms (median per phase)",
+        "| phase | CPU ms | share |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v:.2f} | {100 * v / total_p:.1f} % |" for k, v in phases.items()]
+    lines += ["", "| op bucket (profiler, own time) | share |", "|---|---|"]
+    lines += [f"| {k} | {100 * v / total_b:.1f} % |" for k, v in buckets.items()]
+    logger.info("%s", "\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="dataset directory (default: planted blocks)")
@@ -163,6 +236,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--profile-steps", type=int, default=20, help="steps of ours profiled (0: no breakdown)")
     args = parser.parse_args()
     if args.threads > 0:
         # On an oversubscribed machine OpenMP regions spin: 1 thread measured 40x faster for batch norm.
@@ -218,6 +292,26 @@ def main() -> None:
     rate = {name: t[0] / t[1] for name, t in totals.items()}
     data_rate = time_data_paths(PretrainTrainer(dataset, config, device), loaders_dataset, args.batch_size, device)
     logger.info("data path only: ours %.0f samples/s, reference %.0f samples/s", *data_rate)
+    # One epoch as `topkrec pretrain` runs it: every train pair at the measured rate, then one evaluation.
+    eval_trainer = PretrainTrainer(dataset, config, device)
+    t0 = time.perf_counter()
+    eval_trainer.evaluate()
+    _sync(device)
+    eval_seconds = time.perf_counter() - t0
+    n_pairs = int(users.size)
+    epoch_ours = n_pairs / rate["ours"] + eval_seconds
+    epoch_reference = n_pairs / rate["reference"]
+    logger.info(
+        "one epoch (%d pairs): ours %.1f s (eval %.1f s), reference-style loop %.1f s (train steps only)",
+        n_pairs,
+        epoch_ours,
+        eval_seconds,
+        epoch_reference,
+    )
+    profile = None
+    if args.profile_steps > 0 and device.type == "cpu":
+        profile = profile_ours(eval_trainer, args.profile_steps)
+        print_profile(profile)
 
     print(
         json.dumps(
@@ -242,6 +336,12 @@ def main() -> None:
                 "data_path_reference_samples_per_s": round(data_rate[1], 1),
                 "data_path_speedup": round(data_rate[0] / data_rate[1], 2),
                 "seconds_per_loop": args.seconds,
+                "n_train_pairs": n_pairs,
+                "eval_seconds": round(eval_seconds, 2),
+                "epoch_seconds_ours": round(epoch_ours, 1),
+                "epoch_seconds_reference_train_only": round(epoch_reference, 1),
+                "epoch_speedup": round(epoch_reference / epoch_ours, 2),
+                "profile": profile,
             }
         )
     )
