@@ -10,7 +10,7 @@ Throughput (default mode):
 - **per-session**: the same environment (``Environment.step`` on the same noise streams) called with one
   session at a time (B = 1), the way a gym-style ``env.step(action)`` loop runs; same sessions.
 
-Both give identical sessions (same streams, tested in tests/test_simulate_gym.py). The figure is
+Both give identical sessions (same streams, tested in tests/simulate/test_simulate_gym.py). The figure is
 simulated steps (one slate shown to one user) per second; the ratio vectorised / per-session is what the
 vectorisation buys. Rounds alternate the two and the best of each is kept (the two cores are shared).
 

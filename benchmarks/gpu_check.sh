@@ -81,7 +81,7 @@ tail -n 1 "$OUT/bench_train_cuda.log" | cut -c1-400 | sed 's/^/    /' >> "$SUMMA
 # 6. The DDP code path on CUDA with NCCL: one GPU, so one process, but torchrun starts the NCCL group and
 #    the step runs DDP-wrapped on cuda:LOCAL_RANK with all-reduced metrics (a check, not a speed-up).
 step torchrun 30 "$OUT/torchrun_cuda.log" \
-  "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 tests/ddp_train_worker.py "$WORK/ddp_model" --device cuda
+  "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 tests/support/ddp_train_worker.py "$WORK/ddp_model" --device cuda
 tail -n 2 "$OUT/torchrun_cuda.log" | sed 's/^/    /' >> "$SUMMARY"
 
 echo "total $(( $(date +%s) - START ))s" | tee -a "$SUMMARY"

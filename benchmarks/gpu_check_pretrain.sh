@@ -29,7 +29,7 @@ step() {  # step NAME SECONDS LOGFILE CMD...
 
 # 1. CUDA tests of the pretraining area (device-resident data, sync-free sampler, learning on CUDA).
 step pytest_cuda_pretrain 60 "$OUT/pytest_cuda_pretrain.log" \
-  "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider tests/test_pretrain.py
+  "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider tests/embeddings/test_pretrain.py
 tail -n 2 "$OUT/pytest_cuda_pretrain.log" | sed 's/^/    /' >> "$SUMMARY"
 
 # 2. Step throughput on CUDA at the reference dataset's size (80 000 users × 160 000 items).

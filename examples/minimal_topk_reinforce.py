@@ -2,7 +2,7 @@
 
 CleanRL style: everything from the dataset directory to the trained policy, top to bottom, with no
 topkrec imports (it reads only ``events.parquet`` and ``meta.json``). The library (`topkrec train`)
-must agree with this file numerically; ``tests/test_example_minimal.py`` checks it step by step.
+must agree with this file numerically; ``tests/train/test_example_minimal.py`` checks it step by step.
 
     python examples/minimal_topk_reinforce.py --data DATASET_DIR [--epochs 1 --lr 1e-3 --correction topk]
 

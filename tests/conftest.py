@@ -1,23 +1,14 @@
-"""Shared fixtures. Real data lives in ../shared/data beside the checkout (or $TOPKREC_SHARED_DATA);
-tests that need it skip cleanly when it is absent."""
+"""Shared fixtures. ``tests/`` mirrors ``src/topkrec/``; helpers live in the ``support`` package.
+Real data lives in ../shared/data beside the checkout (or $TOPKREC_SHARED_DATA); tests that need it skip
+cleanly when it is absent."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("TOPKREC_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def shared_path(*parts: str) -> Path:
-    """Path under ../shared/data, or skip the test when it is not there."""
-    p = SHARED_DATA.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"real sample {p} not present")
-    return p
+from support.paths import REPO, SHARED_DATA, shared_path  # noqa: F401  (REPO, SHARED_DATA: for tests)
 
 
 @pytest.fixture

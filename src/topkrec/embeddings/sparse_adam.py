@@ -2,7 +2,7 @@
 
 ``RowGatherSparseAdam`` is a drop-in ``SparseAdam`` (same constructor, state and ``state_dict``) whose step
 gives **bitwise the same parameters and moments**: the same float32 operations in the same order on the
-same values (checked against ``SparseAdam`` in tests/test_pretrain_speed.py). What it skips is the
+same values (checked against ``SparseAdam`` in tests/embeddings/test_pretrain_speed.py). What it skips is the
 sparse-tensor machinery around them, which dominated the pretraining step on CPU (profiled on the
 reference-scale data, batch 2 048: ``SparseAdam.step`` 20–28 ms of an 86 ms step, the update maths on
 the ~6 000 touched rows well under 1 ms of it):
@@ -30,7 +30,7 @@ def coalesced_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Coalescing sorts the indices with ``torch.sort`` (not stable) and sums the values of equal indices
     one after the other in that sorted order; the same sort and an ``index_add_`` of the permuted values
-    (sequential per row on CPU) give the same floats (checked in tests/test_pretrain_speed.py). On other
+    (sequential per row on CPU) give the same floats (checked in tests/embeddings/test_pretrain_speed.py). On other
     devices it calls ``coalesce`` itself."""
     indices, values = grad._indices(), grad._values()
     if indices.shape[0] != 1:

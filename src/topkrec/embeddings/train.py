@@ -157,7 +157,7 @@ def make_optimizers(model: torch.nn.Module, config: PretrainConfig) -> list[torc
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
     # foreach: one multi-tensor kernel per operation instead of a loop over the 20 dense tensors (on CPU torch's
-    # default is the loop); bitwise the same update (checked in tests/test_pretrain_speed.py).
+    # default is the loop); bitwise the same update (checked in tests/embeddings/test_pretrain_speed.py).
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.Adam(dense, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     ]

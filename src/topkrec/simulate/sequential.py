@@ -264,7 +264,7 @@ class AgentSessions:
 
     One session row per environment user, started from the user's stored history (the training logs), so
     each state is built by the model's own rules — its history setting, its (item, event type) tokens,
-    its window — exactly as training built the logged states (``tests/test_sessions.py``). ``rollout``
+    its window — exactly as training built the logged states (``tests/serve/test_sessions.py``). ``rollout``
     tells it each step's feedback (``observe``); calling it gives per-draw probabilities (B, I_env).
     """
 

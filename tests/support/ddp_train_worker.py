@@ -2,7 +2,7 @@
 
     python ddp_train_worker.py OUT_DIR [--zero-rewards] [--device cuda]
 
-Used by tests/test_train_distributed.py to compare one process with two (DDP) on the same global batches.
+Used by tests/train/test_train_distributed.py to compare one process with two (DDP) on the same global batches.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the support package
 
-from agent_data import synth_dataset  # noqa: E402
+from support.agent_data import synth_dataset  # noqa: E402
 from topkrec.data.dataset import discounted_returns  # noqa: E402
 from topkrec.policy.config import AgentConfig, TrainConfig  # noqa: E402
 from topkrec.train import train_agent  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent_data import synth_dataset, train_recording_losses
+from support.agent_data import synth_dataset, train_recording_losses
 from topkrec.data.transitions import build_transitions
 from topkrec.errors import TopkrecError
 from topkrec.policy.artifact import load_agent

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from agent_data import synth_dataset
-from test_transitions import random_dataset
+from support.agent_data import synth_dataset
+from support.datasets import random_dataset
 from topkrec.data.transitions import build_transitions
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent

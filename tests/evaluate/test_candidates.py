@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from agent_data import synth_dataset
+from support.agent_data import synth_dataset
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, build_transitions
 from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, popularity_scorer

@@ -17,7 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from agent_data import synth_dataset
+from support.agent_data import synth_dataset
 from topkrec.cli import app
 from topkrec.config import SettingsError, check_settings, flag_of, setting_fields, split_optional
 from topkrec.config.fields import choices_of

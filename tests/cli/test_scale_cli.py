@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent_data import synth_dataset
+from support.agent_data import synth_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def topkrec(*args: str) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agent_data import synth_dataset
+from support.agent_data import synth_dataset
 
 
 def topkrec(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from agent_data import synth_dataset
+from support.agent_data import synth_dataset
 from topkrec.cli import app
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import build_transitions, validation_rows

@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"
 
 
 def _bench() -> ModuleType:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent_data import synth_dataset
+from support.agent_data import synth_dataset
 from topkrec.data.histories import HISTORIES_FILE
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.serve.recommender import Recommender

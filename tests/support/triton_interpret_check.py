@@ -1,5 +1,5 @@
 """The Triton kernels run by Triton's CPU interpreter against the PyTorch maths (run in a subprocess with
-TRITON_INTERPRET=1 by tests/test_triton_interpreter.py; prints one line per case, exits non-zero on a miss).
+TRITON_INTERPRET=1 by tests/kernels/test_triton_interpreter.py; prints one line per case, exits non-zero on a miss).
 
 fp32 (exact products) and fp16 inputs are checked. bf16 is not: the Triton 3.6 interpreter returns garbage
 for ``tl.dot`` on bf16 even in a one-line kernel, so the bf16 path can only be checked on a GPU.

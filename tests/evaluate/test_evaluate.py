@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from agent_data import synth_dataset
+from support.agent_data import synth_dataset
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, build_transitions
 from topkrec.errors import ArtifactError, TopkrecError

@@ -14,8 +14,7 @@ import torch
 from topkrec.distributed import DistContext, env_rank, env_world_size
 from topkrec.policy.artifact import load_agent
 
-HERE = Path(__file__).resolve().parent
-WORKER = HERE / "ddp_train_worker.py"
+WORKER = Path(__file__).resolve().parents[1] / "support" / "ddp_train_worker.py"
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -134,7 +133,7 @@ def test_shard_scales_count_rewarded_rows_of_the_global_batch() -> None:
 @pytest.mark.slow
 def test_cli_train_under_torchrun(tmp_path: Path) -> None:
     """`torchrun -m topkrec train`: rank 0 alone writes and prints; an existing --out fails on every rank."""
-    from agent_data import synth_dataset
+    from support.agent_data import synth_dataset
 
     data = tmp_path / "data"
     data.mkdir()
@@ -167,7 +166,7 @@ def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path: Path, com
 def test_resume_on_another_number_of_processes(tmp_path: Path) -> None:
     """Stopped on 2 processes, resumed on 1: the same weights as one uninterrupted process (no lost work);
     sampled heads (row-sparse Adam alone, dense under DDP) refuse with a one-line error instead."""
-    from agent_data import synth_dataset
+    from support.agent_data import synth_dataset
 
     data = tmp_path / "data"
     data.mkdir()

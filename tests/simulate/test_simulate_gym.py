@@ -118,7 +118,7 @@ def test_example_gym_rollout_runs(tmp_path) -> None:
     import subprocess
     import sys
 
-    from conftest import REPO
+    from support.paths import REPO
 
     r = subprocess.run(
         [sys.executable, str(REPO / "examples" / "gym_rollout.py"), "--sessions", "30"],

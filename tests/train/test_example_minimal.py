@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from agent_data import synth_dataset, train_recording_losses
-from conftest import REPO
+from support.agent_data import synth_dataset, train_recording_losses
+from support.paths import REPO
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
 

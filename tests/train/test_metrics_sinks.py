@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from agent_data import synth_dataset
+from support.agent_data import synth_dataset
 from topkrec.cli import app
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from agent_data import synth_dataset, train_recording_losses
+from support.agent_data import synth_dataset, train_recording_losses
 from topkrec.data.transitions import build_transitions
 from topkrec.heads.sampled import SampledSoftmaxHead, log_uniform_log_q
 from topkrec.policy.config import AgentConfig, TrainConfig

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_data import synth_dataset
+from support.agent_data import synth_dataset
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 

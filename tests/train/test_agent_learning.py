@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent_data import synth_dataset
+from support.agent_data import synth_dataset
 from topkrec.evaluate.evaluator import EvalConfig, evaluate_agents
 from topkrec.policy.artifact import load_agent
 from topkrec.policy.config import AgentConfig, TrainConfig
