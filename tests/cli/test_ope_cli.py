@@ -271,7 +271,7 @@ def test_ope_tiny_propensity_gives_valid_json_and_a_low_ess_warning(tmp_path):
 def test_ope_out_that_cannot_be_written_is_one_line(tmp_path):
     _obd_csv(tmp_path / "all.csv", n=30)
     (tmp_path / "file").write_text("x")
-    cases = ((tmp_path, "is a directory"), (tmp_path / "file" / "ope.json", "cannot write --out"))
+    cases = ((tmp_path, "is a directory"), (tmp_path / "file" / "ope.json", "is a file, not a directory"))
     for out, message in cases:
         args = ["--logs", str(tmp_path / "all.csv"), *BASE, "--target", "uniform", "--n-actions", "8"]
         r = _run(*args, "--out", str(out))
