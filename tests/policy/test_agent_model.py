@@ -52,7 +52,7 @@ def test_temperature_and_unknown_head() -> None:
 def test_encoders_shapes_and_pad_invariance(encoder: str) -> None:
     torch.manual_seed(1)
     cfg = AgentConfig(n_users=4, n_items=12, embed_size=5, hist_num=4, hidden=7, encoder=encoder)
-    agent = Agent(cfg)
+    agent = Agent(cfg).eval()  # no dropout
     user = torch.tensor([0, 1, -1])
     hist = torch.tensor([[12, 12, 3, 4], [1, 2, 3, 4], [12, 12, 12, 12]])
     s = agent.encode(user, hist)
@@ -67,7 +67,7 @@ def test_encoders_shapes_and_pad_invariance(encoder: str) -> None:
 
 def test_save_load_round_trip_and_errors(tmp_path) -> None:
     torch.manual_seed(2)
-    cfg = AgentConfig(n_users=3, n_items=8, embed_size=4, hist_num=2, hidden=5, encoder="gru")
+    cfg = AgentConfig(n_users=3, n_items=8, embed_size=4, hist_num=2, hidden=5, encoder="gru", dropout=0.0)
     agent = Agent(cfg)
     save_agent(tmp_path / "m", agent, user_raw=["a", "b", "c"], item_raw=[f"i{k}" for k in range(8)])
     loaded = load_agent(tmp_path / "m")

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from topkrec.data.dataset import Dataset, discounted_returns
-from topkrec.errors import TopkrecError
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
 from topkrec.policy.repeat import REPEAT_SCALE
@@ -36,9 +35,9 @@ def test_head_output_is_the_log_softmax_of_the_biased_logits() -> None:
         assert getattr(agent, name).repeat.grad is not None
 
 
-def test_repeat_bias_needs_the_full_softmax() -> None:
-    with pytest.raises(TopkrecError, match="--repeat-bias needs --softmax full"):
-        AgentConfig(repeat_bias=True, softmax="sampled")
+def test_repeat_bias_only_with_the_full_softmax() -> None:
+    cfg = AgentConfig(n_users=2, n_items=30, repeat_bias=True, softmax="sampled", negatives=8)
+    assert not cfg.uses_repeat_bias and all(getattr(h, "repeat", None) is None for h in Agent(cfg).heads())
 
 
 def repeat_dataset(n_users: int = 80, n_items: int = 60, length: int = 12, seed: int = 0) -> Dataset:

@@ -33,8 +33,31 @@ def main() -> None:
         reward = ds.reward.copy()
         reward[np.arange(len(reward)) % 3 == 0] = 0.0
         ds = replace(ds, reward=reward, returns=discounted_returns(reward, ds.session, 0.99))
-    acfg = AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16)
     device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
+    if "--windows" in sys.argv:
+        # token windows (4 windows of 8 tokens per global batch): the first step's (all-reduced) gradients are
+        # saved, since Adam turns last-bit differences of near-zero gradients into lr-sized steps
+        import os
+
+        import torch
+        from safetensors.torch import save_file
+
+        from topkrec.train import build_agent
+
+        acfg = AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16, hist_num=8, encoder="gru", dropout=0.0)
+        cfg = TrainConfig(batch_size=BATCH, lr=1e-3, max_steps=1, epochs=1, device=device, batching="windows")
+        agent = build_agent(ds, acfg, cfg)
+        grads: dict[str, torch.Tensor] = {}
+
+        def keep(step: int, _: object) -> None:
+            grads.update({n: p.grad.detach().cpu().clone() for n, p in agent.named_parameters() if p.grad is not None})
+
+        train_agent(ds, out, config=cfg, initial_agent=agent, force=True, on_step=keep)
+        if os.environ.get("RANK", "0") == "0":
+            save_file(grads, str(out.parent / f"{out.name}_grads.safetensors"))
+        return
+    # the reference's concat encoder over rows, no dropout: one process and two train the same weights
+    acfg = AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16, hist_num=10, encoder="concat", dropout=0.0)
     cfg = TrainConfig(batch_size=BATCH, lr=1e-3, max_steps=MAX_STEPS, epochs=1, log_every=2, device=device)
     train_agent(ds, out, acfg, cfg, force=True)
 

@@ -100,6 +100,19 @@ def test_agent_weights_are_trained_by_both_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_token_windows_two_processes_give_the_one_process_gradient(tmp_path: Path) -> None:
+    """--batching windows under DDP: each rank trains its windows' rows (unequal counts), the loss scales make
+    the all-reduced gradient the whole global batch's (compared on the first step's gradients)."""
+    from safetensors.torch import load_file
+
+    _run([str(WORKER), str(tmp_path / "one"), "--windows"], None, tmp_path)
+    _run([str(WORKER), str(tmp_path / "two"), "--windows"], 2, tmp_path)
+    one, two = load_file(str(tmp_path / "one_grads.safetensors")), load_file(str(tmp_path / "two_grads.safetensors"))
+    assert one.keys() == two.keys() and len(one) > 5
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=f"{name} differs")
+
+
 def test_two_processes_with_unrewarded_rows(tmp_path: Path) -> None:
     """Rows without a reward: π trains on a different number of rows on each rank (some batches may leave
     π's head unused on a rank, which DDP must accept); the loss scales make it the one-process step again."""
@@ -139,7 +152,7 @@ def test_cli_train_under_torchrun(tmp_path: Path) -> None:
     data.mkdir()
     synth_dataset(n_users=50, n_items=80, seed=4).save(data)
     args = ["-m", "topkrec", "--no-progress", "train", "--data", str(data), "--out", str(tmp_path / "model")]
-    args += ["--epochs", "1", "--batch-size", "64", "--lr", "1e-3", "--device", "cpu"]
+    args += ["--epochs", "1", "--batch-size", "64", "--lr", "1e-3", "--device", "cpu", "--hist-num", "8"]
     proc = _run(args, 2, tmp_path)
     assert proc.stdout.count("trained ") == 1, proc.stdout
     state = json.loads((tmp_path / "model" / "trainer_state.json").read_text())
@@ -172,7 +185,8 @@ def test_resume_on_another_number_of_processes(tmp_path: Path) -> None:
     data.mkdir()
     synth_dataset(n_users=50, n_items=80, seed=4).save(data)
     base = ["-m", "topkrec", "--no-progress", "train", "--data", str(data), "--epochs", "2", "--batch-size", "64"]
-    base += ["--lr", "1e-3", "--device", "cpu"]
+    # the reference's concat encoder over rows, no dropout: bitwise comparable across process counts
+    base += ["--lr", "1e-3", "--device", "cpu", "--encoder", "concat", "--hist-num", "10", "--dropout", "0"]
     _run([*base, "--out", str(tmp_path / "whole")], None, tmp_path)
     _run([*base, "--out", str(tmp_path / "split"), "--max-steps", "5"], 2, tmp_path)
     assert json.loads((tmp_path / "split" / "trainer_state.json").read_text())["global_step"] == 5

@@ -26,7 +26,22 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train_args(data: Path, out: Path) -> list[str]:
-    return ["-m", "topkrec", "-v", "--no-progress", "train", "--data", str(data), "--out", str(out), "--epochs", "40"]
+    return [
+        "-m",
+        "topkrec",
+        "-v",
+        "--no-progress",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "40",
+    ] + [
+        "--hist-num",
+        "8",
+    ]
 
 
 def _terminate_after_first_log(cmd: list[str], cwd: Path) -> tuple[int, str]:

@@ -54,12 +54,12 @@ class AgentConfig:
     """The event types whose rows enter histories under ``history`` (serving filters new feedback by them;
     empty: every type)."""
     embed_size: int = setting(
-        32,
+        64,
         "Width of the user and item embeddings when no --embeddings are given (pretrained ones set it).",
         aliases=("--embed-dim",),
         ge=1,
     )
-    hist_num: int = setting(10, "Items of history in the state (the reference's hist_num).", ge=1)
+    hist_num: int = setting(50, "Tokens of history in the state (the reference uses 10).", ge=1)
     history: HistoryRows = setting(
         "context_engaged",
         "Which rows form the history: all (skipped impressions too), engaged (rows with a reward) or "
@@ -72,23 +72,24 @@ class AgentConfig:
         flag="feedback-tokens/item-tokens",
     )
     user_embedding: bool = setting(
-        True,
+        False,
         "Learn a user-id embedding; off: the state is the history alone, so new users are served exactly as "
         "users were trained.",
     )
     hidden: int = setting(64, "Width of the state s that both heads read.", ge=1)
     encoder: Encoder = setting(
-        "concat",
+        "attention",
         "State encoder: concat (the reference), mean, gru, cfn (the paper's Chaos-Free RNN) or attention "
         "(causal self-attention, SASRec-style).",
     )
     attention_blocks: int = setting(2, "--encoder attention: self-attention blocks.", ge=1)
     attention_heads: int = setting(1, "--encoder attention: heads per block (must divide the embedding width).", ge=1)
-    dropout: float = setting(0.0, "Dropout in the attention and recurrent encoders while training.", ge=0, lt=1)
+    dropout: float = setting(0.2, "Dropout in the attention and recurrent encoders while training.", ge=0, lt=1)
     repeat_bias: bool = setting(
-        False,
+        True,
         "Re-engagement: each head adds a learned bias[event type, recency] to the logits of the items in the "
-        "state's history (users re-view, cart what they viewed, buy what they carted; full softmax only).",
+        "state's history (users re-view, cart what they viewed, buy what they carted). Full softmax only: the "
+        "sampled and adaptive heads train without it.",
     )
     supervised_head: bool = setting(
         False,
@@ -118,8 +119,6 @@ class AgentConfig:
         check_settings(self)
         if self.n_users < 0 or self.n_items < 0:
             raise SettingsError(f"n_users and n_items must be >= 0 (got {self.n_users}, {self.n_items})")
-        if self.repeat_bias and self.softmax != "full":
-            raise SettingsError(f"--repeat-bias needs --softmax full (got {self.softmax})")
         if self.encoder == "attention" and self.embed_size % self.attention_heads:
             raise SettingsError(
                 f"--attention-heads {self.attention_heads} must divide the embedding width {self.embed_size}"
@@ -142,6 +141,11 @@ class AgentConfig:
         return replace(self, n_users=int(n_users), n_items=int(n_items), event_types=tuple(event_types))
 
     @property
+    def uses_repeat_bias(self) -> bool:
+        """``repeat_bias`` where the head supports it (the full softmax)."""
+        return self.repeat_bias and self.softmax == "full"
+
+    @property
     def event_pad(self) -> int:
         """The event code of padding (one past the last event type)."""
         return len(self.event_types)
@@ -155,6 +159,9 @@ class AgentConfig:
         if "history" not in obj:  # written before feedback tokens: bare items over every logged row
             obj.setdefault("feedback_tokens", False)
             obj.setdefault("history", "all")
+        # Settings added later default to what older model directories were built with.
+        for key, legacy_value in (("user_embedding", True), ("repeat_bias", False), ("dropout", 0.0)):
+            obj.setdefault(key, legacy_value)
         # Model directories written before settings were declared once: embed_dim and a head_options dict.
         if "embed_dim" in obj and "embed_size" not in obj:
             obj["embed_size"] = obj["embed_dim"]
@@ -176,15 +183,17 @@ class AgentConfig:
 class TrainConfig:
     """How the agent is trained (DESIGN §3, §7)."""
 
-    epochs: int = setting(1, "Passes over the train transitions.", ge=0)
-    batch_size: int = setting(128, "Transitions per step (the global batch under torchrun).", ge=1, resume_locked=True)
-    lr: float = setting(1e-5, "Adam learning rate of π and the encoder (reference 1e-5).", gt=0, resume_locked=True)
+    epochs: int = setting(15, "Passes over the train transitions (at most: see --val-size).", ge=0)
+    batch_size: int = setting(
+        800, "Transitions per step (the global batch under torchrun; reference 128).", ge=1, resume_locked=True
+    )
+    lr: float = setting(3e-3, "Adam learning rate of π and the encoder (reference 1e-5).", gt=0, resume_locked=True)
     behavior_lr: float | None = setting(
         None, "Adam learning rate of β̂ (none: the same as --lr).", gt=0, resume_locked=True
     )
     weight_decay: float = setting(0.0, "Adam weight decay.", ge=0, resume_locked=True)
     correction: Correction = setting(
-        "topk",
+        "none",
         "none: no correction; is: importance weight min(π/β̂, cap); topk: weight × λ_K = K(1−π)^(K−1).",
         resume_locked=True,
     )
@@ -197,13 +206,26 @@ class TrainConfig:
         resume_locked=True,
     )
     weight_norm: Literal["none", "batch_mean"] = setting(
-        "none",
+        "batch_mean",
         "batch_mean: divide each π row's coefficient w·λ_K·R by the batch mean of |w·λ_K·R| (the same direction; a "
         "step size independent of the return scale and of the correction).",
         resume_locked=True,
     )
     snis: bool = setting(
         False, "Divide the importance weights by their batch mean (self-normalised IS).", resume_locked=True
+    )
+    weights: Literal["reward", "return"] = setting(
+        "reward",
+        "π's REINFORCE weight R: the row's own reward r_t, or the discounted in-session return R_t (the paper's; "
+        "--gamma sets its γ).",
+        resume_locked=True,
+    )
+    policy_ce: float = setting(
+        1.0,
+        "Weight of a cross-entropy term on π's own head over every logged row, next to the REINFORCE term "
+        "(an SQN/SAC-style anchor; 0: π learns from the corrected REINFORCE term alone, as in the paper).",
+        ge=0,
+        resume_locked=True,
     )
     gamma: float | None = setting(
         None,
@@ -240,7 +262,7 @@ class TrainConfig:
         resume_locked=True,
     )
     val_size: float = setting(
-        0.0,
+        0.1,
         "Share of each user's last train events held out for validation (users with more than 3 train events): "
         "they stay in histories but are never trained on; after each epoch π's ndcg@K on them is printed next to "
         "popularity's, and the best epoch's weights are kept. 0: no validation.",
@@ -252,6 +274,9 @@ class TrainConfig:
         2,
         "With --val-size: stop after this many epochs without a better validation ndcg@K (0: never stop early).",
         ge=0,
+    )
+    min_epochs: int = setting(
+        6, "With --val-size: never stop early before this many epochs (validation can plateau before it learns).", ge=0
     )
     seed: int = setting(
         0, "Seed of initialisation and of each epoch's permutation (seeded by (seed, epoch)).", ge=0, resume_locked=True
@@ -276,7 +301,17 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> TrainConfig:
-        return cls(**_known(cls, _section(obj, "train")))
+        obj = dict(_section(obj, "train"))
+        # Settings added later default to how older model directories were trained.
+        for key, legacy_value in (
+            ("weights", "return"),
+            ("weight_norm", "none"),
+            ("policy_ce", 0.0),
+            ("val_size", 0.0),
+            ("batching", "rows"),
+        ):
+            obj.setdefault(key, legacy_value)
+        return cls(**_known(cls, obj))
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -287,12 +322,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "encoder": "concat",
             "hist_num": 10,
             "hidden": 64,
+            "embed_size": 32,
             "trainable_embeddings": False,
             "softmax": "full",
             "history": "all",
             "feedback_tokens": False,
             "user_embedding": True,
             "supervised_head": False,
+            "repeat_bias": False,
             "dropout": 0.0,
         },
         "train": {
@@ -306,6 +343,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "cap": 2.0,
             "gamma": 0.99,
             "propensity": "estimated",
+            "weights": "return",
+            "weight_norm": "none",
+            "policy_ce": 0.0,
+            "val_size": 0.0,
+            "batching": "rows",
         },
         # The reference DSSM as the seed notebook runs it: 4 epochs at lr 1e-3, cosine loss, one negative.
         "pretrain": {"epochs": 4, "lr": 1e-3, "batch_size": 2048, "loss": "cosine", "neg_items": 1, "embed_size": 32},

@@ -73,7 +73,7 @@ class Agent(nn.Module):
         self.supervised_head = None
         if config.supervised_head:
             self.supervised_head = make_head(config.softmax, config.hidden, n_items, **config.head_options)
-        if config.repeat_bias:  # each head's own re-engagement biases (topkrec.policy.repeat), saved with it
+        if config.uses_repeat_bias:  # each head's own re-engagement biases (topkrec.policy.repeat), saved with it
             for head in self.heads():
                 head.register_parameter("repeat", nn.Parameter(torch.zeros(config.event_pad + 1, config.hist_num)))
 

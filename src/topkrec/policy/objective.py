@@ -38,6 +38,7 @@ __all__ = [
     "log1mexp",
     "reinforce_loss",
     "per_draw_log_propensity",
+    "policy_coefficients",
     "topk_multiplier",
 ]
 
@@ -130,12 +131,14 @@ def reinforce_loss(
     weight: torch.Tensor | None = None,
     multiplier: torch.Tensor | None = None,
     normalize: bool = False,
+    coef_mean: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """−mean(c · log π(a|s)) with c = w · λ_K · R treated as a constant.
 
     ``normalize`` divides c by its batch mean of |c|: the same direction, a step whose size no longer depends
     on the scale of the returns (session sums of ratings reach the hundreds) nor on the correction, so the
-    policy's loss weighs like a cross-entropy next to β̂'s and the supervised head's.
+    policy's loss weighs like a cross-entropy next to β̂'s and the supervised head's. ``coef_mean`` replaces
+    that batch mean (data-parallel training passes the mean over every rank's rows).
     """
     if policy_logp.dim() != 1 or returns.shape != policy_logp.shape:
         raise ValueError(f"(B,) log-probs and returns expected, got {tuple(policy_logp.shape)}, {tuple(returns.shape)}")
@@ -145,8 +148,27 @@ def reinforce_loss(
     if multiplier is not None:
         coef = coef * multiplier.detach()
     if normalize:
-        coef = coef / coef.abs().mean().clamp_min(1e-12)
+        mean = coef.abs().mean() if coef_mean is None else coef_mean.to(coef.dtype)
+        coef = coef / mean.clamp_min(1e-12)
     return -(coef * policy_logp).mean()
+
+
+def policy_coefficients(
+    policy_logp: torch.Tensor,
+    behavior_logp: torch.Tensor,
+    returns: torch.Tensor,
+    correction: str = "topk",
+    k: int = 10,
+    cap: float | None = DEFAULT_CAP,
+    snis: bool = False,
+) -> torch.Tensor:
+    """(B,) c = w · λ_K · R of each row (w ≡ 1 for none, λ ≡ 1 for none and is), detached."""
+    coef = _as_float(returns.detach())
+    if correction in ("is", "topk"):
+        coef = coef * importance_weight(policy_logp, behavior_logp, cap=cap, snis=snis)
+    if correction == "topk":
+        coef = coef * topk_multiplier(policy_logp, k).detach()
+    return coef
 
 
 STAT_FIELDS = ("mean_weight", "max_weight", "capped_frac", "ess", "mean_multiplier")
@@ -186,6 +208,7 @@ def corrected_policy_loss_tensors(
     cap: float | None = DEFAULT_CAP,
     snis: bool = False,
     normalize: bool = False,
+    coef_mean: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``corrected_policy_loss`` with its diagnostics as a (5,) tensor in ``STAT_FIELDS`` order.
 
@@ -201,11 +224,13 @@ def corrected_policy_loss_tensors(
     parts = [weight.mean(), weight.max(), capped, effective_sample_size(weight), multiplier.mean()]
     stats = torch.stack([p.to(raw.dtype) for p in parts])
     if correction == "none":
-        loss = reinforce_loss(policy_logp, returns, normalize=normalize)
+        loss = reinforce_loss(policy_logp, returns, normalize=normalize, coef_mean=coef_mean)
     elif correction == "is":
-        loss = reinforce_loss(policy_logp, returns, weight=weight, normalize=normalize)
+        loss = reinforce_loss(policy_logp, returns, weight=weight, normalize=normalize, coef_mean=coef_mean)
     else:
-        loss = reinforce_loss(policy_logp, returns, weight=weight, multiplier=multiplier, normalize=normalize)
+        loss = reinforce_loss(
+            policy_logp, returns, weight=weight, multiplier=multiplier, normalize=normalize, coef_mean=coef_mean
+        )
     return loss, stats
 
 

@@ -19,7 +19,7 @@ from topkrec.policy.model import Agent
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_agent", "check_resume", "init_output_bias", "resume_from_checkpoint", "with_gamma"]
+__all__ = ["build_agent", "check_resume", "init_output_bias", "resume_from_checkpoint", "with_gamma", "with_weights"]
 
 
 def with_gamma(dataset: Dataset, gamma: float | None) -> Dataset:
@@ -27,6 +27,14 @@ def with_gamma(dataset: Dataset, gamma: float | None) -> Dataset:
     if gamma is None or gamma == dataset.meta.get("gamma"):
         return dataset
     return replace(dataset, returns=discounted_returns(dataset.reward, dataset.session, gamma, step=dataset.step))
+
+
+def with_weights(dataset: Dataset, config: TrainConfig) -> Dataset:
+    """``dataset`` whose ``returns`` are π's REINFORCE weights: the row's reward (``--weights reward``) or the
+    in-session return discounted by ``--gamma`` (``--weights return``)."""
+    if config.weights == "reward":
+        return replace(dataset, returns=np.asarray(dataset.reward, dtype=np.float32))
+    return with_gamma(dataset, config.gamma)
 
 
 def build_agent(
@@ -55,8 +63,10 @@ def build_agent(
         user_init, item_init = embeddings.user, embeddings.item
         cfg = replace(cfg, embed_size=int(item_init.shape[1]))
     elif not cfg.trainable_embeddings:
-        logger.warning("no pretrained embeddings given: embeddings start random and are trained")
+        logger.info("no pretrained embeddings given: embeddings start random and are trained")
         cfg = replace(cfg, trainable_embeddings=True)
+    if cfg.repeat_bias and not cfg.uses_repeat_bias:
+        logger.warning("--softmax %s: no re-engagement biases (--repeat-bias needs the full softmax)", cfg.softmax)
     torch.manual_seed(config.seed)
     agent = Agent(cfg, user_init, item_init)
     if embeddings is None:

@@ -39,7 +39,7 @@ from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
 from topkrec.policy.objective import STAT_FIELDS, PolicyLossStats
 from topkrec.progress import progress_bar
-from topkrec.train.build import build_agent, resume_from_checkpoint, with_gamma
+from topkrec.train.build import build_agent, resume_from_checkpoint, with_weights
 from topkrec.train.step import LOSS_FIELDS, StepOutput, TrainObjective, train_step
 from topkrec.train.windows import WindowBatch, Windows
 
@@ -87,7 +87,7 @@ def train_agent(
     else:
         recover_interrupted(out)  # a kill while a checkpoint was swapped in left the complete one beside out
     dist, device = distributed.setup(resolve_device(config.device))  # one process: a no-op
-    dataset = with_gamma(dataset, config.gamma)
+    dataset = with_weights(dataset, config)
     agent = build_agent(dataset, agent_config, config, embeddings, initial_agent).to(device).train()
     optimizer = build_optimizer(agent, config, allow_sparse=not dist.enabled)
     data = TrainData.build(dataset, agent.config, device, config, dist)
@@ -97,7 +97,13 @@ def train_agent(
     metrics = metrics or MetricsLogger(jsonl if dist.is_main else None)
     metrics.history = history
     validator = Validator.build(dataset, agent.config, config, device, out if resume else None)
-    meter = IntervalMeter(device, config.log_every, agent.supervised_head is not None, dataset.propensity is not None)
+    meter = IntervalMeter(
+        device,
+        config.log_every,
+        agent.supervised_head is not None,
+        dataset.propensity is not None,
+        config.policy_ce > 0,
+    )
     checkpointer = Checkpointer(out, dataset, agent.config, dist.is_main, validator)
     total = data.total_steps(config)
     t0 = time.perf_counter()
@@ -146,7 +152,10 @@ def _objective(
     """The step's loss module, DDP-wrapped under torchrun and compiled with ``--compile``."""
     autocast = torch.bfloat16 if (config.bf16 and device.type == "cuda") else None
     # A rank whose part of a batch has no rewarded row does not use π's head that step.
-    objective = dist.wrap(TrainObjective(agent, config, autocast), device, find_unused_parameters=not all_rewarded)
+    reduce_sum = dist.all_reduce_sum if dist.enabled else None  # --weight-norm's mean over the global batch
+    objective = dist.wrap(
+        TrainObjective(agent, config, autocast, reduce_sum), device, find_unused_parameters=not all_rewarded
+    )
     if dist.enabled:
         logger.info("data parallel: %d process(es), global batch %d", dist.world_size, config.batch_size)
     if config.compile:
@@ -266,9 +275,16 @@ class IntervalMeter:
     checked at each flush and before each checkpoint (``raise_if_diverged``).
     """
 
-    def __init__(self, device: torch.device, log_every: int, supervised: bool = False, logged: bool = False) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        log_every: int,
+        supervised: bool = False,
+        logged: bool = False,
+        anchored: bool = False,
+    ) -> None:
         self.log_every = max(1, log_every)
-        self.supervised, self.logged = supervised, logged
+        self.supervised, self.logged, self.anchored = supervised, logged, anchored
         self.sums = torch.zeros(len(LOSS_FIELDS) + len(STAT_FIELDS), device=device)
         self.first_bad = torch.full((), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
         self.n_steps = self.n_stat_steps = self.rows = 0
@@ -309,6 +325,8 @@ class IntervalMeter:
             record["train/supervised_loss"] = values[2] / max(steps, 1)
         if self.logged:  # β̂'s error against the logged propensity (per draw), whichever β the weights use
             record["train/behavior_logged_log_error"] = values[3] / max(steps, 1)
+        if self.anchored:  # π's cross-entropy over every row (--policy-ce)
+            record["train/policy_ce"] = values[4] / max(steps, 1)
         if stat_steps:
             record.update(PolicyLossStats(*(v / stat_steps for v in values[n_loss:k])).as_metrics("train/"))
         record["time/samples_per_s"] = rows / max(time.perf_counter() - self.started, 1e-9)
@@ -330,7 +348,7 @@ class Validator:
         config: TrainConfig,
         best_state: dict[str, torch.Tensor] | None,
     ) -> None:
-        self.val, self.k, self.patience = val, config.k, config.patience
+        self.val, self.k, self.patience, self.min_epochs = val, config.k, config.patience, config.min_epochs
         self.best_state = best_state
         self.popularity_ndcg = self._ndcg(lambda b: popularity[None, :].expand(len(b), -1))
 
@@ -400,7 +418,9 @@ class Validator:
         metrics.log(state.global_step, record)
         if on_epoch is not None:
             on_epoch(record)
-        state.stopped_early = bool(self.patience) and state.since_best >= self.patience
+        state.stopped_early = (
+            bool(self.patience) and state.since_best >= self.patience and state.epoch >= self.min_epochs
+        )
         if state.stopped_early:
             logger.info("early stop after epoch %d: best validation at epoch %s", state.epoch, state.best_epoch)
         return state.stopped_early

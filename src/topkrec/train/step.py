@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,14 +26,16 @@ from topkrec.policy.objective import (
     PolicyLossStats,
     corrected_policy_loss_tensors,
     per_draw_log_propensity,
+    policy_coefficients,
 )
 from topkrec.train.windows import WindowBatch
 
 __all__ = ["LOSS_FIELDS", "StepOutput", "TrainObjective", "train_step"]
 
-LOSS_FIELDS = ("policy_loss", "behavior_loss", "supervised_loss", "behavior_logged_error")
+LOSS_FIELDS = ("policy_loss", "behavior_loss", "supervised_loss", "behavior_logged_error", "policy_ce")
 """The first entries of ``StepOutput.values``; ``behavior_logged_error`` is the mean |log β̂ − log β| over the
-rows with a logged propensity (0 when the data has none)."""
+rows with a logged propensity (0 when the data has none); ``policy_ce`` is π's cross-entropy over every row
+(the ``--policy-ce`` anchor; 0 when off)."""
 
 
 @dataclass(frozen=True)
@@ -74,23 +77,35 @@ class TrainObjective(torch.nn.Module):
     and the detached ``StepOutput.values`` vector.
     """
 
-    def __init__(self, agent: Agent, config: TrainConfig, autocast_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        config: TrainConfig,
+        autocast_dtype: torch.dtype | None = None,
+        reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """``reduce_sum``: sums a tensor over the data-parallel ranks (in place), so ``--weight-norm``'s batch mean
+        is the global batch's; None in one process."""
         super().__init__()
+        self.reduce_sum = reduce_sum
         self.agent = agent
         self.correction, self.k, self.cap, self.snis = config.correction, config.k, config.cap, config.snis
         self.normalize = config.weight_norm == "batch_mean"
+        self.policy_ce, self.supervised_weight = config.policy_ce, config.supervised_weight
         self.logged = config.propensity == "logged"
         self.logged_kind = config.logged_propensity
         self.autocast_dtype = autocast_dtype
 
     def forward(
         self, batch: TransitionBatch | WindowBatch, policy_rows: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``policy_rows``: indices of the rows with a non-zero reward, or None when every row has one.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(π's REINFORCE loss (mean over π's rows), the loss averaged over every row, ``StepOutput.values``).
 
-        π's loss is a constant zero when no row has a reward, the supervised loss when the agent has no such
-        head. The caller weighs the losses (under DDP by ``DistContext.loss_scale``) outside this forward, so a
-        compiled forward sees no per-step floats.
+        ``policy_rows``: indices of the rows with a non-zero reward, or None when every row has one. The
+        every-row loss is β̂'s cross-entropy + ``supervised_weight`` × the supervised head's + ``policy_ce`` ×
+        π's own; π's REINFORCE loss is a constant zero when no row has a reward. The caller scales the two
+        (under DDP by ``DistContext.loss_scale``) outside this forward, so a compiled forward sees no per-step
+        floats.
         """
         agent = self.agent
         dtype = self.autocast_dtype
@@ -112,28 +127,58 @@ class TrainObjective(torch.nn.Module):
             else:
                 supervised_loss = behavior_loss.new_zeros(())
             returns = batch.returns
-            if policy_rows is None:
-                policy_state, actions = state, action
-            else:
-                policy_state, actions = state[policy_rows], action[policy_rows]
+            ce_loss = behavior_loss.new_zeros(())
+            if self.policy_ce > 0:  # π on every row: its cross-entropy, and the REINFORCE rows read from it
+                policy = agent.head_output("policy_head", state, action, history, history_event)
+                ce_loss = -policy.train_logp.float().mean()
+                policy_logp = exact_value(policy.train_logp.float(), policy.logp)
+                if policy_rows is not None:
+                    policy_logp = policy_logp[policy_rows]
+            if policy_rows is not None:
                 returns, weight_logp = returns[policy_rows], weight_logp[policy_rows]
-                history = history[policy_rows]
-                history_event = history_event[policy_rows] if history_event is not None else None
-            if actions.shape[0] > 0:
-                policy = agent.head_output("policy_head", policy_state, actions, history, history_event)
-                policy_logp = policy.train_logp.float()
-                if policy.train_logp is not policy.logp:
-                    # Value = exact log π (what w and λ_K are computed from); gradient = the head's surrogate.
-                    policy_logp = policy_logp + (policy.logp - policy_logp).detach()
+            n_policy = action.shape[0] if policy_rows is None else policy_rows.shape[0]
+            coef_mean = None
+            if self.policy_ce <= 0 and n_policy > 0:  # π on its rows only
+                rows = slice(None) if policy_rows is None else policy_rows
+                events = history_event[rows] if history_event is not None else None
+                policy = agent.head_output("policy_head", state[rows], action[rows], history[rows], events)
+                policy_logp = exact_value(policy.train_logp.float(), policy.logp)
+            if self.normalize and self.reduce_sum is not None:  # every rank joins, with or without π rows
+                total = torch.zeros(2, device=action.device)
+                if n_policy > 0:
+                    coef = policy_coefficients(
+                        policy_logp, weight_logp, returns, self.correction, self.k, self.cap, self.snis
+                    )
+                    total = torch.stack([coef.abs().sum(), coef.new_tensor(float(coef.numel()))]).float()
+                total = self.reduce_sum(total)
+                coef_mean = total[0] / total[1].clamp_min(1.0)
+            if n_policy > 0:
                 policy_loss, stats = corrected_policy_loss_tensors(
-                    policy_logp, weight_logp, returns, self.correction, self.k, self.cap, self.snis, self.normalize
+                    policy_logp,
+                    weight_logp,
+                    returns,
+                    self.correction,
+                    self.k,
+                    self.cap,
+                    self.snis,
+                    self.normalize,
+                    coef_mean,
                 )
             else:
                 policy_loss = behavior_loss.new_zeros(())
                 stats = behavior_loss.new_zeros(len(STAT_FIELDS))
-        losses = torch.stack([policy_loss, behavior_loss, supervised_loss, logged_error]).detach().float()
+            all_rows_loss = behavior_loss + self.policy_ce * ce_loss
+            if agent.supervised_head is not None:
+                all_rows_loss = all_rows_loss + self.supervised_weight * supervised_loss
+        losses = torch.stack([policy_loss, behavior_loss, supervised_loss, logged_error, ce_loss]).detach().float()
         values = torch.cat([losses, stats.detach().float()])
-        return policy_loss, behavior_loss, supervised_loss, values
+        return policy_loss, all_rows_loss, values
+
+
+def exact_value(train_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Value = the exact log π (what w and λ_K are computed from); gradient = the head's training surrogate
+    (the same tensor for exact heads; the sampled softmax's surrogate otherwise)."""
+    return train_logp + (logp - train_logp).detach()
 
 
 def row_states(agent: Agent, batch: TransitionBatch | WindowBatch) -> torch.Tensor:
@@ -170,7 +215,8 @@ def train_step(
     objective: torch.nn.Module | None = None,
     scales: tuple[float, float] = (1.0, 1.0),
 ) -> StepOutput:
-    """One optimizer step on β̂ (all rows), π (rows with non-zero reward) and the supervised head (all rows).
+    """One optimizer step: β̂, π's cross-entropy anchor and the supervised head on all rows, π's REINFORCE term on
+    the rows with a non-zero reward.
 
     ``all_rewarded``: whether every row of the batch is known to have a non-zero reward (the training
     loop knows it for the whole split); then the step needs no host sync at all. None = look (one sync).
@@ -183,13 +229,9 @@ def train_step(
     rows = None if all_rewarded else torch.nonzero(batch.reward != 0).squeeze(1)
     n_rows = len(batch) if rows is None else int(rows.numel())
     module = objective if objective is not None else TrainObjective(agent, config, autocast_dtype)
-    policy_loss, behavior_loss, supervised_loss, values = module(batch, rows)
+    policy_loss, all_rows_loss, values = module(batch, rows)
     all_rows_scale, policy_scale = scales
-    loss = behavior_loss
-    if agent.supervised_head is not None:
-        loss = loss + config.supervised_weight * supervised_loss
-    if all_rows_scale != 1.0:
-        loss = loss * all_rows_scale
+    loss = all_rows_loss if all_rows_scale == 1.0 else all_rows_loss * all_rows_scale
     if n_rows:
         loss = loss + (policy_loss if policy_scale == 1.0 else policy_loss * policy_scale)
     optimizer.zero_grad(set_to_none=True)
