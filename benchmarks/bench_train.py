@@ -168,9 +168,12 @@ def run_reference(ds: Dataset, steps: int, batch: int, seed: int, device: torch.
 
 
 def run_ours(ds: Dataset, steps: int, batch: int, seed: int, device: torch.device, compile_step: bool = False) -> float:
-    torch.manual_seed(seed)
-    agent = Agent(AgentConfig(ds.n_users, ds.n_items)).to(device)
-    cfg = TrainConfig(batch_size=batch, correction="topk", device=device.type)
+    from topkrec.policy.config import PRESETS
+
+    torch.manual_seed(seed)  # the reference's model and algorithm (--preset seed), as the reference-style loop
+    agent = Agent(AgentConfig(ds.n_users, ds.n_items, **PRESETS["seed"]["agent"])).to(device)
+    seed_train = {k: v for k, v in PRESETS["seed"]["train"].items() if k not in ("epochs", "batch_size")}
+    cfg = TrainConfig(**{**seed_train, "correction": "topk"}, batch_size=batch, device=device.type)
     opt = build_optimizer(agent, cfg)
     tr = build_transitions(ds, "train", 10, device)
     gen = torch.Generator().manual_seed(seed)
@@ -208,6 +211,24 @@ def make_reference_scale_data(directory: Path, users: int, items: int) -> Path:
     return data
 
 
+def measure_encoders(ds: Dataset, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Transitions/s of each ``--encoders`` entry on the real path with every other setting at train's defaults
+    (token windows for all but concat), plus ``attention (rows)``: the attention encoder encoding each row's own
+    window, what the windows save."""
+    cases: list[tuple[str, AgentConfig, dict[str, Any]]] = []
+    for name in (e.strip() for e in args.encoders.split(",") if e.strip()):
+        cases.append((name, AgentConfig(encoder=name), {}))  # type: ignore[arg-type]
+        if name == "attention":
+            cases.append(("attention (rows)", AgentConfig(encoder="attention"), {"batching": "rows"}))
+    rates: dict[str, float] = {}
+    defaults = TrainConfig()
+    for label, agent_config, settings in cases:
+        path = RealPath(ds, defaults.batch_size, args.seed, device, False, agent_config, settings)
+        rates[label] = path.rate(max(3, args.steps // 10))
+        print(f"encoder {label}: {rates[label]:.0f} transitions/s (train's defaults otherwise)", file=sys.stderr)
+    return rates
+
+
 class RealPath:
     """The body of ``train_agent``'s loop on a prepared dataset, without checkpoint writes.
 
@@ -217,13 +238,30 @@ class RealPath:
     them (``train`` without ``--embeddings``: trainable tables).
     """
 
-    def __init__(self, ds: Dataset, batch: int, seed: int, device: torch.device, embeddings: bool = True) -> None:
+    def __init__(
+        self,
+        ds: Dataset,
+        batch: int,
+        seed: int,
+        device: torch.device,
+        embeddings: bool = True,
+        agent_config: AgentConfig | None = None,
+        train_settings: dict[str, Any] | None = None,
+    ) -> None:
         from topkrec import distributed
         from topkrec.metrics_log import MetricsLogger
         from topkrec.policy.artifact import TrainerState
+        from topkrec.policy.config import PRESETS
 
-        # epochs: large, so that a long benchmark never runs out of batches; the rest: train's defaults.
-        self.config = TrainConfig(batch_size=batch, correction="topk", device=device.type, seed=seed, epochs=1000)
+        # By default the reference's model and algorithm (--preset seed: concat over 10 bare items, the top-K
+        # correction on session returns), the shapes the reference-style loop runs; ``agent_config`` and
+        # ``train_settings`` measure others (the encoders' table). epochs: large, so that a long benchmark
+        # never runs out of batches.
+        seed_train = {k: v for k, v in PRESETS["seed"]["train"].items() if k not in ("epochs", "batch_size")}
+        settings = {**seed_train, "correction": "topk"} if agent_config is None else {}
+        settings.update(train_settings or {})
+        self.config = TrainConfig(batch_size=batch, device=device.type, seed=seed, epochs=1000, **settings)
+        agent_config = agent_config or AgentConfig(**PRESETS["seed"]["agent"])
         self.dist, self.device = distributed.setup(device)
         dataset = with_gamma(ds, self.config.gamma)
         pretrained = None
@@ -232,7 +270,7 @@ class RealPath:
             item = F.normalize(torch.randn(ds.n_items + 1, 32, generator=g), dim=1)
             item[-1] = 0.0
             pretrained = SimpleNamespace(user=F.normalize(torch.randn(ds.n_users, 32, generator=g), dim=1), item=item)
-        self.agent = build_agent(dataset, None, self.config, pretrained).to(device).train()
+        self.agent = build_agent(dataset, agent_config, self.config, pretrained).to(device).train()
         self.optimizer = build_optimizer(self.agent, self.config, allow_sparse=not self.dist.enabled)
         self.data = TrainData.build(dataset, self.agent.config, device, self.config, self.dist)
         self.objective = _objective(self.agent, self.config, device, self.dist, self.data.all_rewarded)
@@ -457,6 +495,11 @@ def main() -> None:
     ap.add_argument("--no-real", action="store_true", help="only the synthetic case (the benchmark before --data)")
     ap.add_argument("--real-without-embeddings", action="store_true", help="real path as `train` without --embeddings")
     ap.add_argument("--profile-steps", type=int, default=20, help="real steps under the profiler (0: no breakdown)")
+    ap.add_argument(
+        "--encoders",
+        default="concat,gru,attention",
+        help="real path: transitions/s of these encoders with train's defaults otherwise ('' to skip)",
+    )
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -497,6 +540,9 @@ def main() -> None:
                 ref_real.append(run_reference(real_ds, args.steps, b, args.seed, device))
                 line += f"; real path {real_rates[-1]:.0f}/s, reference on the same data {ref_real[-1]:.0f}/s"
             print(line, file=sys.stderr)
+        encoder_rates: dict[str, float] = {}
+        if real_ds is not None and args.encoders:
+            encoder_rates = measure_encoders(real_ds, args, device)
         breakdown = None
         if real is not None and real_ds is not None and args.profile_steps > 0 and device.type == "cpu":
             breakdown = profile_real(real, args.profile_steps, real_ds.n_users, real_ds.n_items)
@@ -525,6 +571,10 @@ def main() -> None:
         "meets_fraction_square": bool(best_ours * flops / 1e9 / best_square >= 0.7),
         "rounds": {"ours": ours, "reference": ref, "matmul_square": square, "matmul_head": head},
     }
+    if encoder_rates:
+        result["encoder_transitions_per_s"] = {k: round(v, 1) for k, v in encoder_rates.items()}
+        if "concat" in encoder_rates:
+            result["encoder_vs_concat"] = {k: round(v / encoder_rates["concat"], 3) for k, v in encoder_rates.items()}
     if compiled:
         result["ours_compiled_transitions_per_s"] = round(max(compiled), 1)
         result["compiled_vs_eager"] = round(max(compiled) / best_ours, 3)

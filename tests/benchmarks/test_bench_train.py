@@ -32,7 +32,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_real_path_trains_like_train_agent(data_dir: Path, tmp_path: Path) -> None:
     """Same seed and steps: the benchmark's loop body ends with train_agent's weights."""
     from topkrec.data.dataset import Dataset
-    from topkrec.policy.config import TrainConfig
+    from topkrec.policy.config import PRESETS, AgentConfig, TrainConfig
     from topkrec.train import train_agent
 
     bench = _bench()
@@ -41,8 +41,12 @@ def test_real_path_trains_like_train_agent(data_dir: Path, tmp_path: Path) -> No
     for _ in range(7):
         assert real.step() == 32
     assert real.state.global_step == 7 and 0.0 < real.rewarded_share <= 1.0
-    config = TrainConfig(batch_size=32, correction="topk", device="cpu", seed=0, epochs=1000, max_steps=7)
-    trained = train_agent(ds, tmp_path / "m", config=config).agent
+    # the benchmark's default: the reference's model and algorithm (--preset seed) at the given batch
+    seed = {k: v for k, v in PRESETS["seed"]["train"].items() if k not in ("epochs", "batch_size")}
+    config = TrainConfig(
+        **{**seed, "correction": "topk"}, batch_size=32, device="cpu", seed=0, epochs=1000, max_steps=7
+    )
+    trained = train_agent(ds, tmp_path / "m", AgentConfig(**PRESETS["seed"]["agent"]), config).agent
     for (name, p), q in zip(real.agent.named_parameters(), trained.parameters(), strict=True):
         assert torch.equal(p, q), name
 

@@ -39,7 +39,7 @@ def test_demo_leaves_every_stage_and_a_report(tmp_path) -> None:
     for sub in ("raw", "data", "embeddings", "model", "report"):
         assert (out / sub).is_dir(), sub
     doc = json.loads((out / "report" / "metrics.json").read_text())
-    assert {"topk", "popularity", "behavior"} <= set(doc["models"]) and doc["k"] == 10
+    assert {"none", "popularity", "behavior"} <= set(doc["models"]) and doc["k"] == 10  # the default correction
     assert set(doc["demo"]["timings_s"]) == {"synth", "prepare", "pretrain", "train", "evaluate", "recommend"}
     assert (out / "report" / "training_curves.png").stat().st_size > 0
     assert (out / "report" / "weight_histogram.png").stat().st_size > 0

@@ -322,7 +322,8 @@ def test_a_diverging_run_stops_with_the_step_and_writes_no_nan_checkpoint(tmp_pa
     ds.returns = ds.returns.copy()
     ds.returns[:] = float("inf")
     with pytest.raises(TopkrecError, match=r"diverged: the loss became NaN or infinite at step 1\b"):
-        train_agent(ds, tmp_path / "m", AgentConfig(hidden=8, embed_size=4), TrainConfig(lr=1e-3, device="cpu"))
+        cfg = TrainConfig(lr=1e-3, device="cpu", weights="return")  # the infinite returns are π's weights
+        train_agent(ds, tmp_path / "m", AgentConfig(hidden=8, embed_size=4), cfg)
     assert not (tmp_path / "m").exists()
 
 

@@ -27,6 +27,8 @@ def _acfg(ds, **options):
         ds.n_items,
         embed_size=8,
         hidden=16,
+        hist_num=10,
+        dropout=0.0,
         encoder="gru",
         softmax="sampled",
         negatives=16,

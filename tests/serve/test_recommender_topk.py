@@ -136,3 +136,25 @@ def test_scores_are_the_models_logits(big_rec: Recommender) -> None:
     order = np.argsort(-logits, kind="stable")[:10]
     assert r.items == [big_rec.item_raw[j] for j in order]
     assert r.scores == logits[order].tolist()
+
+
+def test_blocked_scoring_with_repeat_biases_identical_to_full_topk(
+    big_rec: Recommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-engagement biases are added inside each block: the same slates as the whole-matrix path."""
+    head = big_rec.agent.module.policy_head
+    table = getattr(head, "repeat", None)
+    assert table is not None  # the default model has them
+    users = [f"u{i}" for i in range(0, 300, 2)]
+    old = table.detach().clone()
+    try:
+        with torch.no_grad():
+            table.normal_(0.0, 0.2)  # ×30: several logits, enough to lift seen items into the top 10
+        assert big_rec._blocked_scoring_applies(10, len(users), big_rec._prepare(users, [None] * len(users), False))
+        fast = big_rec.recommend_batch(users, k=10, exclude_seen=False)
+        assert fast == _full_path(big_rec, monkeypatch, users, k=10, exclude_seen=False)
+        seen = {int(i) for i in big_rec.histories.of(0)}
+        assert any(int(item[1:]) in seen for item in fast[0].items)  # the biases matter here
+    finally:
+        with torch.no_grad():
+            table.copy_(old)

@@ -51,7 +51,9 @@ def test_library_matches_minimal_example(tmp_path, correction: str) -> None:
     torch.manual_seed(0)
     # The example is the reference algorithm: bare item ids over every logged row.
     acfg = AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16, hist_num=10, encoder="concat")
-    agent = Agent(replace(acfg, history="all", feedback_tokens=False))
+    agent = Agent(
+        replace(acfg, history="all", feedback_tokens=False, user_embedding=True, repeat_bias=False, dropout=0.0)
+    )
     net = ex.Net(ds.n_users, ds.n_items, args)
     with torch.no_grad():
         net.user_embedding.weight.copy_(agent.user_embedding.weight)
@@ -72,8 +74,20 @@ def test_library_matches_minimal_example(tmp_path, correction: str) -> None:
         "n_items": ds.n_items,
     }
     ref = ex.train(args, events=events, net=net)
-    cfg = TrainConfig(
-        epochs=2, batch_size=32, lr=3e-3, correction=correction, k=4, cap=math.exp(3.0), seed=3, device="cpu"
+    cfg = TrainConfig(  # the paper's objective: no CE anchor, session returns as they are, no validation split
+        epochs=2,
+        batch_size=32,
+        lr=3e-3,
+        correction=correction,
+        k=4,
+        cap=math.exp(3.0),
+        seed=3,
+        device="cpu",
+        weights="return",
+        weight_norm="none",
+        policy_ce=0.0,
+        val_size=0.0,
+        batching="rows",
     )
     _, lib_losses = train_recording_losses(ds, tmp_path / "m", config=cfg, initial_agent=agent)
     assert len(lib_losses) == len(ref["losses"]) > 4

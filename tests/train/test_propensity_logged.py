@@ -47,7 +47,9 @@ def _policy(result) -> np.ndarray:
         return torch.softmax(agent.policy_head.logits(state), dim=-1)[0].numpy()
 
 
-AGENT = AgentConfig(embed_size=4, hidden=4, hist_num=1, user_embedding=False, feedback_tokens=False)
+AGENT = AgentConfig(
+    embed_size=4, hidden=4, hist_num=1, encoder="concat", user_embedding=False, feedback_tokens=False, repeat_bias=False
+)
 
 
 @pytest.mark.parametrize(("correction", "logged"), [("none", "draw"), ("is", "draw"), ("is", "inclusion")])
@@ -65,6 +67,9 @@ def test_logged_propensities_reproduce_the_off_policy_experiment(tmp_path, corre
         bias_init="zero",
         device="cpu",
         seed=0,
+        policy_ce=0.0,  # the paper's objective alone
+        weight_norm="none",
+        val_size=0.0,
     )
     pi = _policy(train_agent(ds, tmp_path / "m", AGENT, cfg))
     if correction == "none":  # π → r·β / Σ r·β, peaked at items 5 and 6 (SGD noise of a few 0.01)

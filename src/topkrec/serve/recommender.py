@@ -577,7 +577,6 @@ class Recommender:
 
         return (
             prep.allowed is None
-            and getattr(self.agent.module.policy_head, "repeat", None) is None
             and rows >= _BLOCKED_MIN_ROWS
             and self.device.type == "cpu"
             and isinstance(self.agent.module.policy_head, FullSoftmaxHead)
@@ -608,12 +607,24 @@ class Recommender:
             run_max = torch.empty(rows, n // _RUN, dtype=torch.float32, device=self.device)
             sel = (prep.seen_rows >= start) & (prep.seen_rows < stop)
             seen_r, seen_c = prep.seen_rows[sel] - start, prep.seen_items[sel]
+            table = getattr(head, "repeat", None)
+            if table is not None:  # re-engagement biases of the history items, added in their block
+                from topkrec.policy.repeat import repeat_biases
+
+                cfg = self.agent.module.config
+                rep = repeat_biases(table, h, ev, cfg.pad_index, cfg.event_pad)
+                rep_rows = torch.arange(rows, device=self.device)[:, None].expand_as(h)
+                rep_real = h != cfg.pad_index
             for j in range(0, n, _ITEM_BLOCK):
                 e = min(j + _ITEM_BLOCK, n)
                 block = logits[:, j:e]
                 torch.addmm(bias[j:e], state, weight_t[:, j:e], out=block)
                 if temperature != 1.0:
                     block.div_(temperature)
+                if table is not None:
+                    here = rep_real & (h >= j) & (h < e)
+                    if bool(here.any()):
+                        block.index_put_((rep_rows[here], h[here] - j), rep[here].float(), accumulate=True)
                 in_block = (seen_c >= j) & (seen_c < e)
                 if in_block.any():
                     block[torch.as_tensor(seen_r[in_block]), torch.as_tensor(seen_c[in_block] - j)] = -math.inf
