@@ -10,7 +10,8 @@ import pytest
 
 
 @pytest.mark.slow
-def test_demo_leaves_every_stage_and_a_report(tmp_path) -> None:
+@pytest.mark.parametrize("pretrain", [False, True])
+def test_demo_leaves_every_stage_and_a_report(tmp_path, pretrain: bool) -> None:
     out = tmp_path / "demo"
     r = subprocess.run(
         [
@@ -31,16 +32,19 @@ def test_demo_leaves_every_stage_and_a_report(tmp_path) -> None:
             "1",
             "--device",
             "cpu",
+            *(["--pretrain"] if pretrain else []),
         ],
         capture_output=True,
         text=True,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    for sub in ("raw", "data", "embeddings", "model", "report"):
+    for sub in ("raw", "data", "model", "report"):
         assert (out / sub).is_dir(), sub
+    assert (out / "embeddings").is_dir() == pretrain
     doc = json.loads((out / "report" / "metrics.json").read_text())
     assert {"none", "popularity", "behavior"} <= set(doc["models"]) and doc["k"] == 10  # the default correction
-    assert set(doc["demo"]["timings_s"]) == {"synth", "prepare", "pretrain", "train", "evaluate", "recommend"}
+    stages = {"synth", "prepare", "train", "evaluate", "recommend"} | ({"pretrain"} if pretrain else set())
+    assert set(doc["demo"]["timings_s"]) == stages
     assert (out / "report" / "training_curves.png").stat().st_size > 0
     assert (out / "report" / "weight_histogram.png").stat().st_size > 0
     assert "× popularity" in r.stdout and "ndcg@10" in r.stdout
