@@ -457,6 +457,13 @@ PREPARE = [
         "--reward-col",
         out="{d}/o",
     ),
+    case(
+        "prepare-step-col-movielens",
+        f"{P} --format movielens --input {{ml}} --out {{d}}/o --step-col s",
+        "--step-col",
+        "no slate steps",
+        out="{d}/o",
+    ),
     # where the output goes
     case(
         "prepare-out-under-a-file",

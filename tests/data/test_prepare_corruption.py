@@ -195,6 +195,8 @@ def test_non_finite_reward_column_is_a_bad_row(tmp_path: Path) -> None:
         ("tianchi", EventColumns(propensity="p"), "--propensity-col"),
         ("taobao", EventColumns(user="uid"), "--user-col"),
         ("movielens", EventColumns(reward="r"), "--reward-col"),
+        ("movielens", EventColumns(step="s"), "--step-col"),
+        ("taobao", EventColumns(step="s"), "--step-col"),
     ],
 )
 def test_event_column_flags_are_refused_for_fixed_formats(fmt: str, columns: EventColumns, flag: str) -> None:

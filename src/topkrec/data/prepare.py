@@ -122,15 +122,20 @@ class PrepareConfig:
             defaults = EventColumns()
             given = [
                 f"--{name}-col"
-                for name in ("user", "item", "time", "event", "reward", "propensity")
+                for name in ("user", "item", "time", "event", "reward", "propensity", "step")
                 if getattr(self.columns, name) != getattr(defaults, name)
             ]
             if given:
                 one = len(given) == 1
+                lacks = [
+                    what
+                    for flag, what in (("--propensity-col", "logged propensities"), ("--step-col", "slate steps"))
+                    if flag in given
+                ]
                 raise TopkrecError(
                     f"{', '.join(given)} {'maps a column' if one else 'map columns'} of --format events only; the "
                     f"{self.format} format has fixed columns"
-                    f"{' and no logged propensities' if '--propensity-col' in given else ''}: drop "
+                    f"{' and no ' + ' or '.join(lacks) if lacks else ''}: drop "
                     f"{'it' if one else 'them'}, or convert the log to a CSV/Parquet file for --format events"
                 )
 
