@@ -122,6 +122,22 @@ def plan(device: str, items: list[int], quick: bool, negatives: int, estimate_ba
 
 
 # ------------------------------------------------------------------------------------------ worker side
+def reference_agent_config(**overrides: Any) -> Any:
+    """The reference's agent (``--preset seed``: concat over bare item ids, user embedding, no re-engagement
+    bias) at this benchmark's widths — the shape its figures were measured on."""
+    from topkrec.policy.config import PRESETS, AgentConfig
+
+    fields = {**PRESETS["seed"]["agent"], "embed_size": EMBED, "hist_num": HIST, "hidden": HIDDEN}
+    return AgentConfig(**{**fields, **overrides})
+
+
+def reference_train_config(**overrides: Any) -> Any:
+    """The reference's training step (``--preset seed``) with ``overrides`` (batch size, lr)."""
+    from topkrec.policy.config import PRESETS, TrainConfig
+
+    return TrainConfig(**{**PRESETS["seed"]["train"], **overrides})
+
+
 def synthetic_transitions(n_items: int, n_events: int, device: Any, seed: int = 0) -> Any:
     """Zipf-popular items over frequency-ordered ids, users of ~50 events, every reward non-zero."""
     import numpy as np
@@ -139,15 +155,21 @@ def synthetic_transitions(n_items: int, n_events: int, device: Any, seed: int = 
     def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
 
+    first = user_starts(users)  # per event: its user's first event
     tr = Transitions(
         items=t(items, torch.int64),
-        user_start=t(user_starts(users), torch.int64),
         users=t(users, torch.int64),
         reward=t(reward, torch.float32),
         returns=t(reward * 3.0, torch.float32),
+        propensity=t(np.full(n_events, np.nan, np.float32), torch.float32),
+        hist_items=t(items, torch.int64),  # every event is a history row: history = the events before it
+        hist_events=t(np.zeros(n_events, np.int64), torch.int64),
+        hist_end=t(np.arange(n_events), torch.int64),
+        hist_start=t(first, torch.int64),
         rows=t(np.arange(n_events), torch.int64),
         hist_num=HIST,
         pad_index=n_items,
+        event_pad=1,
     )
     return tr, int(users.max()) + 1
 
@@ -182,7 +204,6 @@ def run_case(case: Case) -> dict[str, Any]:
         os.environ["TOPKREC_NO_TRITON"] = "1"
     import torch
 
-    from topkrec.policy.config import AgentConfig, TrainConfig
     from topkrec.policy.model import Agent
     from topkrec.train import build_optimizer, train_step
 
@@ -192,17 +213,11 @@ def run_case(case: Case) -> dict[str, Any]:
     torch.manual_seed(0)
     n_events = max(200_000, 8 * case.batch_size)
     tr, n_users = synthetic_transitions(case.n_items, n_events, device)
-    agent_cfg = AgentConfig(
-        n_users=n_users,
-        n_items=case.n_items,
-        embed_size=EMBED,
-        hist_num=HIST,
-        hidden=HIDDEN,
-        softmax=case.softmax,
-        extra_head_options=dict(case.head_options),
+    agent_cfg = reference_agent_config(
+        n_users=n_users, n_items=case.n_items, softmax=case.softmax, extra_head_options=dict(case.head_options)
     )
     agent = Agent(agent_cfg).to(device)
-    train_cfg = TrainConfig(batch_size=case.batch_size, lr=1e-4, correction="topk", k=10)
+    train_cfg = reference_train_config(batch_size=case.batch_size, lr=1e-4)
     optimizer = build_optimizer(agent, train_cfg)
     autocast = torch.bfloat16 if case.dtype == "bf16" else None
     encoder_params = sum(m.weight.numel() for m in agent.encoder.modules() if isinstance(m, torch.nn.Linear))
@@ -259,25 +274,17 @@ def estimate_error(device: str, n_items: int, negatives: int, train_steps: int, 
     """Error of the estimated log π against the exact one, after a few sampled-softmax training steps."""
     import torch
 
-    from topkrec.policy.config import AgentConfig, TrainConfig
     from topkrec.policy.model import Agent
     from topkrec.train import build_optimizer, train_step
 
     dev = torch.device(device)
     torch.manual_seed(1)
     tr, n_users = synthetic_transitions(n_items, max(100_000, 4 * batch), dev, seed=1)
-    cfg = AgentConfig(
-        n_users=n_users,
-        n_items=n_items,
-        embed_size=EMBED,
-        hist_num=HIST,
-        hidden=HIDDEN,
-        softmax="sampled",
-        negatives=negatives,
-        sampled_logp="estimate",
+    cfg = reference_agent_config(
+        n_users=n_users, n_items=n_items, softmax="sampled", negatives=negatives, sampled_logp="estimate"
     )
     agent = Agent(cfg).to(dev)
-    tcfg = TrainConfig(batch_size=batch, lr=1e-2, correction="topk")
+    tcfg = reference_train_config(batch_size=batch, lr=1e-2)
     opt = build_optimizer(agent, tcfg)
     autocast = torch.bfloat16 if dev.type == "cuda" else None
     perm = torch.randperm(len(tr), device=dev)
