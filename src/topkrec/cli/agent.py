@@ -281,7 +281,11 @@ the exact previous item). Everything else is the default; the demo writes what i
     PRESETS,
 )
 def demo_command(
-    out: Path = typer.Option(Path("topkrec-demo"), "--out", help="Directory for data/, embeddings/, model/, report/."),
+    out: Path = typer.Option(
+        Path("topkrec-demo"),
+        "--out",
+        help="Directory for raw/, data/, model/, report/ (and embeddings/ with --pretrain).",
+    ),
     users: int = typer.Option(1500, "--users", help="Synthetic users.", min=1),
     items: int = typer.Option(3000, "--items", help="Synthetic catalogue size.", min=2),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),

@@ -136,8 +136,8 @@ def settings_command(
                 default=typer.Option(
                     None,
                     "--config",
-                    help="TOML file of settings ([agent], [train], [pretrain] tables; e.g. a model's config.toml). "
-                    "Flags given on the command line override it.",
+                    help="TOML file of settings (\\[agent], \\[train], \\[pretrain] tables; "
+                    "e.g. a model's config.toml). Flags given on the command line override it.",
                 ),
                 annotation=Path | None,
             ),
