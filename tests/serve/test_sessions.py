@@ -123,10 +123,10 @@ def test_session_api_filters_feedback_like_training_and_respects_candidates(trai
     ds, rec = trained
     session = rec.session(user=None)
     empty = session.history[0].copy()
-    session.observe("i3", "skip")
+    assert session.observe("i3", "skip") is True
     skipped = session.history[0].copy()
     assert (skipped == empty).all() == (rec.config.history != "all")
-    session.observe("not-an-item", "pv")  # outside the catalogue: never in the state
+    assert session.observe("not-an-item", "pv") is False  # outside the catalogue: never in the state, reported
     assert (session.history[0] == skipped).all()
     session.observe("i5", "cart")
     assert session.history[0][-1] == 5
@@ -147,7 +147,7 @@ def test_session_api_filters_feedback_like_training_and_respects_candidates(trai
 def test_many_sessions_are_one_batch_and_rows_are_independent(trained) -> None:
     _, rec = trained
     many = rec.sessions(["u0", "u1", None])
-    many.observe([2, 2, 0], ["i4", "i6", "i9"], ["pv", "cart", "pv"])
+    assert many.observe([2, 2, 0, 1], ["i4", "i6", "i9", "nope"], ["pv", "cart", "pv", "pv"]) == ["nope"]
     batch = many.recommend(k=5)
     for row, user in ((0, "u0"), (1, "u1"), (2, None)):
         one = rec.sessions([user])

@@ -74,8 +74,12 @@ class Sessions:
         return int(self.user.shape[0])
 
     # ------------------------------------------------------------------ feedback
-    def observe(self, rows: Sequence[int], items: Sequence[RawId], events: Sequence[str]) -> None:
-        """Feedback for rows ``rows``: the user did ``events[i]`` with raw item ``items[i]``, in that order."""
+    def observe(self, rows: Sequence[int], items: Sequence[RawId], events: Sequence[str]) -> list[str]:
+        """Feedback for rows ``rows``: the user did ``events[i]`` with raw item ``items[i]``, in that order.
+
+        Items outside the model's catalogue cannot enter a state; they are skipped and returned (raw ids, in
+        order), as ``Recommendation.unknown_history_items`` reports them for ``recommend(history=...)``.
+        """
         rec = self.recommender
         if not len(rows) == len(items) == len(events):
             raise TopkrecError(
@@ -84,6 +88,7 @@ class Sessions:
         item_idx = np.array([rec.item_index.get(str(i), rec.pad_index) for i in items], dtype=np.int64)
         codes = np.array([rec._event_code(e) for e in events], dtype=np.int64)
         self.observe_indices(np.asarray(rows, dtype=np.int64), item_idx, codes)
+        return [str(i) for i, idx in zip(items, item_idx, strict=True) if idx == rec.pad_index]
 
     def observe_indices(self, rows: np.ndarray, items: np.ndarray, events: np.ndarray) -> None:
         """``observe`` with item indices (``pad_index``: outside the catalogue) and event codes."""
@@ -176,8 +181,9 @@ class Session:
             raise ValueError("a Session wraps exactly one row")
         self.sessions = sessions
 
-    def observe(self, item: RawId, event: str) -> None:
-        self.sessions.observe([0], [item], [event])
+    def observe(self, item: RawId, event: str) -> bool:
+        """Feedback: the user did ``event`` with ``item``. False: the item is not in the catalogue (skipped)."""
+        return not self.sessions.observe([0], [item], [event])
 
     def recommend(self, k: int = 10, candidates: Sequence[RawId] | None = None, **options: object) -> Recommendation:
         return self.sessions.recommend(k, candidates=candidates, **options)[0]  # type: ignore[arg-type]
