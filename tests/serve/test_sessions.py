@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,18 @@ def test_recommender_candidates(tmp_path: Path) -> None:
     assert rows[1].items == ranked  # the candidate set only removes items: the order is the policy's
     explored = rec.recommend(user="u1", k=5, candidates=allowed, explore=True, m=20, seed=0)
     assert set(explored.items) <= set(allowed)
+
+
+def test_history_without_events_is_never_dropped_when_the_model_lacks_a_default_event(trained) -> None:
+    """A model dir without data.default_event (no history rows at training): event-less histories still count."""
+    _, rec = trained
+    raw = {
+        **rec.agent.raw_config,
+        "data": {k: v for k, v in rec.agent.raw_config.get("data", {}).items() if k != "default_event"},
+    }
+    bare = Recommender(dataclasses.replace(rec.agent, raw_config=raw), histories=rec.histories)
+    first = rec.config.history_events[0] if rec.config.history_events else rec.config.event_types[0]
+    with_events = bare.recommend(history=["i3", "i5"], history_events=[first, first], k=4, exclude_seen=False)
+    without = bare.recommend(history=["i3", "i5"], k=4, exclude_seen=False)
+    empty = bare.recommend(k=4, exclude_seen=False)
+    assert without == with_events and without.scores != empty.scores

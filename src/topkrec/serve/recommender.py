@@ -153,6 +153,10 @@ class Recommender:
         default = agent.raw_config.get("data", {}).get("default_event")
         # A history given without event types: its items count as the commonest type of the training rows.
         self.default_event = self.event_index.get(str(default), self.event_pad)
+        if self.default_event == self.event_pad and cfg.history_events:
+            # no recorded commonest type (no history rows at training): the first type that enters the state,
+            # so that a history given without events is never silently dropped
+            self.default_event = self.event_index.get(str(cfg.history_events[0]), self.event_pad)
         in_history = np.ones(self.event_pad + 1, dtype=bool)
         if cfg.history_events:  # feedback of the other types (e.g. skipped impressions) never enters the state
             in_history[:] = False
