@@ -3,7 +3,8 @@
 Through the installed command on a tiny events log: the rows with the label are marked (``Dataset.context``,
 ``context_mask()``, ``meta.json``), their reward is 0 (returns included), ``build_transitions`` never takes one
 as an action in either split, and the ``history`` setting decides whether they are history tokens — checked
-against a plain loop over the dataset's rows. An unknown label is a one-line error with exit status 2.
+against a plain loop over the dataset's rows. The context label needs no --reward entry. An unknown label is a
+one-line error with exit status 2.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ def topkrec(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "topkrec", *args], capture_output=True, text=True, timeout=300)
 
 
-def prepare(log: Path, out: Path, context: str) -> subprocess.CompletedProcess[str]:
+def prepare(
+    log: Path, out: Path, context: str, reward: str = "impression=0,click=1"
+) -> subprocess.CompletedProcess[str]:
     return topkrec(
         "prepare", "--format", "events", "--input", str(log), "--out", str(out), "--event-col", "event",
-        "--reward", "impression=0,click=1,view=1", "--context-events", context, "--gamma", str(GAMMA),
+        "--reward", reward, "--context-events", context, "--gamma", str(GAMMA),
     )  # fmt: skip
 
 
@@ -142,7 +145,7 @@ def test_history_setting_decides_whether_context_items_are_tokens(dataset: Datas
 
 
 def test_unknown_context_label_is_one_line_exit_2(tmp_path: Path) -> None:
-    r = prepare(write_log(tmp_path / "log.csv"), tmp_path / "ds", "zap")
+    r = prepare(write_log(tmp_path / "log.csv"), tmp_path / "ds", "zap", reward="impression=0,click=1,view=1")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--context-events zap match no behaviour of the log" in r.stderr

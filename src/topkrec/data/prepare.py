@@ -100,6 +100,12 @@ class PrepareConfig:
     """Behaviour labels of context-only rows (organic views, page visits): they enter histories but are never
     training actions nor test targets, and their reward is 0."""
 
+    @property
+    def behavior_rewards(self) -> tuple[tuple[str, float], ...]:
+        """``reward`` plus each ``context_events`` label it lacks, at 0: a context label needs no --reward entry."""
+        given = dict(self.reward)
+        return self.reward + tuple((c, 0.0) for c in self.context_events if c not in given)
+
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise TopkrecError(f"unknown --format {self.format!r}; use one of {', '.join(FORMATS)}")
@@ -385,13 +391,13 @@ def read_raw(input_path: Path, cfg: PrepareConfig) -> RawLog:
     if not input_path.exists():
         raise DataError(f"--input {input_path} not found")
     if cfg.format == "tianchi":
-        raw = read_tianchi(input_path, cfg.skip_bad_rows, cfg.reward)
+        raw = read_tianchi(input_path, cfg.skip_bad_rows, cfg.behavior_rewards)
     elif cfg.format == "taobao":
-        raw = read_taobao(input_path, cfg.skip_bad_rows, cfg.reward)
+        raw = read_taobao(input_path, cfg.skip_bad_rows, cfg.behavior_rewards)
     elif cfg.format == "movielens":
         raw = read_movielens(input_path, cfg.skip_bad_rows)
     else:
-        raw = read_events(input_path, cfg.columns, cfg.skip_bad_rows, cfg.reward)
+        raw = read_events(input_path, cfg.columns, cfg.skip_bad_rows, cfg.behavior_rewards)
     return apply_time_unit(raw, cfg.time_unit, cfg.skip_bad_rows)
 
 
@@ -438,7 +444,7 @@ def prepare(input_path: Path, cfg: PrepareConfig) -> tuple[Prepared, list[str]]:
         has_reward_col = "reward" in ev.columns
         if "behavior" not in ev.columns:
             ev = ev.with_columns(pl.lit("event").alias("behavior"))
-        reward_map = dict(cfg.reward)
+        reward_map = dict(cfg.behavior_rewards)
         if isinstance(ev.schema["behavior"], pl.Enum):  # read as one of the --reward labels
             labels: list[str] = list(ev.schema["behavior"].categories)  # type: ignore[attr-defined]
             beh_code = ev["behavior"].to_physical().to_numpy().astype(np.int64)
