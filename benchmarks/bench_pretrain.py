@@ -27,9 +27,9 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +42,13 @@ from topkrec.embeddings.planted import planted_block_dataset
 from topkrec.embeddings.train import PretrainTrainer, positive_pairs
 
 logger = logging.getLogger("bench_pretrain")
+T = TypeVar("T")
+
+
+def endless(epoch: Callable[[], Iterable[T]]) -> Iterator[T]:
+    """The batches of ``epoch()``, then of a fresh ``epoch()``, forever (small data has few per epoch)."""
+    while True:
+        yield from epoch()
 
 
 class ReferenceStyleDataset(torch.utils.data.Dataset):
@@ -140,9 +147,9 @@ def time_data_paths(
 ) -> tuple[float, float]:
     """Samples/s of producing batches alone (no model): our index batch + vectorised negatives vs
     the per-sample DataLoader (moved to the device), interleaved batch by batch."""
-    loader = iter(torch.utils.data.DataLoader(reference, batch_size=batch_size, shuffle=True, num_workers=0))
+    loader = endless(lambda: torch.utils.data.DataLoader(reference, batch_size=batch_size, shuffle=True, num_workers=0))
     pairs = trainer.train_pairs
-    idx_batches = iter(trainer.batches())
+    idx_batches = endless(trainer.batches)
     t_ours = t_ref = 0.0
     samples_ours = samples_ref = 0
     for _ in range(n):
@@ -176,7 +183,7 @@ def profile_ours(trainer: PretrainTrainer, steps: int) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     pairs, cfg = trainer.train_pairs, trainer.config
-    batches = iter(trainer.batches())
+    batches = endless(trainer.batches)
     phases: dict[str, list[float]] = defaultdict(list)
     for _ in range(steps):
         idx = next(batches)

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quality.py [--datasets movielens,taobao,synthetic] [--corrections none,is,topk]
                                        [--no-seed-preset] [--no-sasrec] [--sweep] [--work DIR]
+                                       [--synth-users N --synth-items N --epochs N --max-steps N]  # smaller
 
 For each dataset, through the installed ``topkrec`` command (one subprocess per stage, as a user runs it):
 
@@ -74,14 +75,17 @@ def topkrec(*args: str, log: Path | None = None) -> tuple[float, str]:
     return seconds, r.stdout
 
 
-def prepare(name: str, work: Path, log: Path) -> Path | None:
+def prepare(name: str, work: Path, log: Path, synth_size: tuple[int, int] = (0, 0)) -> Path | None:
+    """The prepared dataset dir (reused when ``work`` has it); ``synth_size``: (users, items) of ``topkrec
+    synth``, 0 for its default."""
     data = work / name / "data"
     if (data / "meta.json").exists():
         return data
     args = list(DATASETS[name])
     if name == "synthetic":
         raw = work / name / "raw"
-        topkrec("synth", "--out", str(raw), "--force", log=log)
+        size = [f"--{k}={v}" for k, v in zip(("users", "items"), synth_size, strict=True) if v > 0]
+        topkrec("synth", "--out", str(raw), *size, "--force", log=log)
         args += ["--input", str(raw)]
     elif not Path(args[3]).exists():
         print(f"# {name}: {args[3]} not found, skipped", flush=True)
@@ -117,17 +121,19 @@ def _trainer_state(model: Path) -> dict[str, Any]:
 
 
 def run_dataset(name: str, work: Path, args: argparse.Namespace, log: Path) -> list[dict[str, Any]]:
-    data = prepare(name, work, log)
+    data = prepare(name, work, log, (args.synth_users, args.synth_items))
     if data is None:
         return []
     rows: list[dict[str, Any]] = []
     base = ["--data", str(data), "--device", "cpu", "--force"]
+    short = [(f"--{k.replace('_', '-')}", str(v)) for k in ("epochs", "max_steps") if (v := getattr(args, k)) > 0]
+    base += [a for flag in short for a in flag]
     for i, correction in enumerate(args.corrections):
         model = work / name / f"model-{correction}"
         train_s, _ = topkrec("train", *base, "--out", str(model), "--correction", correction, log=log)
         doc = evaluate(model, data, log)
         state = _trainer_state(model)
-        settings = f"defaults, --correction {correction}"
+        settings = ", ".join(["defaults", f"--correction {correction}", *(" ".join(flag) for flag in short)])
         rows.append(
             _row(name, correction, doc["models"][correction], train_s, settings, val_ndcg=state.get("best_metric"))
         )
@@ -198,6 +204,10 @@ def main() -> None:
     ap.add_argument("--sasrec-epochs", type=int, default=50)
     ap.add_argument("--sweep", action="store_true", help="Also run the one-setting variants of the defaults.")
     ap.add_argument("--work", type=Path, default=Path("bench-quality"))
+    ap.add_argument("--synth-users", type=int, default=0, help="users of `topkrec synth` (0: its default)")
+    ap.add_argument("--synth-items", type=int, default=0, help="items of `topkrec synth` (0: its default)")
+    ap.add_argument("--epochs", type=int, default=0, help="`train --epochs` of every run (0: train's default)")
+    ap.add_argument("--max-steps", type=int, default=0, help="`train --max-steps` of every run (0: no limit)")
     args = ap.parse_args()
     args.corrections = [c.strip() for c in args.corrections.split(",") if c.strip()]
     args.work.mkdir(parents=True, exist_ok=True)

@@ -68,10 +68,12 @@ class Case:
     threads: int = 0  # CPU intra-op threads; 0 = torch default
 
 
-def plan(device: str, items: list[int], quick: bool, negatives: int, estimate_batch: int = 0) -> list[Case]:
+def plan(
+    device: str, items: list[int], quick: bool, negatives: int, estimate_batch: int = 0, seconds: float = 0.0
+) -> list[Case]:
     cases: list[Case] = []
     est_b = estimate_batch or (32768 if device == "cpu" else 16384)
-    secs = 3.0 if quick else (6.0 if device == "cpu" else 5.0)
+    secs = seconds or (3.0 if quick else (6.0 if device == "cpu" else 5.0))
     for n in items:
         sampled_exact = {"negatives": negatives, "normaliser": "exact"}
         sampled_est = {"negatives": negatives, "normaliser": "estimate"}
@@ -457,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--error-items", type=int, default=100_000, help="catalogue of the estimate-error check (0: skip)")
     p.add_argument("--quick", action="store_true", help="shorter measurements (smoke test)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=0.0,
+        help="seconds measured per case (default: 3 with --quick, else 6 on cpu, 5 on cuda)",
+    )
     p.add_argument("--only", default="", help="comma-separated case names to run (default: all)")
     p.add_argument("--budget", type=float, default=540.0, help="stop starting new cases after this many seconds")
     p.add_argument("--json-out", default="", help="also write the final JSON object to this file")
@@ -488,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         return eval_main(args)
     start = time.perf_counter()
     items = [int(x) for x in args.items.split(",") if x]
-    cases = plan(args.device, items, args.quick, args.negatives, args.estimate_batch)
+    cases = plan(args.device, items, args.quick, args.negatives, args.estimate_batch, args.seconds)
     if args.only:
         keep = set(args.only.split(","))
         cases = [c for c in cases if c.name in keep]
