@@ -2,24 +2,36 @@
 
     python benchmarks/bench_ope_slates.py [--quick] [--seeds 3] [--work DIR]
 
-Written against the sequential simulator of 2026-11 (``topkrec.simulate.sequential``, impression logs:
-K independent draws from β, duplicates shown once). It runs ``run_sequential`` with a work directory so the
-trained models stay on disk, regenerates each seed's logging and held-out rollouts (same seeded streams),
-and for every evaluated policy computes, per logged step s (one slate S shown to one user):
+Follows the sequential simulator with noise streams and served sessions (``topkrec.simulate.sequential``,
+impression logs; the logging policy β shows K independent draws, duplicates shown once, and logs each shown
+item with its inclusion probability α_β = 1 − (1 − β)^K as ``propensity`` and its per-draw β as
+``draw_prob``). It runs ``run_sequential`` with a work directory so the trained models stay on disk,
+regenerates each seed's logging and held-out rollouts exactly as ``_run_seed`` does (``NoiseStreams((seed, 2))``
+for the training logs, then ``NoiseStreams((seed, 4))`` from where they ended, with their histories, event
+codes and last engaged items), and for every evaluated policy computes, per logged step s (one slate S shown
+to one user):
 
 - **item-level IPS** (Li et al. 2018's item model, what ``simulate sequential`` reports as ``ips``):
-  Σ_rows r·α_π(i|s)/α_β(i|s) per session — recomputed here and checked equal to the simulator's number;
+  Σ_rows r·α_π(i|s)/α_β(i|s) per session. α_π comes from the model's own state at each step, the held-out log
+  replayed through its serving sessions (``sequential._replay_states``, as ``item_level_estimates`` does):
+  1 − (1 − π)^K for the K-draws forms (``none``/``is``/``topk``, ``behavior``), 1 for the K most probable
+  items for ``*_greedy``. The script checks that its number equals the simulator's to 1e-6;
 - **PI** (Swaminathan et al. 2017) with the slate as the set of shown items, 1_S its item-indicator vector:
-  w(s, S) = α_πᵀ Γ_β(s)⁻¹ 1_S with Γ_β(s)_ij = P_β(i ∈ S, j ∈ S) for K independent draws
-  (= 1 − (1−β_i)^K − (1−β_j)^K + (1−β_i−β_j)^K, diagonal α_β(i)); Γ is invertible because a slate of one
+  w(s, S) = α_πᵀ Γ_β(s)⁻¹ 1_S with Γ_β(s)_ij = P_β(i ∈ S, j ∈ S), exact for the logging form actually used
+  (K independent draws, checked against the result's ``logging`` form):
+  1 − (1−β_i)^K − (1−β_j)^K + (1−β_i−β_j)^K, diagonal α_β(i); Γ is invertible because a slate of one
   item repeated K times has positive probability. Per session Σ_steps w·R_step, R_step = the step's reward.
+  The closed forms of ``topkrec.ope.slates`` do not fit this logger (they need per-position logging
+  marginals or uniform slates without replacement; the log keeps neither draw order nor multiplicity), so
+  Γ is solved per step here; the per-step rewards use ``slate_sums``.
   β(·|s) is rebuilt from the environment (``logging_policy_probs`` with the user's last engaged item, read
-  off the log) and checked against the logged ``draw_prob``.
+  off the log) and checked against the logged ``draw_prob`` and, through α_β, ``propensity``.
 
 Both treat each step as a one-step slate bandit: neither corrects for a target changing later states or
 session lengths. PI is unbiased per step when the step reward is additive over the shown items; the
 environment's choice model (one engagement per slate, items compete) is not additive, so PI is biased
-too — the table measures by how much. The last line is one JSON object.
+too — the table measures by how much. The Plackett–Luce forms (``*_pl``) are left out, as the simulator leaves
+them out of its estimates by default (``ope_pl``). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -36,15 +48,18 @@ import numpy as np
 import torch
 
 from topkrec.data.dataset import Dataset
-from topkrec.policy.artifact import load_agent
+from topkrec.ope.slates import slate_sums
+from topkrec.serve import Recommender
 from topkrec.simulate.environment import (
     Environment,
+    LoggedEvents,
     SessionState,
     inclusion_probability,
     logging_policy_probs,
     rollout,
 )
-from topkrec.simulate.sequential import SequentialConfig, _agent_probs, _IdMaps, run_sequential
+from topkrec.simulate.sequential import SequentialConfig, _IdMaps, _replay_states, _step_groups, run_sequential
+from topkrec.simulate.streams import NoiseStreams
 
 CORRECTIONS = ("none", "is", "topk")
 
@@ -59,34 +74,62 @@ def pair_inclusion(beta: np.ndarray, k: int) -> np.ndarray:
     return gram
 
 
-def steps_of(log: Any, initial_last: np.ndarray) -> dict[str, np.ndarray]:
-    """Group log rows into steps (session, ts); the user's last engaged item before each step."""
-    key = log.session.astype(np.int64) * (1 << 32) + (log.ts - log.ts.min())
-    uniq, first, step = np.unique(key, return_index=True, return_inverse=True)
-    order = np.argsort(first)  # steps in log order (rows are sorted by user, ts)
-    n_steps = uniq.shape[0]
+def steps_of(log: LoggedEvents, initial_last: np.ndarray) -> dict[str, np.ndarray]:
+    """Group log rows into steps (session, step) as the simulator does (``_step_groups``); the user's last
+    engaged item before each step."""
+    first, group = _step_groups(log)
+    n_steps = first.shape[0]
     user = log.user[first]
-    last = np.empty(n_steps, dtype=np.int64)
-    current = initial_last.copy()
     engaged_item = np.full(n_steps, -1, dtype=np.int64)
     eng = log.reward > 0
-    engaged_item[step[eng]] = log.item[eng]
-    for s in order:  # rows are sorted by (user, ts), so steps of one user come in time order
+    engaged_item[group[eng]] = log.item[eng]
+    last = np.empty(n_steps, dtype=np.int64)
+    current = initial_last.copy()
+    for s in np.argsort(first, kind="stable"):  # rows are sorted by (user, ts): a user's steps in time order
         last[s] = current[user[s]]
         if engaged_item[s] >= 0:
             current[user[s]] = engaged_item[s]
     return {
-        "step": step,
-        "n_steps": np.array(n_steps),
+        "first": first,
+        "group": group,
         "user": user,
-        "history": log.history[first],
         "last": last,
         "session": log.session[first],
-        "reward": np.bincount(step, weights=log.reward, minlength=n_steps),
+        "reward": slate_sums(group, log.reward, n_steps),
     }
 
 
+def target_probs(
+    model_dir: Path, maps: _IdMaps, log: LoggedEvents, first: np.ndarray, k: int, n_env: int, head: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(α_π for K draws (G, N_env), 1 on the greedy top K (G, N_env)) of a model's ``head`` at each logged step.
+
+    The same computation as ``sequential.item_level_estimates``: states replayed through the model's sessions,
+    the same chunks, float log-softmax; items the training data never had get 0."""
+    rec = Recommender.load(model_dir, device="cpu")
+    module = rec.agent.module
+    state_user, state_items, state_events = _replay_states(rec, maps, log, first)
+    draws = np.zeros((first.shape[0], n_env))
+    greedy = np.zeros((first.shape[0], n_env))
+    chunk = 4096
+    with torch.no_grad():
+        for g0 in range(0, first.shape[0], chunk):
+            g1 = min(g0 + chunk, first.shape[0])
+            user = torch.as_tensor(state_user[g0:g1])
+            hist, hist_ev = torch.as_tensor(state_items[g0:g1]), torch.as_tensor(state_events[g0:g1])
+            state = module.encode(user, hist, hist_ev)
+            logp = torch.log_softmax(module.head_logits(head, state, hist, hist_ev).float(), dim=-1)
+            logp_np = logp.double().numpy()  # (G, n_items)
+            incl = -np.expm1(k * np.log1p(-np.minimum(np.exp(logp_np), 1.0 - 1e-15)))
+            draws[g0:g1, maps.item_env] = incl
+            # the simulator's rule: in the top K ⇔ fewer than K items score higher ⇔ at least the K-th largest
+            kth = -np.partition(-logp_np, min(k, logp_np.shape[1]) - 1, axis=1)[:, min(k, logp_np.shape[1]) - 1]
+            greedy[g0:g1, maps.item_env] = (logp_np >= kth[:, None]).astype(np.float64)
+    return draws, greedy
+
+
 def seed_estimates(config: SequentialConfig, seed: int, work: Path, result_seed: dict[str, Any]) -> dict[str, Any]:
+    assert result_seed["seed"] == seed and result_seed["values"]["logging"]["form"] == "draws"
     env_cfg = replace(config.env, seed=seed)
     env = Environment(env_cfg)
     k, n_items = env_cfg.slate_size, env_cfg.n_items
@@ -96,59 +139,57 @@ def seed_estimates(config: SequentialConfig, seed: int, work: Path, result_seed:
         return logging_policy_probs(env, lp, state.last_engaged)
 
     logged = rollout(
-        env, logging_policy, config.logged_sessions, np.random.default_rng([seed, 2]), hist_len=config.hist_num,
-        record=True, impressions=config.log_impressions,
+        env, logging_policy, config.logged_sessions, NoiseStreams((seed, 2)), hist_len=config.hist_num, record=True,
+        impressions=config.log_impressions,
     )  # fmt: skip
     held = rollout(
-        env, logging_policy, config.ope_sessions, np.random.default_rng([seed, 4]), history=logged.history,
-        last_engaged=logged.last_engaged, hist_len=config.hist_num, record=True, impressions=config.log_impressions,
+        env, logging_policy, config.ope_sessions, NoiseStreams((seed, 4)), history=logged.history,
+        history_events=logged.history_events, last_engaged=logged.last_engaged, hist_len=config.hist_num,
+        record=True, impressions=config.log_impressions,
     ).log  # fmt: skip
     assert held is not None
     dataset = Dataset.load(work / f"seed{seed}_data")
     maps = _IdMaps(dataset, n_items, env_cfg.n_users)
-    modules = {c: load_agent(work / f"seed{seed}_{c}").module.eval() for c in CORRECTIONS}
 
     st = steps_of(held, logged.last_engaged)
-    n_steps = int(st["n_steps"])
+    group = st["group"]
+    n_steps = st["first"].shape[0]
     beta = logging_policy_probs(env, lp, st["last"])  # (steps, N)
-    check = np.abs(beta[st["step"], held.item] - held.draw_prob).max()
-    assert check < 1e-9, f"rebuilt β differs from the logged draw_prob by {check}"
-    state = SessionState(
-        users=st["user"], history=st["history"], last_engaged=st["last"], taste=np.zeros((n_steps, env_cfg.dim))
+    check = max(
+        np.abs(beta[group, held.item] - held.draw_prob).max(),
+        np.abs(inclusion_probability(beta, k)[group, held.item] - held.propensity).max(),
     )
+    assert check < 1e-9, f"rebuilt β differs from the logged draw_prob / propensity by {check}"
     targets: dict[str, np.ndarray] = {}  # (steps, N) α_π of each policy
-    with torch.no_grad():
-        for c, module in modules.items():
-            probs = _agent_probs(module, maps, state, "policy_head", n_items)
-            targets[c] = inclusion_probability(probs, k)
-            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            greedy = np.zeros_like(probs)
-            np.put_along_axis(greedy, top, 1.0, axis=1)
-            targets[f"{c}_greedy"] = greedy
-        targets["behavior"] = inclusion_probability(
-            _agent_probs(modules["none"], maps, state, "behavior_head", n_items), k
+    for c in CORRECTIONS:
+        targets[c], targets[f"{c}_greedy"] = target_probs(
+            work / f"seed{seed}_{c}", maps, held, st["first"], k, n_items, "policy_head"
         )
+    targets["behavior"], _ = target_probs(
+        work / f"seed{seed}_none", maps, held, st["first"], k, n_items, "behavior_head"
+    )
     targets["logging"] = inclusion_probability(beta, k)
     names = list(targets)
     q = np.stack([targets[n] for n in names], axis=2)  # (steps, N, P)
     shown = np.zeros((n_steps, n_items))
-    shown[st["step"], held.item] = 1.0
+    shown[group, held.item] = 1.0
     pi_weight = np.empty((n_steps, len(names)))
     chunk = 64
     for s in range(0, n_steps, chunk):
         gram = pair_inclusion(beta[s : s + chunk], k)
-        x = np.linalg.solve(gram, q[s : s + chunk])  # (b, N, P)
+        # torch's solve runs on the one intra-op thread set in main; numpy's multi-threaded OpenBLAS batched solve
+        # was ~50x slower on a busy 2-core machine
+        x = torch.linalg.solve(torch.from_numpy(gram), torch.from_numpy(q[s : s + chunk])).numpy()  # (b, N, P)
         pi_weight[s : s + chunk] = np.einsum("bn,bnp->bp", shown[s : s + chunk], x)
     n_ses = held.n_sessions
     out: dict[str, Any] = {}
     for p_idx, name in enumerate(names):
-        alpha_pi = targets[name][st["step"], held.item]
+        alpha_pi = targets[name][group, held.item]
         w_rows = alpha_pi / held.propensity
         item_ips = np.bincount(held.session, weights=w_rows * held.reward, minlength=n_ses).mean()
         pi = np.bincount(st["session"], weights=pi_weight[:, p_idx] * st["reward"], minlength=n_ses).mean()
-        sim = result_seed["estimates"].get(name, {}).get("ips", {}).get("value")
-        if sim is not None and name != "logging":
-            assert abs(sim - item_ips) < 1e-6 * max(1.0, abs(sim)), (name, sim, item_ips)
+        sim = result_seed["estimates"][name]["ips"]["value"]
+        assert abs(sim - item_ips) < 1e-6 * max(1.0, abs(sim)), (name, sim, item_ips)
         out[name] = {
             "true": result_seed["values"][name]["value"],
             "item_ips": float(item_ips),
