@@ -137,6 +137,7 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace, log: Path) -> l
         rows.append(
             _row(name, correction, doc["models"][correction], train_s, settings, val_ndcg=state.get("best_metric"))
         )
+        print(json.dumps(rows[-1]), flush=True)
         if i == 0:
             for baseline in ("popularity", "behavior"):
                 rows.append(
@@ -148,7 +149,7 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace, log: Path) -> l
                         f"from the {correction} run",
                     )
                 )
-        print(json.dumps(rows[-1]), flush=True)
+                print(json.dumps(rows[-1]), flush=True)
     if args.seed_preset:
         emb = work / name / "embeddings-seed"
         pre_s, _ = topkrec("pretrain", "--data", str(data), "--out", str(emb), "--preset", "seed", "--force", log=log)
