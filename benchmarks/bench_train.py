@@ -96,11 +96,14 @@ class ReferenceDataset(torch.utils.data.Dataset):
         starts = np.flatnonzero(np.r_[True, ds.user[1:] != ds.user[:-1]])
         self.start = np.repeat(starts, np.diff(np.r_[starts, len(ds.user)]))
         self.hist_num, self.pad = hist_num, ds.pad_index
+        # the training transitions: train rows whose item is in the catalogue (test rows may be OOV = pad)
+        self.rows = np.flatnonzero(~np.asarray(ds.is_test, dtype=bool) & (ds.item < ds.n_items))
 
     def __len__(self) -> int:
-        return len(self.user)
+        return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
+        i = int(self.rows[j])
         past = self.item[max(self.start[i], i - self.hist_num) : i].tolist()
         hist = [self.pad] * (self.hist_num - len(past)) + past
         return {
