@@ -58,7 +58,14 @@ from topkrec.simulate.environment import (
     logging_policy_probs,
     rollout,
 )
-from topkrec.simulate.sequential import SequentialConfig, _IdMaps, _replay_states, _step_groups, run_sequential
+from topkrec.simulate.sequential import (
+    SequentialConfig,
+    _IdMaps,
+    _replay_states,
+    _step_groups,
+    replayed_log_probs,
+    run_sequential,
+)
 from topkrec.simulate.streams import NoiseStreams
 
 CORRECTIONS = ("none", "is", "topk")
@@ -111,20 +118,12 @@ def target_probs(
     state_user, state_items, state_events = _replay_states(rec, maps, log, first)
     draws = np.zeros((first.shape[0], n_env))
     greedy = np.zeros((first.shape[0], n_env))
-    chunk = 4096
-    with torch.no_grad():
-        for g0 in range(0, first.shape[0], chunk):
-            g1 = min(g0 + chunk, first.shape[0])
-            user = torch.as_tensor(state_user[g0:g1])
-            hist, hist_ev = torch.as_tensor(state_items[g0:g1]), torch.as_tensor(state_events[g0:g1])
-            state = module.encode(user, hist, hist_ev)
-            logp = torch.log_softmax(module.head_logits(head, state, hist, hist_ev).float(), dim=-1)
-            logp_np = logp.double().numpy()  # (G, n_items)
-            incl = -np.expm1(k * np.log1p(-np.minimum(np.exp(logp_np), 1.0 - 1e-15)))
-            draws[g0:g1, maps.item_env] = incl
-            # the simulator's rule: in the top K ⇔ fewer than K items score higher ⇔ at least the K-th largest
-            kth = -np.partition(-logp_np, min(k, logp_np.shape[1]) - 1, axis=1)[:, min(k, logp_np.shape[1]) - 1]
-            greedy[g0:g1, maps.item_env] = (logp_np >= kth[:, None]).astype(np.float64)
+    for g0, g1, logp_np in replayed_log_probs(module, head, (state_user, state_items, state_events)):
+        incl = -np.expm1(k * np.log1p(-np.minimum(np.exp(logp_np), 1.0 - 1e-15)))
+        draws[g0:g1, maps.item_env] = incl
+        # the simulator's rule: in the top K ⇔ fewer than K items score higher ⇔ at least the K-th largest
+        kth = -np.partition(-logp_np, min(k, logp_np.shape[1]) - 1, axis=1)[:, min(k, logp_np.shape[1]) - 1]
+        greedy[g0:g1, maps.item_env] = (logp_np >= kth[:, None]).astype(np.float64)
     return draws, greedy
 
 

@@ -36,6 +36,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,24 @@ def _replay_states(rec: Any, maps: _IdMaps, log: LoggedEvents, first: np.ndarray
     return maps.user_ds[log.user[first]], items, events
 
 
+def replayed_log_probs(
+    module: Any, head: str, states: tuple[np.ndarray, np.ndarray, np.ndarray], chunk: int = 4096
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(g0, g1, log π (g1 − g0, n_items) as float64) of ``head`` over replayed states, ``chunk`` steps at a
+    time (the float log-softmax every item-level estimate and ``benchmarks/bench_ope_slates.py`` read)."""
+    import torch
+
+    state_user, state_items, state_events = states
+    with torch.no_grad():
+        for g0 in range(0, state_user.shape[0], chunk):
+            g1 = min(g0 + chunk, state_user.shape[0])
+            user = torch.as_tensor(state_user[g0:g1])
+            hist, hist_ev = torch.as_tensor(state_items[g0:g1]), torch.as_tensor(state_events[g0:g1])
+            state = module.encode(user, hist, hist_ev)
+            logp = torch.log_softmax(module.head_logits(head, state, hist, hist_ev).float(), dim=-1)
+            yield g0, g1, logp.double().numpy()
+
+
 def item_level_estimates(
     model_dir: Path,
     maps: _IdMaps,
@@ -383,7 +402,6 @@ def item_level_estimates(
     Σ_rows w. It needs every shown item in the log (``all_shown``), so it is left out for
     interaction-only logs. Intervals: bootstrap over sessions.
     """
-    import torch
 
     from topkrec.ope import BootstrapResult
     from topkrec.serve import Recommender
@@ -405,31 +423,25 @@ def item_level_estimates(
     order = np.argsort(group, kind="stable")
     row_start = np.searchsorted(group[order], np.arange(first.shape[0] + 1))
     chunk = 1024 if form == "pl" else 4096
-    with torch.no_grad():
-        for g0 in range(0, first.shape[0], chunk):
-            g1 = min(g0 + chunk, first.shape[0])
-            user = torch.as_tensor(state_user[g0:g1])
-            hist, hist_ev = torch.as_tensor(state_items[g0:g1]), torch.as_tensor(state_events[g0:g1])
-            state = module.encode(user, hist, hist_ev)
-            logp = torch.log_softmax(module.head_logits(head, state, hist, hist_ev).float(), dim=-1)
-            logp_np = logp.double().numpy()  # (G, n_items)
-            if form == "slate":  # in the top K ⇔ fewer than K items score higher
-                rank_ok = None
-                expected_shown[g0:g1] = min(k, logp_np.shape[1])
-            elif form == "pl":
-                incl = inclusion_probabilities(logp_np, k)
-                expected_shown[g0:g1] = incl.sum(axis=1)
-            else:
-                incl = -np.expm1(k * np.log1p(-np.minimum(np.exp(logp_np), 1.0 - 1e-15)))
-                expected_shown[g0:g1] = incl.sum(axis=1)
-            members = order[row_start[g0] : row_start[g1]]
-            local = group[members] - g0
-            if form == "slate":
-                chosen = logp_np[local, action[members]]
-                rank_ok = (logp_np[local] > chosen[:, None]).sum(axis=1) < k
-                alpha_p[members] = rank_ok.astype(np.float64)
-            else:
-                alpha_p[members] = incl[local, action[members]]
+    states = (state_user, state_items, state_events)
+    for g0, g1, logp_np in replayed_log_probs(module, head, states, chunk):
+        if form == "slate":  # in the top K ⇔ fewer than K items score higher
+            rank_ok = None
+            expected_shown[g0:g1] = min(k, logp_np.shape[1])
+        elif form == "pl":
+            incl = inclusion_probabilities(logp_np, k)
+            expected_shown[g0:g1] = incl.sum(axis=1)
+        else:
+            incl = -np.expm1(k * np.log1p(-np.minimum(np.exp(logp_np), 1.0 - 1e-15)))
+            expected_shown[g0:g1] = incl.sum(axis=1)
+        members = order[row_start[g0] : row_start[g1]]
+        local = group[members] - g0
+        if form == "slate":
+            chosen = logp_np[local, action[members]]
+            rank_ok = (logp_np[local] > chosen[:, None]).sum(axis=1) < k
+            alpha_p[members] = rank_ok.astype(np.float64)
+        else:
+            alpha_p[members] = incl[local, action[members]]
     alpha_p = np.where(known, alpha_p, 0.0)
     w = alpha_p / log.propensity
     ses = log.session
