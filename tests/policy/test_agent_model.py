@@ -56,13 +56,52 @@ def test_encoders_shapes_and_pad_invariance(encoder: str) -> None:
     user = torch.tensor([0, 1, -1])
     hist = torch.tensor([[12, 12, 3, 4], [1, 2, 3, 4], [12, 12, 12, 12]])
     s = agent.encode(user, hist)
-    assert s.shape == (3, 7)
+    # attention without a user embedding reads the sequence model's output directly (embedding-wide)
+    assert s.shape == (3, 5 if encoder == "attention" else 7)
+    assert agent.policy_head.weight.shape == (12, s.shape[1])
     if encoder in ("mean", "gru", "cfn"):
         # pads carry no information: a history with only pads in front gives the same state as a
         # shorter-padded one with the same items
         s2 = agent.encode(torch.tensor([0]), torch.tensor([[12, 12, 3, 4]]))
         torch.testing.assert_close(s[:1], s2)
     assert torch.all(agent.item_embedding.weight[12] == 0)
+
+
+@pytest.mark.parametrize(("projection", "user_embedding"), [(False, False), (True, False), (False, True)])
+def test_attention_state_is_the_sequence_output_unless_projected(projection: bool, user_embedding: bool) -> None:
+    torch.manual_seed(2)
+    cfg = AgentConfig(
+        n_users=4,
+        n_items=12,
+        embed_size=6,
+        hist_num=4,
+        hidden=9,
+        encoder="attention",
+        state_projection=projection,
+        user_embedding=user_embedding,
+    )
+    agent = Agent(cfg).eval()
+    direct = not projection and not user_embedding  # a user embedding needs the projection to enter the state
+    assert (agent.encoder.out is None) == direct and agent.encoder.state_dim == (6 if direct else 9)
+    user = torch.tensor([0, 1, 2])
+    hist = torch.tensor([[12, 12, 3, 4], [1, 2, 3, 4], [12, 12, 12, 5]])
+    s = agent.encode(user, hist)
+    assert s.shape == (3, agent.encoder.state_dim)
+    if direct:  # the final layer norm's output at the most recent position
+        tokens = agent.item_embedding(hist)
+        want = agent.encoder.attention(tokens, hist != 12)
+        torch.testing.assert_close(s, want)
+    # a window's per-position states end with the row's state (what window training relies on)
+    tokens = agent.item_embedding(hist)
+    u = agent.user_embedding(user) if agent.user_embedding is not None else tokens.new_zeros(3, 6)
+    torch.testing.assert_close(
+        agent.encoder.forward_all(u, tokens, hist != 12)[:, -1], agent.encoder(u, tokens, hist != 12)
+    )
+
+
+def test_model_dirs_from_before_the_setting_keep_their_projection() -> None:
+    cfg = AgentConfig.from_json({"agent": {"n_users": 3, "n_items": 9, "encoder": "attention", "history": "engaged"}})
+    assert cfg.state_projection is True and AgentConfig().state_projection is False
 
 
 def test_save_load_round_trip_and_errors(tmp_path) -> None:

@@ -85,6 +85,12 @@ class AgentConfig:
     attention_blocks: int = setting(2, "--encoder attention: self-attention blocks.", ge=1)
     attention_heads: int = setting(1, "--encoder attention: heads per block (must divide the embedding width).", ge=1)
     dropout: float = setting(0.2, "Dropout in the attention and recurrent encoders while training.", ge=0, lt=1)
+    state_projection: bool = setting(
+        False,
+        "--encoder attention: pass [user ; attention output] through Linear → ReLU to --hidden. Off: without a "
+        "user embedding the state is the attention output itself (its final layer norm, as SASRec reads it; "
+        "width = the embedding width). The other encoders always project.",
+    )
     repeat_bias: bool = setting(
         True,
         "Re-engagement: each head adds a learned bias[event type, recency] to the logits of the items in the "
@@ -160,7 +166,12 @@ class AgentConfig:
             obj.setdefault("feedback_tokens", False)
             obj.setdefault("history", "all")
         # Settings added later default to what older model directories were built with.
-        for key, legacy_value in (("user_embedding", True), ("repeat_bias", False), ("dropout", 0.0)):
+        for key, legacy_value in (
+            ("user_embedding", True),
+            ("repeat_bias", False),
+            ("dropout", 0.0),
+            ("state_projection", True),
+        ):
             obj.setdefault(key, legacy_value)
         # Model directories written before settings were declared once: embed_dim and a head_options dict.
         if "embed_dim" in obj and "embed_size" not in obj:

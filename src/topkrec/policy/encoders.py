@@ -12,7 +12,9 @@ return the state (B, hidden):
   θ_t = σ(U_θ h_{t−1} + V_θ x_t + b_θ), η_t = σ(U_η h_{t−1} + V_η x_t + b_η);
 - ``attention``: causal self-attention over the tokens, SASRec-style (Kang & McAuley, ICDM 2018): learned
   positional embeddings (position H is the most recent token), pre-norm blocks of multi-head attention and a
-  point-wise feed-forward layer, dropout; [u ; the output at the most recent position] → Linear → ReLU.
+  point-wise feed-forward layer, dropout; [u ; the output at the most recent position] → Linear → ReLU, or
+  (``project=False``) the output at the most recent position itself, its final layer norm, as SASRec reads it
+  (the state is then ``embed_dim`` wide and no user embedding can enter it).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class StateEncoder(nn.Module):
         attention_blocks: int = 2,
         attention_heads: int = 1,
         dropout: float = 0.0,
+        project: bool = True,
     ) -> None:
         super().__init__()
         if kind not in ENCODERS:
@@ -117,7 +120,10 @@ class StateEncoder(nn.Module):
         else:
             self.cell = nn.GRUCell(embed_dim, hidden) if kind == "gru" else CFNCell(embed_dim, hidden)
             in_dim = embed_dim + hidden
-        self.out = nn.Linear(in_dim, hidden)
+        # attention without projection: the state is the sequence model's own output
+        self.direct = kind == "attention" and not project
+        self.out = None if self.direct else nn.Linear(in_dim, hidden)
+        self.state_dim = embed_dim if self.direct else hidden
 
     @property
     def sequential(self) -> bool:
@@ -145,6 +151,8 @@ class StateEncoder(nn.Module):
             per_position = self.dropout(torch.stack(states, 1))
         else:
             raise ValueError(f"the {self.kind} encoder has no per-position states; train it on rows")
+        if self.out is None:
+            return per_position
         features = torch.cat([user[:, None, :].expand(b, length, -1), per_position], dim=2)
         state: torch.Tensor = torch.relu(self.out(features))
         return state
@@ -158,6 +166,9 @@ class StateEncoder(nn.Module):
             mean = (history * m).sum(1) / m.sum(1).clamp_min(1.0)
             features = torch.cat([user, mean], dim=1)
         elif self.attention is not None:
+            if self.out is None:
+                direct: torch.Tensor = self.attention(history, mask)
+                return direct
             features = torch.cat([user, self.attention(history, mask)], dim=1)
         else:
             assert self.cell is not None
@@ -167,6 +178,7 @@ class StateEncoder(nn.Module):
                 step = self.cell(history[:, t], h)
                 h = torch.where(mask[:, t, None], step, h)
             features = torch.cat([user, self.dropout(h)], dim=1)
+        assert self.out is not None
         state = torch.relu(self.out(features))
         assert state.shape == (b, self.hidden)
         return state

@@ -67,12 +67,15 @@ class Agent(nn.Module):
             config.attention_blocks,
             config.attention_heads,
             config.dropout,
+            # a user embedding can only enter the state through the projection
+            project=config.state_projection or config.user_embedding,
         )
-        self.policy_head: ItemHead = make_head(config.softmax, config.hidden, n_items, **config.head_options)
-        self.behavior_head: ItemHead = make_head(config.softmax, config.hidden, n_items, **config.head_options)
+        width = self.encoder.state_dim  # what the heads read: --hidden, or the embedding width unprojected
+        self.policy_head: ItemHead = make_head(config.softmax, width, n_items, **config.head_options)
+        self.behavior_head: ItemHead = make_head(config.softmax, width, n_items, **config.head_options)
         self.supervised_head = None
         if config.supervised_head:
-            self.supervised_head = make_head(config.softmax, config.hidden, n_items, **config.head_options)
+            self.supervised_head = make_head(config.softmax, width, n_items, **config.head_options)
         if config.uses_repeat_bias:  # each head's own re-engagement biases (topkrec.policy.repeat), saved with it
             for head in self.heads():
                 head.register_parameter("repeat", nn.Parameter(torch.zeros(config.event_pad + 1, config.hist_num)))
