@@ -26,7 +26,7 @@ def test_head_output_is_the_log_softmax_of_the_biased_logits() -> None:
     history = torch.tensor([[3, 5, 3, 12], [12, 12, 12, 12], [0, 1, 2, 3]])  # 12 = pad; item 3 twice
     events = torch.tensor([[0, 1, 1, 2], [2, 2, 2, 2], [1, 0, 1, 0]])
     actions = torch.tensor([3, 7, 2])
-    state = torch.randn(3, 5, requires_grad=True)
+    state = torch.randn(3, agent.encoder.state_dim, requires_grad=True)
     for name in ("policy_head", "behavior_head"):
         out = agent.head_output(name, state, actions, history, events)
         dense = torch.log_softmax(agent.head_logits(name, state, history, events).double(), 1)

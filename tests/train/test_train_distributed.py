@@ -90,12 +90,11 @@ def test_torchrun_with_one_process_runs_the_ddp_path_and_matches_plain(tmp_path:
 def test_agent_weights_are_trained_by_both_runs(tmp_path: Path) -> None:
     """The comparison above must not pass because nothing moved: training changes the weights."""
     _run([str(WORKER), str(tmp_path / "one")], None, tmp_path)
-    from topkrec.policy.config import AgentConfig
     from topkrec.policy.model import Agent
 
     trained = load_agent(tmp_path / "one")
     torch.manual_seed(0)
-    fresh = Agent(AgentConfig(trained.config.n_users, trained.config.n_items, embed_size=8, hidden=16))
+    fresh = Agent(trained.config)  # the same architecture, untrained
     assert not torch.allclose(trained.module.policy_head.weight, fresh.policy_head.weight, atol=1e-4)
 
 
