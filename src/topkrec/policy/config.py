@@ -76,7 +76,13 @@ class AgentConfig:
         "Learn a user-id embedding; off: the state is the history alone, so new users are served exactly as "
         "users were trained.",
     )
-    hidden: int = setting(64, "Width of the state s that both heads read.", ge=1)
+    hidden: int = setting(
+        64,
+        "Width of the state s that both heads read, for the encoders that project (concat, mean, gru, cfn, "
+        "attention with --state-projection or a user embedding); the unprojected attention state is "
+        "--embed-size wide.",
+        ge=1,
+    )
     encoder: Encoder = setting(
         "attention",
         "State encoder: concat (the reference), mean, gru, cfn (the paper's Chaos-Free RNN) or attention "
