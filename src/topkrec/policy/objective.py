@@ -223,14 +223,14 @@ def corrected_policy_loss_tensors(
     capped = (raw > cap).to(raw.dtype).mean() if cap is not None else raw.new_zeros(())
     parts = [weight.mean(), weight.max(), capped, effective_sample_size(weight), multiplier.mean()]
     stats = torch.stack([p.to(raw.dtype) for p in parts])
-    if correction == "none":
-        loss = reinforce_loss(policy_logp, returns, normalize=normalize, coef_mean=coef_mean)
-    elif correction == "is":
-        loss = reinforce_loss(policy_logp, returns, weight=weight, normalize=normalize, coef_mean=coef_mean)
-    else:
-        loss = reinforce_loss(
-            policy_logp, returns, weight=weight, multiplier=multiplier, normalize=normalize, coef_mean=coef_mean
-        )
+    loss = reinforce_loss(
+        policy_logp,
+        returns,
+        weight=None if correction == "none" else weight,
+        multiplier=multiplier if correction == "topk" else None,
+        normalize=normalize,
+        coef_mean=coef_mean,
+    )
     return loss, stats
 
 
