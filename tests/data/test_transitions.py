@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from support.datasets import random_dataset
+from support.datasets import pv_dataset, random_dataset
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, build_transitions, user_starts
 
@@ -67,19 +67,7 @@ def test_test_history_holds_train_tail_and_padding() -> None:
     items = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], dtype=np.int32)
     user = np.array([0] * 7 + [1] * 3, dtype=np.int32)
     is_test = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 1], dtype=bool)
-    n = len(items)
-    ds = Dataset(
-        user=user,
-        item=items,
-        behavior=np.array(["pv"] * n, dtype=object),
-        reward=np.ones(n, np.float32),
-        ts=np.arange(n, dtype=np.int64),
-        session=user.copy(),
-        is_test=is_test,
-        returns=np.ones(n, np.float32),
-        n_users=2,
-        n_items=11,
-    )
+    ds = pv_dataset(user, items, is_test, n_items=11)
     tr = build_transitions(ds, "test", hist_num=4)
     b = tr.batch(torch.arange(len(tr)))
     assert b.history.tolist() == [[2, 3, 4, 5], [3, 4, 5, 6], [11, 11, 8, 9]]

@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from support.agent_data import synth_dataset
+from support.datasets import pv_dataset
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, build_transitions
 from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, popularity_scorer
@@ -23,19 +24,7 @@ def tiny() -> Dataset:
     """user 0: items 0, 1, 0, 2 (the last two are test); user 1: 3, 1 then test 0."""
     user = np.array([0, 0, 0, 0, 1, 1, 1], np.int32)
     item = np.array([0, 1, 0, 2, 3, 1, 0], np.int32)
-    n = user.size
-    return Dataset(
-        user=user,
-        item=item,
-        behavior=np.array(["pv"] * n, dtype=object),
-        reward=np.ones(n, np.float32),
-        ts=np.arange(n, dtype=np.int64),
-        session=user.copy(),
-        is_test=np.array([0, 0, 1, 1, 0, 0, 1], bool),
-        returns=np.ones(n, np.float32),
-        n_users=2,
-        n_items=4,
-    )
+    return pv_dataset(user, item, np.array([0, 0, 1, 1, 0, 0, 1], bool), n_items=4)
 
 
 def _scores(values: list[float]):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from support.agent_data import synth_dataset
+from support.datasets import pv_dataset
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, build_transitions
 from topkrec.errors import ArtifactError, TopkrecError
@@ -61,19 +62,7 @@ def tiny_dataset() -> Dataset:
     user = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1], dtype=np.int32)
     item = np.array([0, 1, 2, 1, 4, 0, 0, 3, 2, 0], dtype=np.int32)
     is_test = np.array([0, 0, 0, 1, 1, 0, 0, 0, 0, 1], dtype=bool)
-    n = len(item)
-    return Dataset(
-        user=user,
-        item=item,
-        behavior=np.array(["pv"] * n, dtype=object),
-        reward=np.ones(n, np.float32),
-        ts=np.arange(n, dtype=np.int64),
-        session=user.copy(),
-        is_test=is_test,
-        returns=np.ones(n, np.float32),
-        n_users=2,
-        n_items=4,
-    )
+    return pv_dataset(user, item, is_test, n_items=4)
 
 
 def test_popularity_metrics_by_hand() -> None:

@@ -48,3 +48,20 @@ def random_dataset(
         n_users=n_users,
         n_items=n_items,
     )
+
+
+def pv_dataset(user: np.ndarray, item: np.ndarray, is_test: np.ndarray, n_items: int) -> Dataset:
+    """A hand-written log: every event a page view with reward and return 1, one session per user, ts = row."""
+    n = len(user)
+    return Dataset(
+        user=np.asarray(user, dtype=np.int32),
+        item=np.asarray(item, dtype=np.int32),
+        behavior=np.array(["pv"] * n, dtype=object),
+        reward=np.ones(n, np.float32),
+        ts=np.arange(n, dtype=np.int64),
+        session=np.asarray(user, dtype=np.int32).copy(),
+        is_test=np.asarray(is_test, dtype=bool),
+        returns=np.ones(n, np.float32),
+        n_users=int(np.max(user)) + 1,
+        n_items=n_items,
+    )

@@ -8,8 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from support.agent_data import synth_dataset
+from support.datasets import pv_dataset
 from topkrec.cli import app
-from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import build_transitions, validation_rows
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.train import train_agent
@@ -27,18 +27,7 @@ def test_validation_rows_follow_the_split_rule_inside_the_train_part() -> None:
     n = user.size
     is_test = np.zeros(n, bool)
     is_test[[4, 14]] = True
-    ds = Dataset(
-        user=user,
-        item=np.zeros(n, np.int32),
-        behavior=np.array(["pv"] * n, dtype=object),
-        reward=np.ones(n, np.float32),
-        ts=np.arange(n, dtype=np.int64),
-        session=user.copy(),
-        is_test=is_test,
-        returns=np.ones(n, np.float32),
-        n_users=3,
-        n_items=1,
-    )
+    ds = pv_dataset(user, np.zeros(n, np.int32), is_test, n_items=1)
     # user 0: 4 train events → round(0.75·4) = 3 kept, 1 held; user 1: 3 → none; user 2: 6 → round(4.5) = 4 (half
     # to even) kept, 2 held
     assert np.flatnonzero(validation_rows(ds, 0.25)).tolist() == [3, 12, 13]
