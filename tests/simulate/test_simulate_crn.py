@@ -227,8 +227,9 @@ def test_costly_bias_world_makes_popularity_worthless_to_users() -> None:
 
 def test_comparison_pairs() -> None:
     names = ["none", "is", "topk", "none_pl", "is_pl", "topk_pl", "none_greedy", "is_greedy", "topk_greedy"]
-    names += ["logging", "behavior", "popularity", "uniform", "oracle"]
+    names += ["logging", "behavior", "popularity", "uniform", "oracle", "item_oracle"]
     pairs = comparison_pairs(names)
+    assert ("item_oracle", "popularity") in pairs and ("topk_greedy", "item_oracle") in pairs
     for pair in [("topk", "none"), ("topk_pl", "is_pl"), ("is_greedy", "none_greedy"), ("topk_pl", "topk")]:
         assert pair in pairs
     assert ("topk_greedy", "popularity") in pairs and ("behavior", "logging") in pairs

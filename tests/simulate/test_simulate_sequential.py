@@ -21,7 +21,14 @@ from topkrec.simulate.environment import (
     rollout,
     sample_slates,
 )
-from topkrec.simulate.sequential import SequentialConfig, prepare_logs, run_sequential, t_interval
+from topkrec.simulate.sequential import (
+    SequentialConfig,
+    prepare_logs,
+    pulled_taste,
+    run_sequential,
+    t_interval,
+    taste_from_logs,
+)
 
 SMALL = EnvConfig(n_users=150, n_items=40, slate_size=4, max_len=8, seed=3)
 
@@ -175,6 +182,7 @@ def test_quick_run_end_to_end():
         assert {"ips", "capped_ips", "snips"} <= set(est)
         assert np.isfinite(est["ips"]["value"]) and "error" in est["ips"]
     assert pol["oracle"]["true_value"] > pol["uniform"]["true_value"]
+    assert pol["item_oracle"]["true_value"] > pol["uniform"]["true_value"]
     # the logging policy's held-out log mean estimates its own rollout value
     lg = pol["logging"]
     assert abs(lg["estimates"]["ips"]["value"] - lg["true_value"]) < 0.25 * lg["true_value"]
@@ -222,3 +230,32 @@ def test_cli_sequential_rejects_an_unknown_world(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 2 and "unknown --world 'moon'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_taste_from_logs_is_the_mean_engaged_item_direction() -> None:
+    env, res = _logs()
+    log = res.log
+    taste = taste_from_logs(env, log)
+    assert taste.shape == (env.config.n_users, env.config.dim)
+    user = int(log.user[log.reward > 0][0])
+    rows = (log.user == user) & (log.reward > 0)
+    mean = env.item_vec[log.item[rows]].sum(axis=0)
+    assert np.allclose(taste[user], mean / np.linalg.norm(mean))
+    never = np.setdiff1d(np.arange(env.config.n_users), log.user[log.reward > 0])
+    assert np.all(taste[never] == 0.0)  # no engagement: no evidence, no direction
+    # it carries the users' true tastes: closer to them than to another user's
+    engaged = np.unique(log.user[log.reward > 0])
+    own = (taste[engaged] * env.user_taste[engaged]).sum(axis=1).mean()
+    other = (taste[engaged] * np.roll(env.user_taste[engaged], 1, axis=0)).sum(axis=1).mean()
+    assert own > other + 0.2
+
+
+def test_pulled_taste_is_the_environments_update_without_drift() -> None:
+    env, _ = _logs()
+    taste = env.user_taste[:3]
+    last = np.array([5, -1, 7])
+    moved = pulled_taste(env, taste, last)
+    noise = np.zeros_like(taste)
+    exact = env.next_taste(taste, last, last >= 0, noise)
+    assert np.allclose(moved, exact)
+    assert np.allclose(moved[1], taste[1])  # no engaged item: unchanged

@@ -26,8 +26,11 @@ K independent draws from π (the paper's top-K policy, the form the top-K correc
 ``*_pl`` — K distinct items by Plackett–Luce sampling without replacement (what exploration serves);
 ``*_greedy`` — the K most probable items (``topkrec recommend``'s deterministic mode). Baselines:
 ``logging`` (β itself), ``popularity`` (the K items most engaged with in the logs), ``behavior`` (the
-β̂ head of the ``none`` model, K draws like β), ``uniform``, and ``oracle`` (the K items of highest true
-utility for the user's current taste: a reference point, not a learner).
+β̂ head of the ``none`` model, K draws like β), ``uniform``, and two reference points that are not learners:
+``oracle`` (the K items of highest true utility for the user's current taste) and ``item_oracle`` (knows the
+true item vectors, but not the taste: it estimates each user's taste from the logs, ``taste_from_logs``, and
+moves it toward the last engaged item with the environment's own pull — roughly the best the logs' evidence
+about a user supports).
 """
 
 from __future__ import annotations
@@ -176,7 +179,8 @@ def comparison_pairs(names: list[str]) -> list[tuple[str, str]]:
 
     Within each slate form: topk − none, topk − is, is − none. Across forms, per correction: the
     Plackett–Luce form against K draws, greedy against Plackett–Luce. Every learned policy against
-    popularity. β̂ and popularity against β, and the oracle against popularity.
+    popularity. β̂ and popularity against β, the oracle and the item oracle against popularity, and each
+    greedy learner against the item oracle.
     """
     pairs: list[tuple[str, str]] = []
     for suffix in FORM_SUFFIX.values():
@@ -190,6 +194,7 @@ def comparison_pairs(names: list[str]) -> list[tuple[str, str]]:
     for suffix in FORM_SUFFIX.values():
         pairs += [(f"{corr}{suffix}", "popularity") for corr in CORRECTION_NAMES]
     pairs += [("behavior", "logging"), ("popularity", "logging"), ("oracle", "popularity")]
+    pairs += [("item_oracle", "popularity")] + [(f"{corr}_greedy", "item_oracle") for corr in CORRECTION_NAMES]
     have = set(names)
     return [(a, b) for a, b in pairs if a in have and b in have]
 
@@ -323,6 +328,29 @@ def _agent_probs(module: Any, maps: _IdMaps, state: SessionState, head: str, n_e
     out = np.zeros((state.users.shape[0], n_env_items))
     out[:, maps.item_env] = probs
     return out
+
+
+def taste_from_logs(env: Environment, log: LoggedEvents) -> np.ndarray:
+    """Each user's taste as the logs show it to someone who knows the true item vectors: the normalised mean
+    vector of the items the user engaged with in ``log`` (U, d); zero for a user with no engagement.
+
+    The ``item_oracle`` reference policy reads it: not a learner (no learner knows the item vectors), but a
+    measure of how far the logs' evidence about each user can take a policy — the ceiling the learners are
+    compared with, next to the ``oracle`` that knows the current taste itself."""
+    engaged = log.reward > 0
+    total = np.zeros((env.config.n_users, env.config.dim))
+    np.add.at(total, log.user[engaged], env.item_vec[log.item[engaged]])
+    norm = np.linalg.norm(total, axis=1, keepdims=True)
+    return np.divide(total, norm, out=np.zeros_like(total), where=norm > 0)
+
+
+def pulled_taste(env: Environment, taste: np.ndarray, last_engaged: np.ndarray) -> np.ndarray:
+    """``taste`` (B, d) moved by the environment's own pull toward each row's last engaged item (−1: none) and
+    renormalised — the in-session update of ``Environment.next_taste`` without its random drift."""
+    pull = np.where(last_engaged[:, None] >= 0, env.config.pull * env.item_vec[np.maximum(last_engaged, 0)], 0.0)
+    moved = taste + pull
+    norm = np.linalg.norm(moved, axis=1, keepdims=True)
+    return np.divide(moved, norm, out=np.zeros_like(moved), where=norm > 0)
 
 
 def _step_groups(log: LoggedEvents) -> tuple[np.ndarray, np.ndarray]:
@@ -553,6 +581,11 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
     def oracle(state: SessionState) -> np.ndarray:
         return np.argsort(-env.utility(state.taste), axis=1)[:, :k]
 
+    logs_taste = taste_from_logs(env, logged.log)
+
+    def item_oracle(state: SessionState) -> np.ndarray:
+        return np.argsort(-env.utility(pulled_taste(env, logs_taste[state.users], state.last_engaged)), axis=1)[:, :k]
+
     policies: dict[str, tuple[PolicyFn, SlateForm]] = {}
     for form, suffix in FORM_ITEMS:
         for corr in CORRECTION_NAMES:
@@ -565,6 +598,7 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
             "popularity": (popularity, "slate"),
             "uniform": (uniform, "draws"),
             "oracle": (oracle, "slate"),
+            "item_oracle": (item_oracle, "slate"),
         }
     )
     eval_streams = NoiseStreams((seed, 3))  # every policy meets the same users and noise
