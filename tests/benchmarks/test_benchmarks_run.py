@@ -2,7 +2,7 @@
 
 A smoke test, not a measurement: each script runs in its own process (``sys.executable benchmarks/X.py``,
 cwd the repository root) with the options that make it take seconds. bench_train.py is smoke-run with its
-JSON checked in test_bench_train.py; bench_ope_slates.py and the gpu_check*.sh scripts are not run here.
+JSON checked in test_bench_train.py; the gpu_check*.sh scripts are not run here.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ CASES: dict[str, list[str]] = {
     "bench_serve.py": ["--items", "1000", "--users", "100", "--clients", "1,4", "--duration", "0.5"]
     + ["--max-requests", "50", "--batch-users", "500", "--explore-users", "20", "--threads", "1"],
     "bench_simulate.py": ["--users", "20", "--items", "30", "--sessions", "1", "--rounds", "1"],
+    # the quick simulator world, one seed (its own checks: β rebuilt, IPS/capped IPS/SNIPS equal the simulator's)
+    "bench_ope_slates.py": ["--quick", "--seeds", "1"],
     "reference_sasrec.py": ["--data", "{planted}", "--max-epochs", "2", "--dim", "16", "--blocks", "1"]
     + ["--max-len", "8"],
     # the synthetic dataset only (no shared data), one correction, one training step
@@ -45,6 +47,24 @@ def check(script: str, result: dict[str, Any]) -> None:
         assert all(level["errors"] == 0 and level["requests"] > 0 for level in result["http"])
     elif script == "bench_pretrain.py":
         assert result["n_users"] == 200 and result["profile"]["buckets_ms"]  # the planted dataset, profiled
+    elif script == "bench_ope_slates.py":
+        estimators = result["estimator_names"]
+        assert estimators == ["ips", "capped_ips", "snips", "dm", "dr", "sndr", "switch_dr", "dros", "pi", "sn_pi"]
+        assert result["reward_model"] == "linear" and result["reward_model_context"] == "last_engaged_item"
+        policies = [r["policy"] for r in result["results"]]
+        assert policies == ["none", "none_greedy", "is", "is_greedy", "topk", "topk_greedy", "behavior", "logging"]
+        for row in result["results"]:
+            for key in ("true_value", "item_ips", "item_ips_error", "pi", "pi_error", "pi_weight_ess_share"):
+                assert isinstance(row[key], float), (row["policy"], key)  # the keys the table had before
+            assert set(row["estimators"]) == set(estimators)
+            for name, est in row["estimators"].items():
+                assert est["error"] == pytest.approx(est["value"] - row["true_value"]), (row["policy"], name)
+                assert len(est["error_per_seed"]) == 1 and est["error_ci_low"] <= est["error"] <= est["error_ci_high"]
+            assert row["estimators"]["ips"]["value"] == pytest.approx(row["item_ips"])
+            assert row["estimators"]["pi"]["value"] == pytest.approx(row["pi"])
+        logging = result["results"][-1]  # β's own weights are all 1: every IPS form is the log's mean return
+        assert logging["item_weight_ess_share"] == pytest.approx(1.0)
+        assert logging["estimators"]["capped_ips"]["value"] == pytest.approx(logging["item_ips"])
     elif script == "reference_sasrec.py":
         assert result["model"] == "sasrec" and 0.0 <= result["ndcg@10"] <= 1.0
 
