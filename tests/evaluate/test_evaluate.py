@@ -88,6 +88,27 @@ def test_popularity_metrics_by_hand() -> None:
     assert m.ess == pytest.approx(w.sum() ** 2 / (w**2).sum())
 
 
+def test_reward_weighted_ndcg_and_ndcg_by_event_by_hand() -> None:
+    ds = tiny_dataset()
+    counts = torch.as_tensor(ds.train_item_counts(), dtype=torch.float64)
+    test = build_transitions(ds, "test", 2)
+    test.reward[test.rows] = torch.tensor([1.0, 1.0, 2.0])  # targets 1 (ndcg@2 0), 4 (OOV: 0), 0 (ndcg 1)
+    blp = torch.log(torch.full((len(test),), 0.25))
+    behavior = np.array(["pv", "cart", "pv"])
+    m = evaluate_scorer(
+        popularity_scorer(counts), test, test.first_per_user(), counts, blp, EvalConfig(k=2, n_boot=5),
+        row_behavior=behavior,
+    )  # fmt: skip
+    assert m.ndcg == pytest.approx(1 / 3)
+    assert m.reward_ndcg == pytest.approx((1 * 0 + 1 * 0 + 2 * 1) / 4)  # the hit is worth 2 of the 4 reward units
+    assert m.ndcg_by_event == {"cart": {"ndcg@2": 0.0, "n_events": 1}, "pv": {"ndcg@2": 0.5, "n_events": 2}}
+    doc = m.as_dict()
+    assert doc["reward_ndcg@2"] == pytest.approx(0.5) and doc["ndcg_by_event"]["pv"]["n_events"] == 2
+    test.reward[test.rows] = 0.0  # no positive reward: no reward-weighted figure (None in the JSON)
+    m = evaluate_scorer(popularity_scorer(counts), test, test.first_per_user(), counts, blp, EvalConfig(k=2, n_boot=5))
+    assert math.isnan(m.reward_ndcg) and m.as_dict()["reward_ndcg@2"] is None and m.ndcg_by_event == {}
+
+
 def _reference_topk(scores: np.ndarray, k: int) -> np.ndarray:
     """Top k per row by (score descending, item index ascending), by NumPy's lexsort."""
     index = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
@@ -177,6 +198,10 @@ def test_evaluate_model_dir_document_and_mismatch(tmp_path) -> None:
     for m in doc["models"].values():
         for key in ("ndcg@5", "recall@5", "mrr", "ndcg_all@5", "coverage", "tail_share", "ips", "snips", "ess"):
             assert key in m and np.isfinite(m[key])
+        assert 0.0 <= m["reward_ndcg@5"] <= 1.0
+        by_event = m["ndcg_by_event"]  # one entry per behaviour of the test events, counts adding up
+        assert sum(e["n_events"] for e in by_event.values()) == m["n_events"]
+        assert set(by_event) <= set(np.asarray(ds.behavior).astype(str))
     # β̂ evaluated against itself: every weight is 1, so IPS = SNIPS = the mean logged reward, ESS = n
     logged = ds.reward[ds.is_test & (ds.item < ds.n_items)]
     beh = doc["models"]["behavior"]

@@ -7,6 +7,9 @@ each model ranks the whole catalogue:
   event whose item is unseen in train (OOV) counts as a miss for every model;
 - ``ndcg_all@K``: the top K from each user's last train state (before their first test event) against the
   set of the user's distinct in-catalogue test items (the reference's second number);
+- ``reward_ndcg@K``: ndcg@K weighted by each test event's reward (Σ r·ndcg / Σ r): the ranking quality a
+  reward-maximising policy aims at (a buy worth 3 counts three times a page view worth 1); and
+  ``ndcg_by_event``: ndcg@K per behaviour of the test event (pv, cart, …; MovieLens: rating);
 - ``coverage``: share of the catalogue that appears in some top-K list; ``tail_share``: share of
   recommendations outside the top 1 % most popular train items;
 - off-policy value estimates of the model's policy on the logged test events (immediate reward):
@@ -102,6 +105,11 @@ class ModelMetrics:
     n_events: int
     n_users: int
     ope: dict[str, Any] = field(default_factory=dict)
+    reward_ndcg: float = math.nan
+    """ndcg@K of the test events weighted by their rewards: Σ r·ndcg / Σ r over the events with r > 0 (what a
+    reward-maximising policy aims at: a buy counts as much as its reward says; NaN without positive rewards)."""
+    ndcg_by_event: dict[str, dict[str, float]] = field(default_factory=dict)
+    """ndcg@K of the test events of each behaviour (``{behaviour: {"ndcg@K": …, "n_events": …}}``)."""
     log_weights: np.ndarray | None = None  # (n,) log(π/β̂) per rankable test event, for the histogram
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,6 +130,8 @@ class ModelMetrics:
             "n_events": self.n_events,
             "n_users": self.n_users,
             "ope": self.ope,
+            f"reward_ndcg@{k}": _finite_or_none(self.reward_ndcg),
+            "ndcg_by_event": self.ndcg_by_event,
         }
 
 
@@ -209,8 +219,11 @@ def evaluate_scorer(
     config: EvalConfig = EvalConfig(),
     progress: bool = False,
     name: str = "model",
+    row_behavior: np.ndarray | None = None,
 ) -> ModelMetrics:
-    """All DESIGN §4 metrics of one scorer on the test transitions (``first`` = first test event per user)."""
+    """All DESIGN §4 metrics of one scorer on the test transitions (``first`` = first test event per user).
+
+    ``row_behavior``: the behaviour of each test row (N,), for ``ndcg_by_event``."""
     from topkrec.ope import off_policy_report
 
     n_items = int(counts.shape[0])
@@ -225,13 +238,16 @@ def evaluate_scorer(
     ndcg_sum = recall_sum = rr_sum = 0.0
     rec_counts = torch.zeros(n_items, dtype=torch.float64, device=dev)
     policy_logp = torch.empty(n, dtype=torch.float32, device=dev)
+    row_ndcg = torch.empty(n, dtype=torch.float64, device=dev)
     with progress_bar(n + len(first), f"evaluate {name}", enabled=progress) as bar:
         for s in range(0, n, chunk):
             idx = torch.arange(s, min(s + chunk, n), device=dev)
             b = test.batch(idx)
             scores = _restrict(scorer(b).float(), test, test.rows[idx], config, name)
             rank = target_rank(scores, b.action)
-            ndcg_sum += float(ndcg_from_rank(rank, k).sum())
+            ndcg_rows = ndcg_from_rank(rank, k)
+            row_ndcg[s : s + len(b)] = ndcg_rows
+            ndcg_sum += float(ndcg_rows.sum())
             recall_sum += float(recall_from_rank(rank, k).sum())
             rr_sum += float(reciprocal_rank(rank).sum())
             top = topk_indices(scores, k)  # ties by item index, as target_rank
@@ -278,6 +294,17 @@ def evaluate_scorer(
         ips, capped, snips, ess = est["ips"].value, est["capped_ips"].value, est["snips"].value, report.ess
     else:
         ope, ips, capped, snips, ess = {}, math.nan, math.nan, math.nan, 0.0
+    ndcg_np = row_ndcg.cpu().numpy()
+    positive = np.clip(test.reward[test.rows].double().cpu().numpy(), 0.0, None)
+    reward_ndcg = float((positive * ndcg_np).sum() / positive.sum()) if positive.sum() > 0 else math.nan
+    by_event: dict[str, dict[str, float]] = {}
+    if row_behavior is not None:
+        names, codes = np.unique(np.asarray(row_behavior).astype(str), return_inverse=True)
+        sums, n_per_event = np.bincount(codes, weights=ndcg_np), np.bincount(codes)
+        by_event = {
+            str(e): {f"ndcg@{k}": float(sums[i] / n_per_event[i]), "n_events": int(n_per_event[i])}
+            for i, e in enumerate(names)
+        }
     return ModelMetrics(
         k=k,
         ndcg=ndcg_sum / n,
@@ -294,6 +321,8 @@ def evaluate_scorer(
         n_users=n_users,
         ope=ope,
         log_weights=log_w,
+        reward_ndcg=reward_ndcg,
+        ndcg_by_event=by_event,
     )
 
 
@@ -363,6 +392,11 @@ def evaluate_agents(
             cache[key] = (test, test.first_per_user())
         return cache[key]
 
+    behaviors = np.asarray(dataset.behavior).astype(str)
+
+    def row_behavior(test: Transitions) -> np.ndarray:
+        return behaviors[test.rows.cpu().numpy()]
+
     chunk = chunk_rows(config, dataset.n_items, device)
     behavior_logps: dict[str, torch.Tensor] = {}
     for name, agent in agents.items():
@@ -371,7 +405,15 @@ def evaluate_agents(
         scorers = agent_scorers(agent)
         behavior_logps[name] = _action_logp(scorers["behavior"], test, chunk, name=f"{name} (its β̂ head)")
         results[name] = evaluate_scorer(
-            scorers["policy"], test, first, counts, behavior_logps[name], config, progress=progress, name=name
+            scorers["policy"],
+            test,
+            first,
+            counts,
+            behavior_logps[name],
+            config,
+            progress=progress,
+            name=name,
+            row_behavior=row_behavior(test),
         )
     if baselines:
         first_name = next(iter(agents))
@@ -379,13 +421,21 @@ def evaluate_agents(
         scorers = agent_scorers(first_agent)
         blp = behavior_logps[first_name]
         results["popularity"] = evaluate_scorer(
-            popularity_scorer(counts.to(device)), test, first, counts, blp, config, progress, "popularity"
+            popularity_scorer(counts.to(device)),
+            test,
+            first,
+            counts,
+            blp,
+            config,
+            progress,
+            "popularity",
+            row_behavior(test),
         )
         results["behavior"] = evaluate_scorer(
-            scorers["behavior"], test, first, counts, blp, config, progress, "behavior"
+            scorers["behavior"], test, first, counts, blp, config, progress, "behavior", row_behavior(test)
         )
         if "supervised" in scorers:  # the supervised head alone: the supervised sequential baseline
             results["supervised"] = evaluate_scorer(
-                scorers["supervised"], test, first, counts, blp, config, progress, "supervised"
+                scorers["supervised"], test, first, counts, blp, config, progress, "supervised", row_behavior(test)
             )
     return results
