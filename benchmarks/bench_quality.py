@@ -19,7 +19,9 @@ For each dataset, through the installed ``topkrec`` command (one subprocess per 
 5. ``--sweep``: the one-setting-at-a-time variants of the defaults that ``docs/agent-research.md`` chose
    them from (correction ``none``), with each run's best validation ndcg@10 next to its test figures.
 
-Every figure is the test split's next-item metric of ``topkrec evaluate``. The last line is one JSON object,
+Every figure is the test split's next-item metric of ``topkrec evaluate``; ``reward_ndcg@10`` weights each
+test event by its reward and ``ndcg_by_event`` splits ndcg@10 by the test event's behaviour (absent for SASRec).
+The last line is one JSON object,
 ``{"results": [{"dataset", "model", "ndcg@10", "recall@10", "mrr", "train_s", "settings", ...}, ...]}``
 (DESIGN §9). Datasets whose files are absent are skipped with a note.
 """
@@ -109,6 +111,8 @@ def _row(dataset: str, model: str, m: dict[str, Any], train_s: float, settings: 
         "coverage": m.get("coverage"),
         "tail_share": m.get("tail_share"),
         "snips": m.get("snips"),
+        "reward_ndcg@10": m.get("reward_ndcg@10"),
+        "ndcg_by_event": m.get("ndcg_by_event"),
         "train_s": round(train_s, 1),
         "settings": settings,
         **extra,
@@ -184,15 +188,16 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace, log: Path) -> l
 def print_tables(rows: list[dict[str, Any]]) -> None:
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         print(f"\n### {dataset}\n")
-        print("| model | ndcg@10 | recall@10 | mrr | coverage | tail_share | train s |")
-        print("|---|---|---|---|---|---|---|")
+        print("| model | ndcg@10 | reward-weighted ndcg@10 | recall@10 | mrr | coverage | tail_share | train s |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             if r["dataset"] == dataset:
                 cov = "" if r["coverage"] is None else f"{r['coverage']:.3f}"
                 tail = "" if r["tail_share"] is None else f"{r['tail_share']:.3f}"
+                rw = "" if r.get("reward_ndcg@10") is None else f"{r['reward_ndcg@10']:.4f}"
                 print(
-                    f"| {r['model']} | {r['ndcg@10']:.4f} | {r['recall@10']:.4f} | {r['mrr']:.4f} | {cov} | {tail} "
-                    f"| {r['train_s']:.0f} |"
+                    f"| {r['model']} | {r['ndcg@10']:.4f} | {rw} | {r['recall@10']:.4f} | {r['mrr']:.4f} | {cov} "
+                    f"| {tail} | {r['train_s']:.0f} |"
                 )
 
 

@@ -43,6 +43,8 @@ def check(script: str, result: dict[str, Any]) -> None:
         assert result["results"] and not any("error" in r for r in result["results"]), result["results"]
     elif script == "bench_quality.py":
         assert [r["model"] for r in result["results"]] == ["none", "popularity", "behavior"]
+        for row in result["results"]:  # the reward-weighted and per-behaviour figures of `evaluate`
+            assert 0.0 <= row["reward_ndcg@10"] <= 1.0 and row["ndcg_by_event"]
     elif script == "bench_serve.py":
         assert all(level["errors"] == 0 and level["requests"] > 0 for level in result["http"])
     elif script == "bench_pretrain.py":
