@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,15 @@ def test_usage_errors_print_the_usage_line_and_exit_2(args: list[str]) -> None:
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr
     assert "Usage:" in r.stderr and "Error:" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "pretrain"])
+def test_print_config_needs_no_data_or_out_but_a_run_does(command: str) -> None:
+    r = subprocess.run([*_installed_topkrec(), command, "--print-config"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "epochs = " in r.stdout  # the resolved settings as TOML
+    # without --print-config the same line is a usage error naming the first missing option
+    r = subprocess.run([*_installed_topkrec(), command, "--out", "somewhere"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "Usage:" in r.stderr and "Missing option '--data'" in r.stderr
+    assert not Path("somewhere").exists()

@@ -9,9 +9,11 @@ and ``--print-config``. Precedence: defaults < preset < config file < the flags 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
+import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -125,6 +127,17 @@ def settings_command(
             for p in sig.parameters.values()
             if p.name != "settings"
         ]
+        # Options the command requires (``typer.Option(...)``) are optional to the parser, so that
+        # ``--print-config`` works without them; the wrapper asks for them on any other run.
+        required: list[str] = []
+        for i, p in enumerate(own):
+            info = p.default
+            if isinstance(info, typer.models.OptionInfo) and info.default is ...:
+                loose = copy.copy(info)
+                loose.default = None
+                loose.help = f"{info.help or ''} Required, except with --print-config.".lstrip()
+                required.append(p.name)
+                own[i] = p.replace(default=loose, annotation=p.annotation | None)
         options, generated = setting_options(groups)
         clash = {p.name for p in own} & {p.name for p in generated}
         if clash:
@@ -184,6 +197,11 @@ def settings_command(
             if print_config:
                 typer.echo(settings_toml(settings), nl=False)
                 return None
+            missing = [name for name in required if kwargs[name] is None]
+            if missing:  # click's own error (usage line, status 2), from whichever click typer runs on
+                exceptions = sys.modules[typer.BadParameter.__module__]
+                param = next(p for p in ctx.command.params if p.name == missing[0])
+                raise exceptions.MissingParameter(ctx=ctx, param=param)
             return func(**{k: kwargs[k] for k in own_names}, settings=settings)
 
         params = [*own, *generated, *extra, ctx_param]
