@@ -20,7 +20,7 @@ For each dataset, through the installed ``topkrec`` command (one subprocess per 
    them from (correction ``none``), with each run's best validation ndcg@10 next to its test figures.
 
 Every figure is the test split's next-item metric of ``topkrec evaluate``; ``reward_ndcg@10`` weights each
-test event by its reward and ``ndcg_by_event`` splits ndcg@10 by the test event's behaviour (absent for SASRec).
+test event by its reward and ``ndcg_by_event`` splits ndcg@10 by the test event's behaviour (empty for SASRec).
 The last line is one JSON object,
 ``{"results": [{"dataset", "model", "ndcg@10", "recall@10", "mrr", "train_s", "settings", ...}, ...]}``
 (DESIGN §9). Datasets whose files are absent are skipped with a note.
