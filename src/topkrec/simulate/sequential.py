@@ -29,8 +29,8 @@ K independent draws from π (the paper's top-K policy, the form the top-K correc
 β̂ head of the ``none`` model, K draws like β), ``uniform``, and two reference points that are not learners:
 ``oracle`` (the K items of highest true utility for the user's current taste) and ``item_oracle`` (knows the
 true item vectors, but not the taste: it estimates each user's taste from the logs, ``taste_from_logs``, and
-moves it toward the last engaged item with the environment's own pull — roughly the best the logs' evidence
-about a user supports).
+moves it toward the last engaged item with the environment's own pull — what one simple estimate of the taste
+from the logs reaches when the items are known; not an upper bound for learners, who must learn the items).
 """
 
 from __future__ import annotations
@@ -335,8 +335,9 @@ def taste_from_logs(env: Environment, log: LoggedEvents) -> np.ndarray:
     vector of the items the user engaged with in ``log`` (U, d); zero for a user with no engagement.
 
     The ``item_oracle`` reference policy reads it: not a learner (no learner knows the item vectors), but a
-    measure of how far the logs' evidence about each user can take a policy — the ceiling the learners are
-    compared with, next to the ``oracle`` that knows the current taste itself."""
+    reference for how far a simple estimate of each user's taste from the logs takes a policy that knows the
+    items — next to the ``oracle`` that knows the current taste itself. It is neither an upper bound for
+    learners (they must learn the items from the same logs) nor the best estimator of the taste."""
     engaged = log.reward > 0
     total = np.zeros((env.config.n_users, env.config.dim))
     np.add.at(total, log.user[engaged], env.item_vec[log.item[engaged]])
