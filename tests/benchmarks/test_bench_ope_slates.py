@@ -3,27 +3,22 @@ error summary over seeds, and the pair-inclusion matrix of K independent draws."
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
+from support.paths import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ope_slates.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_ope_slates", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_ope_slates"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_last_item_context_is_one_hot_with_a_none_column(bench: ModuleType) -> None:

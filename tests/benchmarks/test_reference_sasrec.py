@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from support.paths import load_script
 from topkrec.data.dataset import Dataset, discounted_returns
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_sasrec.py"
@@ -18,12 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_sasrec.
 
 @pytest.fixture(scope="module")
 def sasrec() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reference_sasrec", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reference_sasrec"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def cycle_dataset(n_users: int = 60, length: int = 30, n_items: int = 12, test_size: float = 0.2) -> Dataset:

@@ -3,8 +3,11 @@ $TOPKREC_SHARED_DATA); tests that need a sample skip cleanly when it is absent."
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -19,3 +22,14 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real sample {p} not present")
     return p
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of benchmarks/ or examples/ imported as a module named after its file (registered in
+    sys.modules: dataclasses look their module up while the file executes)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from dataclasses import replace
 
 import pytest
 import torch
 
 from support.agent_data import synth_dataset, train_recording_losses
-from support.paths import REPO
+from support.paths import REPO, load_script
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
 
@@ -19,12 +17,7 @@ EXAMPLE = REPO / "examples" / "minimal_topk_reinforce.py"
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("minimal_topk_reinforce", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(EXAMPLE)
 
 
 def test_example_is_short() -> None:
