@@ -224,7 +224,7 @@ def target_probs(
     draws = np.zeros((first.shape[0], n_env))
     greedy = np.zeros((first.shape[0], n_env))
     for g0, g1, logp_np in replayed_log_probs(module, head, (state_user, state_items, state_events)):
-        incl = -np.expm1(k * np.log1p(-np.minimum(np.exp(logp_np), 1.0 - 1e-15)))
+        incl = inclusion_probability(np.exp(logp_np), k)
         draws[g0:g1, maps.item_env] = incl
         # the simulator's rule: in the top K ⇔ fewer than K items score higher ⇔ at least the K-th largest
         kth = -np.partition(-logp_np, min(k, logp_np.shape[1]) - 1, axis=1)[:, min(k, logp_np.shape[1]) - 1]

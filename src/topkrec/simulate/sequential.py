@@ -57,6 +57,7 @@ from topkrec.simulate.environment import (
     RolloutResult,
     SessionState,
     SlateForm,
+    inclusion_probability,
     logging_policy_probs,
     rollout,
 )
@@ -461,7 +462,7 @@ def item_level_estimates(
             incl = inclusion_probabilities(logp_np, k)
             expected_shown[g0:g1] = incl.sum(axis=1)
         else:
-            incl = -np.expm1(k * np.log1p(-np.minimum(np.exp(logp_np), 1.0 - 1e-15)))
+            incl = inclusion_probability(np.exp(logp_np), k)
             expected_shown[g0:g1] = incl.sum(axis=1)
         members = order[row_start[g0] : row_start[g1]]
         local = group[members] - g0
