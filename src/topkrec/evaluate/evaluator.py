@@ -420,6 +420,7 @@ def evaluate_agents(
         test, first = transitions(first_agent)
         scorers = agent_scorers(first_agent)
         blp = behavior_logps[first_name]
+        rows_behavior = row_behavior(test)
         results["popularity"] = evaluate_scorer(
             popularity_scorer(counts.to(device)),
             test,
@@ -429,13 +430,13 @@ def evaluate_agents(
             config,
             progress,
             "popularity",
-            row_behavior(test),
+            rows_behavior,
         )
         results["behavior"] = evaluate_scorer(
-            scorers["behavior"], test, first, counts, blp, config, progress, "behavior", row_behavior(test)
+            scorers["behavior"], test, first, counts, blp, config, progress, "behavior", rows_behavior
         )
         if "supervised" in scorers:  # the supervised head alone: the supervised sequential baseline
             results["supervised"] = evaluate_scorer(
-                scorers["supervised"], test, first, counts, blp, config, progress, "supervised", row_behavior(test)
+                scorers["supervised"], test, first, counts, blp, config, progress, "supervised", rows_behavior
             )
     return results
