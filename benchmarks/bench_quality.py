@@ -59,6 +59,7 @@ SWEEP: dict[str, list[str]] = {
     "raw weights": ["--weight-norm", "none"],
     "lr 1e-3": ["--lr", "1e-3"],
     "rows batching": ["--batching", "rows"],
+    "dropout 0.2": ["--dropout", "0.2"],
 }
 """One setting changed from the defaults at a time (``--sweep``)."""
 

@@ -69,7 +69,12 @@ def _other_value(cls: type, name: str) -> tuple[str, Any]:
         value = 5 if default is None else default + 3
         return str(value), value
     if inner is float:
-        value = 0.5 if default in (None, 0.0) or (spec.le is not None and default * 2 > spec.le) else default * 2
+        if default in (None, 0.0):
+            value = 0.5
+        elif (spec.le is not None and default * 2 > spec.le) or (spec.lt is not None and default * 2 >= spec.lt):
+            value = default / 2  # doubling would leave the allowed range (e.g. dropout 0.5, < 1)
+        else:
+            value = default * 2
         return repr(value), value
     raise AssertionError(f"no test value for {cls.__name__}.{name}")
 

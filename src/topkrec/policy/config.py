@@ -90,7 +90,7 @@ class AgentConfig:
     )
     attention_blocks: int = setting(2, "--encoder attention: self-attention blocks.", ge=1)
     attention_heads: int = setting(1, "--encoder attention: heads per block (must divide the embedding width).", ge=1)
-    dropout: float = setting(0.2, "Dropout in the attention and recurrent encoders while training.", ge=0, lt=1)
+    dropout: float = setting(0.5, "Dropout in the attention and recurrent encoders while training.", ge=0, lt=1)
     state_projection: bool = setting(
         False,
         "--encoder attention: pass [user ; attention output] through Linear → ReLU to --hidden. Off: without a "
