@@ -10,9 +10,9 @@ For each dataset, through the installed ``topkrec`` command (one subprocess per 
    sample with ``--skip-bad-rows``; ``synthetic``: ``topkrec synth`` then ``prepare --format tianchi
    --no-sample``);
 2. ``train`` with every default, once per ``--corrections`` entry, then ``evaluate --json``: π of each
-   correction, and from the first run the baselines popularity and β̂ (behaviour cloning with the same
-   encoder — the supervised sequential baseline of the same state; π is anchored by its own cross-entropy,
-   so no separate supervised head is trained by default);
+   correction, and from the first run the baselines popularity, recent (the user's history, newest first)
+   and β̂ (behaviour cloning with the same encoder — the supervised sequential baseline of the same state;
+   π is anchored by its own cross-entropy, so no separate supervised head is trained by default);
 3. ``--preset seed`` for contrast: the reference notebook's pipeline (``pretrain --preset seed``, then
    ``train --preset seed`` on the frozen pretrained embeddings);
 4. the bar: ``benchmarks/reference_sasrec.py`` (an independent SASRec) on the same split and metric code;
@@ -144,7 +144,7 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace, log: Path) -> l
         )
         print(json.dumps(rows[-1]), flush=True)
         if i == 0:
-            for baseline in ("popularity", "behavior"):
+            for baseline in ("popularity", "recent", "behavior"):
                 rows.append(
                     _row(
                         name,

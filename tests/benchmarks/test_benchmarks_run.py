@@ -42,7 +42,7 @@ def check(script: str, result: dict[str, Any]) -> None:
     if script == "bench_scale.py":
         assert result["results"] and not any("error" in r for r in result["results"]), result["results"]
     elif script == "bench_quality.py":
-        assert [r["model"] for r in result["results"]] == ["none", "popularity", "behavior"]
+        assert [r["model"] for r in result["results"]] == ["none", "popularity", "recent", "behavior"]
         for row in result["results"]:  # the reward-weighted and per-behaviour figures of `evaluate`
             assert 0.0 <= row["reward_ndcg@10"] <= 1.0 and row["ndcg_by_event"]
     elif script == "bench_serve.py":

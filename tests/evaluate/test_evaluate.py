@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from support.datasets import pv_dataset
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, build_transitions
 from topkrec.errors import ArtifactError, TopkrecError
-from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, popularity_scorer
+from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, popularity_scorer, recent_scorer
 from topkrec.evaluate.metrics import (
     ndcg_all_at_k,
     ndcg_from_rank,
@@ -86,6 +87,28 @@ def test_popularity_metrics_by_hand() -> None:
     assert m.ips == pytest.approx(w.mean())
     assert m.snips == pytest.approx(1.0)
     assert m.ess == pytest.approx(w.sum() ** 2 / (w**2).sum())
+
+
+def test_recent_baseline_by_hand() -> None:
+    """"Recently seen first": the history's items newest first, then popularity; OOV and pad tokens rank nothing."""
+    ds = tiny_dataset()
+    counts = torch.as_tensor(ds.train_item_counts(), dtype=torch.float64)  # [3, 1, 2, 1]
+    test = build_transitions(ds, "test", 2)
+    first = test.first_per_user()
+    scores = recent_scorer(counts)(test.batch(torch.arange(len(test))))
+    above = math.log(3) + 1
+    # histories (oldest first): user 0 [1, 2] then [2, 1]; user 1 [3, 2]
+    assert scores[0].tolist() == pytest.approx([math.log(3), above, above + 1, 0.0])
+    order = torch.argsort(scores, dim=1, descending=True, stable=True).tolist()
+    assert order == [[2, 1, 0, 3], [1, 2, 0, 3], [2, 3, 0, 1]]
+    oov = dataclasses.replace(test.batch(torch.arange(1)), history=torch.tensor([[4, 4]]))  # OOV/pad tokens
+    assert recent_scorer(counts)(oov).tolist() == [pytest.approx([math.log(3), 0.0, math.log(2), 0.0])]
+    blp = torch.log(torch.full((len(test),), 0.25))
+    m = evaluate_scorer(recent_scorer(counts), test, first, counts, blp, EvalConfig(k=2, n_boot=5))
+    # targets: 1 at rank 1 (user 0), 4 OOV, 0 at rank 2 (user 1: its history holds 3 and 2)
+    assert m.ndcg == pytest.approx(1 / math.log2(3) / 3)
+    assert m.recall == pytest.approx(1 / 3) and m.mrr == pytest.approx((1 / 2 + 0 + 1 / 3) / 3)
+    assert m.ndcg_all == pytest.approx(1 / math.log2(3) / 2)  # first states [1, 2] → top [2, 1] ∋ 1; [3, 2] ∌ 0
 
 
 def test_reward_weighted_ndcg_and_ndcg_by_event_by_hand() -> None:
@@ -194,7 +217,7 @@ def test_evaluate_model_dir_document_and_mismatch(tmp_path) -> None:
     cfg = TrainConfig(device="cpu", lr=3e-3, batch_size=64, epochs=1, correction="is")
     train_agent(ds, tmp_path / "m", AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16), cfg)
     doc = evaluate_model_dirs({None: tmp_path / "m"}, ds, k=5, out=tmp_path / "metrics.json", plots_dir=tmp_path)
-    assert doc["k"] == 5 and set(doc["models"]) == {"is", "popularity", "behavior"}
+    assert doc["k"] == 5 and set(doc["models"]) == {"is", "popularity", "recent", "behavior"}
     for m in doc["models"].values():
         for key in ("ndcg@5", "recall@5", "mrr", "ndcg_all@5", "coverage", "tail_share", "ips", "snips", "ess"):
             assert key in m and np.isfinite(m[key])

@@ -133,7 +133,7 @@ def evaluate_command(
     plots: bool = typer.Option(False, "--plots", help="Write PNG training curves and weight histograms."),
     out: Path | None = typer.Option(None, "--out", help="Where to write metrics.json (default <model>/metrics.json)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the popularity and β̂ baselines."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the popularity, recent and β̂ baselines."),
     exclude_seen: bool = typer.Option(
         False,
         "--exclude-seen/--include-seen",
@@ -146,7 +146,7 @@ def evaluate_command(
         "events on other items are left out.",
     ),
 ) -> None:
-    """Evaluate a model and the baselines (popularity, β̂) on the test split; write metrics.json."""
+    """Evaluate a model and the baselines (popularity, recent, β̂) on the test split; write metrics.json."""
     import json
 
     from topkrec.cli.common import STATE

@@ -16,8 +16,9 @@ each model ranks the whole catalogue:
   ``ips``, ``capped_ips``, ``snips`` and ``ess``, with β̂ of the evaluated model dir as propensity (floored
   so w stays finite); OOV events are left out of these.
 
-Baselines: ``popularity`` (train counts; as a policy, π(a) ∝ count) and ``behavior`` (β̂ alone, i.e.
-behaviour cloning; its weights are 1, so its IPS is the logged mean reward).
+Baselines: ``popularity`` (train counts; as a policy, π(a) ∝ count), ``recent`` (the items of the user's
+history, most recent first, then popularity: what a shop deploys as "recently viewed") and ``behavior`` (β̂
+alone, i.e. behaviour cloning; its weights are 1, so its IPS is the logged mean reward).
 Scores are computed in row chunks, so at most ``chunk_rows × n_items`` scores exist at a time.
 """
 
@@ -58,6 +59,7 @@ __all__ = [
     "evaluate_agents",
     "evaluate_scorer",
     "popularity_scorer",
+    "recent_scorer",
     "chunk_rows",
     "default_chunk_elements",
 ]
@@ -145,6 +147,28 @@ def popularity_scorer(counts: torch.Tensor) -> Scorer:
 
     def score(batch: TransitionBatch) -> torch.Tensor:
         return logits.to(batch.user.device)[None, :].expand(batch.user.shape[0], -1)
+
+    return score
+
+
+def recent_scorer(counts: torch.Tensor) -> Scorer:
+    """"Recently seen first": the items of the state's history, the most recent first, above every other item,
+    which follow by popularity (log count). As a softmax policy, the most recent item's logit is 1 above the one
+    before it (about 63 % of the mass on it), and the newest history item is above any item outside the history.
+
+    The history is the same tokens the agent's state reads (``--hist-num``, ``--history``); an item that occurs
+    more than once ranks at its latest occurrence."""
+    logits = torch.log(counts.clamp_min(0.5)).float()
+    above = float(logits.max()) + 1.0
+    n_items = int(counts.shape[0])
+
+    def score(batch: TransitionBatch) -> torch.Tensor:
+        history = batch.history
+        scores = logits.to(history.device)[None, :].repeat(history.shape[0], 1)
+        valid = history < n_items  # pads and OOV tokens rank nothing
+        position = torch.arange(history.shape[1], device=history.device, dtype=scores.dtype)  # oldest first
+        value = torch.where(valid, above + position[None, :], torch.full_like(scores[:, :1], -math.inf))
+        return scores.scatter_reduce_(1, torch.where(valid, history, 0), value, reduce="amax")
 
     return score
 
@@ -366,7 +390,7 @@ def evaluate_agents(
     baselines: bool = True,
     progress: bool = False,
 ) -> dict[str, ModelMetrics]:
-    """Metrics of each named agent's π, plus (``baselines``) popularity and β̂ of the first agent.
+    """Metrics of each named agent's π, plus (``baselines``) popularity, recent and β̂ of the first agent.
 
     Every agent is judged with its own β̂ as the propensity model for the OPE numbers.
     """
@@ -431,6 +455,9 @@ def evaluate_agents(
             progress,
             "popularity",
             rows_behavior,
+        )
+        results["recent"] = evaluate_scorer(
+            recent_scorer(counts.to(device)), test, first, counts, blp, config, progress, "recent", rows_behavior
         )
         results["behavior"] = evaluate_scorer(
             scorers["behavior"], test, first, counts, blp, config, progress, "behavior", rows_behavior

@@ -68,7 +68,9 @@ def evaluate_model_dirs(
             "next_item": "every test event, history = previous hist_num items incl. train tail; OOV targets = miss",
             "ndcg_all": "top-K from each user's last train state vs the user's distinct in-catalogue test items",
             "ope": "immediate reward of logged test events; propensity = each model dir's β̂ (floored at "
-            f"{cfg.behavior_floor}); popularity as π(a) ∝ train count; OOV events left out",
+            f"{cfg.behavior_floor}); popularity as π(a) ∝ train count; recent as softmax of its scores (newest "
+            "history item 1 above the next; a near-deterministic ranking, so its IPS rests on a small ess); "
+            "OOV events left out",
         },
     }
     if plots_dir is not None:
