@@ -90,7 +90,7 @@ def test_popularity_metrics_by_hand() -> None:
 
 
 def test_recent_baseline_by_hand() -> None:
-    """"Recently seen first": the history's items newest first, then popularity; OOV and pad tokens rank nothing."""
+    """Recently seen first: the history's items newest first, then popularity; OOV and pad tokens rank nothing."""
     ds = tiny_dataset()
     counts = torch.as_tensor(ds.train_item_counts(), dtype=torch.float64)  # [3, 1, 2, 1]
     test = build_transitions(ds, "test", 2)

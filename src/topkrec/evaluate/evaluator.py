@@ -152,7 +152,7 @@ def popularity_scorer(counts: torch.Tensor) -> Scorer:
 
 
 def recent_scorer(counts: torch.Tensor) -> Scorer:
-    """"Recently seen first": the items of the state's history, the most recent first, above every other item,
+    """Recently seen first: the items of the state's history, the most recent first, above every other item,
     which follow by popularity (log count). As a softmax policy, the most recent item's logit is 1 above the one
     before it (about 63 % of the mass on it), and the newest history item is above any item outside the history.
 
