@@ -141,9 +141,14 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+def _log_popularity(counts: torch.Tensor) -> torch.Tensor:
+    """(N,) log train count, an unseen item's count taken as 0.5: the popularity baseline's logits."""
+    return torch.log(counts.clamp_min(0.5)).float()
+
+
 def popularity_scorer(counts: torch.Tensor) -> Scorer:
     """log(count): as a softmax policy this is π(a) = count(a)/Σ count, the same for every state."""
-    logits = torch.log(counts.clamp_min(0.5)).float()
+    logits = _log_popularity(counts)
 
     def score(batch: TransitionBatch) -> torch.Tensor:
         return logits.to(batch.user.device)[None, :].expand(batch.user.shape[0], -1)
@@ -158,7 +163,7 @@ def recent_scorer(counts: torch.Tensor) -> Scorer:
 
     The history is the same tokens the agent's state reads (``--hist-num``, ``--history``); an item that occurs
     more than once ranks at its latest occurrence."""
-    logits = torch.log(counts.clamp_min(0.5)).float()
+    logits = _log_popularity(counts)
     above = float(logits.max()) + 1.0
     n_items = int(counts.shape[0])
 
