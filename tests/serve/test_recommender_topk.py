@@ -5,6 +5,7 @@ The contract suite's catalogues are too small to take that path, so these tests 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -138,11 +139,14 @@ def test_scores_are_the_models_logits(big_rec: Recommender) -> None:
     assert r.scores == logits[order].tolist()
 
 
+@pytest.mark.parametrize("mode", ["add", "replace"])
 def test_blocked_scoring_with_repeat_biases_identical_to_full_topk(
-    big_rec: Recommender, monkeypatch: pytest.MonkeyPatch
+    big_rec: Recommender, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    """The re-engagement biases are added inside each block: the same slates as the whole-matrix path."""
-    head = big_rec.agent.module.policy_head
+    """The re-engagement biases are applied inside each block: the same slates as the whole-matrix path."""
+    module = big_rec.agent.module
+    monkeypatch.setattr(module, "config", dataclasses.replace(module.config, repeat_mode=mode))
+    head = module.policy_head
     table = getattr(head, "repeat", None)
     assert table is not None  # the default model has them
     users = [f"u{i}" for i in range(0, 300, 2)]

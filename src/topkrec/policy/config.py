@@ -32,6 +32,7 @@ CORRECTIONS: tuple[str, ...] = ("none", "is", "topk")
 Encoder = Literal["concat", "mean", "gru", "cfn", "attention"]
 ENCODERS: tuple[str, ...] = ("concat", "mean", "gru", "cfn", "attention")
 HistoryRows = Literal["all", "engaged", "context_engaged"]
+RepeatMode = Literal["add", "replace"]
 SoftmaxKind = Literal["full", "sampled", "adaptive"]
 SOFTMAX_KINDS: tuple[str, ...] = ("full", "sampled", "adaptive")
 
@@ -102,6 +103,11 @@ class AgentConfig:
         "Re-engagement: each head adds a learned bias[event type, recency] to the logits of the items in the "
         "state's history (users re-view, cart what they viewed, buy what they carted). Full softmax only: the "
         "sampled and adaptive heads train without it.",
+    )
+    repeat_mode: RepeatMode = setting(
+        "add",
+        "--repeat-bias: add the learned bias to a history item's logit, or replace the logit with it (the "
+        "biases alone then order the history, the head's logits the unseen items).",
     )
     supervised_head: bool = setting(
         False,
@@ -175,6 +181,7 @@ class AgentConfig:
         for key, legacy_value in (
             ("user_embedding", True),
             ("repeat_bias", False),
+            ("repeat_mode", "add"),
             ("dropout", 0.0),
             ("state_projection", True),
         ):

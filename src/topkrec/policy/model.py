@@ -114,6 +114,7 @@ class Agent(nn.Module):
             actions,
             biases,
             cfg.pad_index,
+            cfg.repeat_mode,
         )
         return HeadOutput(train_logp=logp, logp=logp.detach().float())
 
@@ -127,7 +128,7 @@ class Agent(nn.Module):
         if table is None:
             return logits
         biases = repeat_biases(table, history, history_event, self.config.pad_index, self.config.event_pad)
-        return add_repeat_to_logits(logits.float(), history, biases, self.config.pad_index)
+        return add_repeat_to_logits(logits.float(), history, biases, self.config.pad_index, self.config.repeat_mode)
 
     def module_names(self) -> tuple[str, ...]:
         """The modules saved as ``<name>.safetensors`` in a model directory."""

@@ -614,13 +614,14 @@ class Recommender:
             sel = (prep.seen_rows >= start) & (prep.seen_rows < stop)
             seen_r, seen_c = prep.seen_rows[sel] - start, prep.seen_items[sel]
             table = getattr(head, "repeat", None)
-            if table is not None:  # re-engagement biases of the history items, added in their block
+            if table is not None:  # re-engagement biases of the history items, applied in their block
                 from topkrec.policy.repeat import repeat_biases
 
                 cfg = self.agent.module.config
                 rep = repeat_biases(table, h, ev, cfg.pad_index, cfg.event_pad)
                 rep_rows = torch.arange(rows, device=self.device)[:, None].expand_as(h)
                 rep_real = h != cfg.pad_index
+                replace_logit = cfg.repeat_mode == "replace"
             for j in range(0, n, _ITEM_BLOCK):
                 e = min(j + _ITEM_BLOCK, n)
                 block = logits[:, j:e]
@@ -630,7 +631,10 @@ class Recommender:
                 if table is not None:
                     here = rep_real & (h >= j) & (h < e)
                     if bool(here.any()):
-                        block.index_put_((rep_rows[here], h[here] - j), rep[here].float(), accumulate=True)
+                        where = (rep_rows[here], h[here] - j)
+                        if replace_logit:  # the item's R alone: clear its logit, then sum its positions' biases
+                            block.index_put_(where, torch.zeros((), dtype=block.dtype, device=block.device))
+                        block.index_put_(where, rep[here].float(), accumulate=True)
                 in_block = (seen_c >= j) & (seen_c < e)
                 if in_block.any():
                     block[torch.as_tensor(seen_r[in_block]), torch.as_tensor(seen_c[in_block] - j)] = -math.inf
