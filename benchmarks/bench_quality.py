@@ -53,7 +53,7 @@ SWEEP: dict[str, list[str]] = {
     "hist 10": ["--hist-num", "10"],
     "user embedding": ["--user-embedding"],
     "no repeat bias": ["--no-repeat-bias"],
-    "repeat replace": ["--repeat-mode", "replace"],
+    "repeat add": ["--repeat-mode", "add"],
     "item tokens": ["--item-tokens"],
     "session returns": ["--weights", "return"],
     "no CE anchor": ["--policy-ce", "0"],

@@ -105,7 +105,7 @@ class AgentConfig:
         "sampled and adaptive heads train without it.",
     )
     repeat_mode: RepeatMode = setting(
-        "add",
+        "replace",
         "--repeat-bias: add the learned bias to a history item's logit, or replace the logit with it (the "
         "biases alone then order the history, the head's logits the unseen items).",
     )
