@@ -61,8 +61,10 @@ def test_model_target_prob_matches_the_training_transitions(trained):
     tr = build_transitions(ds, "train", module.config.hist_num, "cpu", module.config.history)
     with torch.no_grad():
         batch = tr.batch(torch.arange(len(tr)))
-        logp = module.policy_head.log_probs(module.encode(batch.user, batch.history, batch.history_event))
-        expected = logp.gather(1, batch.action[:, None]).squeeze(1).exp().double().numpy()
+        state = module.encode(batch.user, batch.history, batch.history_event)
+        # the training step's own log π(a | s), re-engagement biases included
+        out = module.head_output("policy_head", state, batch.action, batch.history, batch.history_event)
+        expected = out.logp.exp().double().numpy()
     assert probs.shape == expected.shape
     assert np.allclose(probs, expected, rtol=1e-5, atol=1e-9)
     slate = model_target_prob(model, csv, "item", "user", "ts", k=3, **cols)

@@ -41,9 +41,12 @@ def direct_topk(rec: Recommender, user: int, seq: np.ndarray, k: int, exclude: n
     if tail.size:
         hist[0, HIST - tail.size :] = tail
     agent = rec.agent.module
+    events = np.where(hist != rec.pad_index, rec.default_event, rec.event_pad)  # serving's stored-history events
     with torch.no_grad():
-        state = agent.encode(torch.tensor([user]), torch.as_tensor(hist))
-        logits = agent.policy_head.logits(state)[0].numpy().astype(np.float64)
+        h = torch.as_tensor(hist)
+        state = agent.encode(torch.tensor([user]), h)
+        # the head's logits with the re-engagement biases of the history's items (--repeat-mode)
+        logits = agent.head_logits("policy_head", state, h, torch.as_tensor(events))[0].numpy().astype(np.float64)
     logits[exclude] = -np.inf
     return [f"i{j}" for j in np.argsort(-logits, kind="stable")[:k]]
 
