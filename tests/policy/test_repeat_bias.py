@@ -78,6 +78,17 @@ def test_replace_log_prob_when_the_history_holds_the_mass(rest: float) -> None:
         torch.testing.assert_close(out.train_logp.double()[0], dense, rtol=0, atol=0.02)
 
 
+def test_repeat_bias_only_with_the_full_softmax() -> None:
+    cfg = AgentConfig(n_users=2, n_items=30, repeat_bias=True, softmax="sampled", negatives=8)
+    assert not cfg.uses_repeat_bias and all(getattr(h, "repeat", None) is None for h in Agent(cfg).heads())
+
+
+def test_model_dirs_from_before_the_setting_keep_adding() -> None:
+    old = {"agent": {"n_users": 3, "n_items": 9, "encoder": "attention", "history": "engaged", "repeat_bias": True}}
+    assert AgentConfig.from_json(old).repeat_mode == "add" and AgentConfig().repeat_mode == "replace"
+    assert AgentConfig.from_json(AgentConfig(repeat_mode="replace").to_json()).repeat_mode == "replace"
+
+
 def repeat_dataset(n_users: int = 80, n_items: int = 60, length: int = 12, seed: int = 0) -> Dataset:
     """Each user views an item and then carts that same item; new items are random."""
     rng = np.random.default_rng(seed)
