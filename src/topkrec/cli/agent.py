@@ -265,9 +265,9 @@ DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {"epochs": 2},
 }
 """The demo's own defaults, over the settings' defaults: 4 epochs (the defaults' 15 with early stopping are
-for real logs; on the demo's world validation ndcg@10 is 0.368 after 4 and 0.374 at its best, epoch 7) and
-dropout 0.2 (the default 0.5 regularises small real logs, but slows a 4-epoch run: test ndcg@10 0.3691 with
-0.2 against 0.3522 with 0.5 on the demo's world; trained to early stopping, 0.5 gives 0.3769 and 0.2 0.3701). With
+for real logs; on the demo's world validation ndcg@10 is 0.395 after 4) and dropout 0.2 (the default 0.5
+regularises small real logs, but slows a 4-epoch run: test ndcg@10 0.3913 with 0.2 against 0.3816 with 0.5
+on the demo's world; with the earlier additive re-engagement biases 0.3691 against 0.3522). With
 ``--pretrain`` the two-tower model pretrains 2 epochs and the agent fine-tunes its embeddings (frozen
 two-tower embeddings blur items of one category together, and on the synthetic logs the next item depends on
 the exact previous item). Everything else is the default; the demo writes what it ran to

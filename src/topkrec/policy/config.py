@@ -100,9 +100,9 @@ class AgentConfig:
     )
     repeat_bias: bool = setting(
         True,
-        "Re-engagement: each head adds a learned bias[event type, recency] to the logits of the items in the "
-        "state's history (users re-view, cart what they viewed, buy what they carted). Full softmax only: the "
-        "sampled and adaptive heads train without it.",
+        "Re-engagement: each head learns a bias[event type, recency] for the items in the state's history, "
+        "which --repeat-mode adds to their logits or puts in their place (users re-view, cart what they viewed, "
+        "buy what they carted). Full softmax only: the sampled and adaptive heads train without it.",
     )
     repeat_mode: RepeatMode = setting(
         "replace",
