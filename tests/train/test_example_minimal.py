@@ -81,6 +81,7 @@ def test_library_matches_minimal_example(tmp_path, correction: str) -> None:
         policy_ce=0.0,
         val_size=0.0,
         batching="rows",
+        min_action_count=1,  # the example trains on every row
     )
     _, lib_losses = train_recording_losses(ds, tmp_path / "m", config=cfg, initial_agent=agent)
     assert len(lib_losses) == len(ref["losses"]) > 4

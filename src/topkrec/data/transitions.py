@@ -236,6 +236,21 @@ def validation_rows(dataset: Dataset, val_size: float) -> np.ndarray:
     return out
 
 
+def rare_action_rows(dataset: Dataset, rows_mask: np.ndarray, min_count: int) -> np.ndarray:
+    """(E,) bool: the train rows kept by ``rows_mask`` whose item is the action of fewer than ``min_count`` of them.
+
+    Context-only and test rows are never actions and never counted. ``min_count`` <= 1 marks no row.
+    """
+    out = np.zeros(dataset.n_events, dtype=bool)
+    if min_count <= 1:
+        return out
+    actions = ~np.asarray(dataset.is_test, dtype=bool) & ~dataset.context_mask() & np.asarray(rows_mask, dtype=bool)
+    items = np.asarray(dataset.item, dtype=np.int64)
+    counts = np.bincount(items[actions], minlength=dataset.pad_index + 1)
+    out[actions] = counts[items[actions]] < min_count
+    return out
+
+
 def history_rows(dataset: Dataset, which: str) -> np.ndarray:
     """(E,) bool: the rows that enter histories under ``which`` (see the module docstring).
 

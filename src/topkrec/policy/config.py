@@ -294,6 +294,14 @@ class TrainConfig:
         lt=1,
         resume_locked=True,
     )
+    min_action_count: int = setting(
+        2,
+        "Train on a row as an action only when its item is the action of at least N train rows (not counting "
+        "validation). Rarer items stay in histories and the catalogue, and the re-engagement biases still rank "
+        "them when a user has seen them; their own logits are not fitted to one-off rows. 1: every row.",
+        ge=1,
+        resume_locked=True,
+    )
     patience: int = setting(
         2,
         "With --val-size: stop after this many epochs without a better validation ndcg@K (0: never stop early).",
@@ -333,6 +341,7 @@ class TrainConfig:
             ("policy_ce", 0.0),
             ("val_size", 0.0),
             ("batching", "rows"),
+            ("min_action_count", 1),
         ):
             obj.setdefault(key, legacy_value)
         return cls(**_known(cls, obj))
@@ -372,6 +381,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "policy_ce": 0.0,
             "val_size": 0.0,
             "batching": "rows",
+            "min_action_count": 1,
         },
         # The reference DSSM as the seed notebook runs it: 4 epochs at lr 1e-3, cosine loss, one negative.
         "pretrain": {"epochs": 4, "lr": 1e-3, "batch_size": 2048, "loss": "cosine", "neg_items": 1, "embed_size": 32},

@@ -29,7 +29,13 @@ import torch
 
 from topkrec import distributed
 from topkrec.data.dataset import Dataset
-from topkrec.data.transitions import TransitionBatch, Transitions, build_transitions, validation_rows
+from topkrec.data.transitions import (
+    TransitionBatch,
+    Transitions,
+    build_transitions,
+    rare_action_rows,
+    validation_rows,
+)
 from topkrec.device import resolve_device
 from topkrec.errors import TopkrecError
 from topkrec.metrics_log import MetricsLogger
@@ -188,11 +194,25 @@ class TrainData:
                 "--propensity logged needs logged propensities: the dataset has none (prepare --format events "
                 "--propensity-col COL), or train with --propensity estimated"
             )
-        val = validation_rows(dataset, config.val_size)
+        keep = ~validation_rows(dataset, config.val_size)
+        rare = rare_action_rows(dataset, keep, config.min_action_count)
+        if rare.any():
+            logger.info(
+                "--min-action-count %d: %d of %d train rows are actions on rarer items; they stay in histories, "
+                "not trained on as actions",
+                config.min_action_count,
+                int(rare.sum()),
+                int((keep & ~np.asarray(dataset.is_test, dtype=bool) & ~dataset.context_mask()).sum()),
+            )
         transitions = build_transitions(
-            dataset, "train", agent_config.hist_num, device, agent_config.history, rows_mask=~val
+            dataset, "train", agent_config.hist_num, device, agent_config.history, rows_mask=keep & ~rare
         )
         if len(transitions) == 0:
+            if rare.any():
+                raise TopkrecError(
+                    f"no train row is left to learn from: every item is the action of fewer than "
+                    f"--min-action-count {config.min_action_count} train rows; lower it (1 keeps every row)"
+                )
             raise TopkrecError("the dataset has no train events to learn from")
         windows = Windows.build(transitions) if uses_windows(agent_config, config) else None
         # windows: about batch_size rows per step, as hist_num-token windows
