@@ -81,3 +81,21 @@ def test_the_setting_is_saved_locked_on_resume_and_legacy_models_read_as_every_r
     legacy = {k: v for k, v in saved["train"].items() if k != "min_action_count"}
     assert TrainConfig.from_json(legacy).min_action_count == 1
     assert PRESETS["seed"]["train"]["min_action_count"] == 1
+
+
+def test_a_threshold_that_leaves_few_rows_warns(caplog) -> None:
+    ds = synth_dataset(n_users=60, n_items=200, seed=3)
+
+    def build(n: int) -> None:
+        cfg = TrainConfig(device="cpu", val_size=0.0, min_action_count=n)
+        TrainData.build(ds, AGENT, torch.device("cpu"), cfg, distributed.DistContext())
+
+    train = ~np.asarray(ds.is_test)
+    counts = np.bincount(ds.item[train])
+    kept = [(counts[ds.item[train]] >= n).mean() for n in range(2, 200)]
+    few = 2 + next(i for i, share in enumerate(kept) if 0 < share < 0.2)
+    caplog.set_level("INFO", logger="topkrec")
+    build(2)
+    assert kept[0] >= 0.2 and "leaves" not in caplog.text
+    build(few)
+    assert f"--min-action-count {few} leaves" in caplog.text

@@ -197,13 +197,23 @@ class TrainData:
         keep = ~validation_rows(dataset, config.val_size)
         rare = rare_action_rows(dataset, keep, config.min_action_count)
         if rare.any():
+            n_rare = int(rare.sum())
+            n_actions = int((keep & ~np.asarray(dataset.is_test, dtype=bool) & ~dataset.context_mask()).sum())
             logger.info(
                 "--min-action-count %d: %d of %d train rows are actions on rarer items; they stay in histories, "
                 "not trained on as actions",
                 config.min_action_count,
-                int(rare.sum()),
-                int((keep & ~np.asarray(dataset.is_test, dtype=bool) & ~dataset.context_mask()).sum()),
+                n_rare,
+                n_actions,
             )
+            if 0 < n_actions - n_rare < 0.2 * n_actions:
+                logger.warning(
+                    "--min-action-count %d leaves %d of %d train rows to learn from; on a log this sparse a "
+                    "lower value (1 keeps every row) may learn more",
+                    config.min_action_count,
+                    n_actions - n_rare,
+                    n_actions,
+                )
         transitions = build_transitions(
             dataset, "train", agent_config.hist_num, device, agent_config.history, rows_mask=keep & ~rare
         )
