@@ -296,9 +296,10 @@ class TrainConfig:
     )
     min_action_count: int = setting(
         2,
-        "Train on a row as an action only when its item is the action of at least N train rows (not counting "
-        "validation). Rarer items stay in histories and the catalogue, and the re-engagement biases still rank "
-        "them when a user has seen them; their own logits are not fitted to one-off rows. 1: every row.",
+        "Train π and β̂ on a row as an action only when its item is the action of at least N train rows (not "
+        "counting validation). Rarer items stay in histories and the catalogue, and the re-engagement biases still "
+        "rank them when a user has seen them; the heads' logits are not fitted to one-off rows. 1: every row (β̂ "
+        "then estimates the logging policy over every logged action).",
         ge=1,
         resume_locked=True,
     )
