@@ -236,18 +236,15 @@ def validation_rows(dataset: Dataset, val_size: float) -> np.ndarray:
     return out
 
 
-def rare_action_rows(dataset: Dataset, rows_mask: np.ndarray, min_count: int) -> np.ndarray:
-    """(E,) bool: the train rows kept by ``rows_mask`` whose item is the action of fewer than ``min_count`` of them.
-
-    Context-only and test rows are never actions and never counted. ``min_count`` <= 1 marks no row.
-    """
-    out = np.zeros(dataset.n_events, dtype=bool)
+def rare_action_items(dataset: Dataset, rows_mask: np.ndarray, min_count: int) -> np.ndarray:
+    """(n_items + 1,) bool: the items that are the action of fewer than ``min_count`` of the train rows kept by
+    ``rows_mask`` (context-only and test rows are never actions and never counted). ``min_count`` <= 1: none."""
+    out = np.zeros(dataset.pad_index + 1, dtype=bool)
     if min_count <= 1:
         return out
     actions = ~np.asarray(dataset.is_test, dtype=bool) & ~dataset.context_mask() & np.asarray(rows_mask, dtype=bool)
-    items = np.asarray(dataset.item, dtype=np.int64)
-    counts = np.bincount(items[actions], minlength=dataset.pad_index + 1)
-    out[actions] = counts[items[actions]] < min_count
+    counts = np.bincount(np.asarray(dataset.item, dtype=np.int64)[actions], minlength=dataset.pad_index + 1)
+    out[:] = counts < min_count
     return out
 
 

@@ -296,10 +296,9 @@ class TrainConfig:
     )
     min_action_count: int = setting(
         2,
-        "Train π and β̂ on a row as an action only when its item is the action of at least N train rows (not "
-        "counting validation). Rarer items stay in histories and the catalogue, and the re-engagement biases still "
-        "rank them when a user has seen them; the heads' logits are not fitted to one-off rows. 1: every row (β̂ "
-        "then estimates the logging policy over every logged action).",
+        "Rows whose item is the action of fewer than N train rows (validation not counted) train π and β̂ but not "
+        "the encoder: the state is not fitted to one-off items, while the heads (and the re-engagement biases) "
+        "still learn from every logged action. 1: every row trains the encoder.",
         ge=1,
         resume_locked=True,
     )

@@ -33,7 +33,7 @@ from topkrec.data.transitions import (
     TransitionBatch,
     Transitions,
     build_transitions,
-    rare_action_rows,
+    rare_action_items,
     validation_rows,
 )
 from topkrec.device import resolve_device
@@ -99,7 +99,7 @@ def train_agent(
     data = TrainData.build(dataset, agent.config, device, config, dist)
     state, history = resume_from_checkpoint(out, agent, optimizer, config) if resume else (TrainerState(), [])
     state.world_size = dist.world_size
-    objective = _objective(agent, config, device, dist, data.all_rewarded)
+    objective = _objective(agent, config, device, dist, data.all_rewarded, data.encoder_skip)
     metrics = metrics or MetricsLogger(jsonl if dist.is_main else None)
     metrics.history = history
     validator = Validator.build(dataset, agent.config, config, device, out if resume else None)
@@ -153,14 +153,21 @@ def _every(interval: int, step: int) -> bool:
 
 
 def _objective(
-    agent: Agent, config: TrainConfig, device: torch.device, dist: distributed.DistContext, all_rewarded: bool
+    agent: Agent,
+    config: TrainConfig,
+    device: torch.device,
+    dist: distributed.DistContext,
+    all_rewarded: bool,
+    encoder_skip: torch.Tensor | None = None,
 ) -> torch.nn.Module:
     """The step's loss module, DDP-wrapped under torchrun and compiled with ``--compile``."""
     autocast = torch.bfloat16 if (config.bf16 and device.type == "cuda") else None
     # A rank whose part of a batch has no rewarded row does not use π's head that step.
     reduce_sum = dist.all_reduce_sum if dist.enabled else None  # --weight-norm's mean over the global batch
     objective = dist.wrap(
-        TrainObjective(agent, config, autocast, reduce_sum), device, find_unused_parameters=not all_rewarded
+        TrainObjective(agent, config, autocast, reduce_sum, encoder_skip),
+        device,
+        find_unused_parameters=not all_rewarded,
     )
     if dist.enabled:
         logger.info("data parallel: %d process(es), global batch %d", dist.world_size, config.batch_size)
@@ -179,6 +186,7 @@ class TrainData:
     all_rewarded: bool  # known once for the split, so a step never has to look at the rewards on the host
     per_step: int  # units per (global) step
     steps_per_epoch: int
+    encoder_skip: torch.Tensor | None = None  # (n_items + 1,) bool: actions on these items do not train the encoder
 
     @classmethod
     def build(
@@ -194,36 +202,32 @@ class TrainData:
                 "--propensity logged needs logged propensities: the dataset has none (prepare --format events "
                 "--propensity-col COL), or train with --propensity estimated"
             )
-        keep = ~validation_rows(dataset, config.val_size)
-        rare = rare_action_rows(dataset, keep, config.min_action_count)
-        if rare.any():
-            n_rare = int(rare.sum())
-            n_actions = int((keep & ~np.asarray(dataset.is_test, dtype=bool) & ~dataset.context_mask()).sum())
-            logger.info(
-                "--min-action-count %d: %d of %d train rows are actions on rarer items; they stay in histories, "
-                "not trained on as actions",
-                config.min_action_count,
-                n_rare,
-                n_actions,
-            )
-            if 0 < n_actions - n_rare < 0.2 * n_actions:
-                logger.warning(
-                    "--min-action-count %d leaves %d of %d train rows to learn from; on a log this sparse a "
-                    "lower value (1 keeps every row) may learn more",
-                    config.min_action_count,
-                    n_actions - n_rare,
-                    n_actions,
-                )
+        val = validation_rows(dataset, config.val_size)
         transitions = build_transitions(
-            dataset, "train", agent_config.hist_num, device, agent_config.history, rows_mask=keep & ~rare
+            dataset, "train", agent_config.hist_num, device, agent_config.history, rows_mask=~val
         )
         if len(transitions) == 0:
-            if rare.any():
-                raise TopkrecError(
-                    f"no train row is left to learn from: every item is the action of fewer than "
-                    f"--min-action-count {config.min_action_count} train rows; lower it (1 keeps every row)"
-                )
             raise TopkrecError("the dataset has no train events to learn from")
+        rare = rare_action_items(dataset, ~val, config.min_action_count)
+        rows = transitions.rows.cpu().numpy()
+        n_rare = int(rare[np.asarray(dataset.item)[rows]].sum())
+        encoder_skip = torch.as_tensor(rare, device=device) if n_rare else None
+        if n_rare:
+            logger.info(
+                "--min-action-count %d: %d of %d train rows act on rarer items; π and β̂ learn from them, the "
+                "encoder does not",
+                config.min_action_count,
+                n_rare,
+                rows.size,
+            )
+            if n_rare > 0.8 * rows.size:
+                logger.warning(
+                    "--min-action-count %d leaves the encoder %d of %d train rows to learn from; on a log this "
+                    "sparse a lower value (1: every row) may learn more",
+                    config.min_action_count,
+                    rows.size - n_rare,
+                    rows.size,
+                )
         windows = Windows.build(transitions) if uses_windows(agent_config, config) else None
         # windows: about batch_size rows per step, as hist_num-token windows
         per_step = config.batch_size if windows is None else max(1, config.batch_size // agent_config.hist_num)
@@ -234,7 +238,7 @@ class TrainData:
                 "processes at least one row (or window)"
             )
         all_rewarded = bool((transitions.reward[transitions.rows] != 0).all())
-        return cls(transitions, windows, all_rewarded, per_step, math.ceil(units / per_step))
+        return cls(transitions, windows, all_rewarded, per_step, math.ceil(units / per_step), encoder_skip)
 
     @property
     def units(self) -> int:

@@ -83,10 +83,13 @@ class TrainObjective(torch.nn.Module):
         config: TrainConfig,
         autocast_dtype: torch.dtype | None = None,
         reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        encoder_skip: torch.Tensor | None = None,
     ) -> None:
         """``reduce_sum``: sums a tensor over the data-parallel ranks (in place), so ``--weight-norm``'s batch mean
-        is the global batch's; None in one process."""
+        is the global batch's; None in one process. ``encoder_skip``: (n_items + 1,) bool, the items whose rows
+        train the heads but not the encoder (``--min-action-count``); None: every row trains it."""
         super().__init__()
+        self.encoder_skip = encoder_skip
         self.reduce_sum = reduce_sum
         self.agent = agent
         self.correction, self.k, self.cap, self.snis = config.correction, config.k, config.cap, config.snis
@@ -112,6 +115,8 @@ class TrainObjective(torch.nn.Module):
         action = batch.action
         with torch.autocast(action.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             state = row_states(agent, batch)  # (B, hidden)
+            if self.encoder_skip is not None:  # rows on rare items: the heads learn from them, the encoder does not
+                state = torch.where(self.encoder_skip[action][:, None], state.detach(), state)
             history, history_event = row_histories(agent, batch)  # (B, H): the repeat biases read them
             # β̂ on the detached state: its loss never reaches the encoder (§4.3).
             behavior = agent.head_output("behavior_head", state.detach(), action, history, history_event)
