@@ -61,7 +61,7 @@ SWEEP: dict[str, list[str]] = {
     "lr 1e-3": ["--lr", "1e-3"],
     "rows batching": ["--batching", "rows"],
     "dropout 0.2": ["--dropout", "0.2"],
-    "every action row": ["--min-action-count", "1"],
+    "encoder on every row": ["--min-action-count", "1"],
     "min action count 3": ["--min-action-count", "3"],
 }
 """One setting changed from the defaults at a time (``--sweep``)."""
