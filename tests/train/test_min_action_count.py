@@ -12,7 +12,7 @@ import torch
 from support.agent_data import synth_dataset
 from support.datasets import pv_dataset
 from topkrec import distributed
-from topkrec.data.transitions import rare_action_items, validation_rows
+from topkrec.data.transitions import build_transitions, validation_rows
 from topkrec.errors import TopkrecError
 from topkrec.policy.config import PRESETS, AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
@@ -23,7 +23,7 @@ from topkrec.train.step import TrainObjective, train_step
 AGENT = AgentConfig(embed_size=8, hidden=16, encoder="mean")
 
 
-def test_rare_action_items_count_only_the_train_actions_kept() -> None:
+def test_rare_actions_count_only_the_train_actions_kept() -> None:
     # user 0: items 0, 1, 0 then 2 (test); user 1: items 1, 3, 2, 4 (row 7 context only)
     user = np.array([0, 0, 0, 0, 1, 1, 1, 1], np.int32)
     item = np.array([0, 1, 0, 2, 1, 3, 2, 4], np.int32)
@@ -32,14 +32,18 @@ def test_rare_action_items_count_only_the_train_actions_kept() -> None:
         pv_dataset(user, item, is_test, n_items=5), context=np.array([0, 0, 0, 0, 0, 0, 0, 1], bool)
     )
     every = np.ones(ds.n_events, bool)
+
+    def rare(rows_mask: np.ndarray, n: int) -> list[bool]:
+        return build_transitions(ds, "train", 2, rows_mask=rows_mask).rare_actions(n).tolist()
+
     # train actions: rows 0, 1, 2, 4, 5, 6; item 0 ×2, 1 ×2, 2 ×1 (its test row does not count), 3 ×1, 4 ×0
     # (context only); the last entry is the pad index
-    assert rare_action_items(ds, every, 2).tolist() == [False, False, True, True, True, True]
-    assert rare_action_items(ds, every, 3).tolist() == [True] * 6
-    assert not rare_action_items(ds, every, 1).any()
+    assert rare(every, 2) == [False, False, True, True, True, True]
+    assert rare(every, 3) == [True] * 6
+    assert not any(rare(every, 1))
     no_row_4 = every.copy()  # rows outside the mask (validation) do not count: item 1 is then the action of one row
     no_row_4[4] = False
-    assert rare_action_items(ds, no_row_4, 2)[:4].tolist() == [False, True, True, True]
+    assert rare(no_row_4, 2)[:4] == [False, True, True, True]
 
 
 def test_every_row_is_trained_on_and_the_rare_items_are_marked() -> None:

@@ -107,6 +107,14 @@ class Transitions:
         }
         return Transitions(**moved, hist_num=self.hist_num, pad_index=self.pad_index, event_pad=self.event_pad)
 
+    def rare_actions(self, min_count: int) -> torch.Tensor:
+        """(pad_index + 1,) bool: the items that are the action of fewer than ``min_count`` of this split's rows
+        (none when ``min_count`` <= 1)."""
+        import torch
+
+        counts = torch.bincount(self.items[self.rows], minlength=self.pad_index + 1)
+        return counts < min_count if min_count > 1 else torch.zeros_like(counts, dtype=torch.bool)
+
     def histories(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(items (B, H), event codes (B, H)) of the history before each event position, oldest first."""
         import torch
@@ -233,18 +241,6 @@ def validation_rows(dataset: Dataset, val_size: float) -> np.ndarray:
     keep_train = np.round((1.0 - val_size) * lengths).astype(np.int64)  # half to even, as Python's round
     held = (n > 3) & (pos >= np.repeat(keep_train, lengths))
     out[rows[held]] = True
-    return out
-
-
-def rare_action_items(dataset: Dataset, rows_mask: np.ndarray, min_count: int) -> np.ndarray:
-    """(n_items + 1,) bool: the items that are the action of fewer than ``min_count`` of the train rows kept by
-    ``rows_mask`` (context-only and test rows are never actions and never counted). ``min_count`` <= 1: none."""
-    out = np.zeros(dataset.pad_index + 1, dtype=bool)
-    if min_count <= 1:
-        return out
-    actions = ~np.asarray(dataset.is_test, dtype=bool) & ~dataset.context_mask() & np.asarray(rows_mask, dtype=bool)
-    counts = np.bincount(np.asarray(dataset.item, dtype=np.int64)[actions], minlength=dataset.pad_index + 1)
-    out[:] = counts < min_count
     return out
 
 

@@ -29,13 +29,7 @@ import torch
 
 from topkrec import distributed
 from topkrec.data.dataset import Dataset
-from topkrec.data.transitions import (
-    TransitionBatch,
-    Transitions,
-    build_transitions,
-    rare_action_items,
-    validation_rows,
-)
+from topkrec.data.transitions import TransitionBatch, Transitions, build_transitions, validation_rows
 from topkrec.device import resolve_device
 from topkrec.errors import TopkrecError
 from topkrec.metrics_log import MetricsLogger
@@ -208,25 +202,24 @@ class TrainData:
         )
         if len(transitions) == 0:
             raise TopkrecError("the dataset has no train events to learn from")
-        rare = rare_action_items(dataset, ~val, config.min_action_count)
-        rows = transitions.rows.cpu().numpy()
-        n_rare = int(rare[np.asarray(dataset.item)[rows]].sum())
-        encoder_skip = torch.as_tensor(rare, device=device) if n_rare else None
+        rare = transitions.rare_actions(config.min_action_count)
+        n_rows, n_rare = len(transitions), int(rare[transitions.items[transitions.rows]].sum())
+        encoder_skip = rare if n_rare else None
         if n_rare:
             logger.info(
                 "--min-action-count %d: %d of %d train rows act on rarer items; π and β̂ learn from them, the "
                 "encoder does not",
                 config.min_action_count,
                 n_rare,
-                rows.size,
+                n_rows,
             )
-            if n_rare > 0.8 * rows.size:
+            if n_rare > 0.8 * n_rows:
                 logger.warning(
                     "--min-action-count %d leaves the encoder %d of %d train rows to learn from; on a log this "
                     "sparse a lower value (1: every row) may learn more",
                     config.min_action_count,
-                    rows.size - n_rare,
-                    rows.size,
+                    n_rows - n_rare,
+                    n_rows,
                 )
         windows = Windows.build(transitions) if uses_windows(agent_config, config) else None
         # windows: about batch_size rows per step, as hist_num-token windows
