@@ -30,6 +30,9 @@ best round is the least disturbed one. The last line is one JSON object.
   made first by the project's own commands: ``topkrec synth --users 100000 --items 52000`` then
   ``topkrec prepare --format tianchi`` (80 000 users after the reference sampling, 49 959 items, 3.27 M
   events; ~20 s), in a temporary directory.
+- **allocator**: the script first tunes glibc malloc as the ``topkrec`` command does
+  (``topkrec.device.tune_cpu_allocator``); ``--no-malloc-tuning`` leaves its defaults, under which the
+  step's big buffers are mapped and faulted in again every step (the minor page faults per step are printed).
 - **where the real step's time goes**: torch.profiler over ``--profile-steps`` real steps, each op's own CPU
   time put in one bucket — the heads' GEMMs (matmuls with a catalogue-sized operand), the other passes over
   (B, N) buffers (softmax, its gradient), gathers (user table, history, batch columns), the optimizer,
@@ -60,6 +63,7 @@ from torch import nn
 
 from topkrec.data.dataset import Dataset, discounted_returns
 from topkrec.data.transitions import build_transitions
+from topkrec.device import tune_cpu_allocator
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.model import Agent
 from topkrec.policy.objective import corrected_policy_loss
@@ -589,7 +593,14 @@ def main() -> None:
         default="concat,gru,attention",
         help="real path: transitions/s of these encoders with train's defaults otherwise ('' to skip)",
     )
+    ap.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="leave glibc malloc's defaults (the figures before 2026-11-30 21:30 UTC; `topkrec` tunes it)",
+    )
     args = ap.parse_args()
+    # As the `topkrec` command does before any command (topkrec.device.tune_cpu_allocator).
+    malloc_tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -655,6 +666,7 @@ def main() -> None:
         "batch_size": b,
         "device": device.type,
         "threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
         "flops_per_transition": flops,
         "ours_transitions_per_s": round(best_ours, 1),
         "reference_transitions_per_s": round(best_ref, 1),

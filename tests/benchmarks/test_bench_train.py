@@ -68,6 +68,7 @@ def test_script_prints_old_and_new_keys(data_dir: Path) -> None:
     assert 0 < result["real_fraction_of_matmul_head_shapes_best_layout"]
     assert set(result["head_kernel_ms"]) == {"batch_major", "item_major"} and result["head_kernel_speedup"] > 0
     assert result["real_breakdown"]["head_gemm_floor_item_major_ms"] > 0
+    assert isinstance(result["malloc_tuned"], bool)
 
 
 def test_batch_major_baseline_kernel_matches_the_library_kernel() -> None:

@@ -37,10 +37,12 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level (metrics lines)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Turn progress bars off."),
 ) -> None:
+    from topkrec.device import tune_cpu_allocator
     from topkrec.distributed import env_rank, env_world_size
     from topkrec.errors import TopkrecError
 
     STATE.debug = debug
+    tune_cpu_allocator()
     if env_world_size() > 1 and ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS:
         raise TopkrecError(
             f"`topkrec {ctx.invoked_subcommand}` does not run under torchrun (WORLD_SIZE={env_world_size()}); "
