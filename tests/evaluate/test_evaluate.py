@@ -15,7 +15,9 @@ from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, build_transitions
 from topkrec.errors import ArtifactError, TopkrecError
 from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, popularity_scorer, recent_scorer
+from topkrec.evaluate import metrics
 from topkrec.evaluate.metrics import (
+    item_ranks,
     ndcg_all_at_k,
     ndcg_from_rank,
     recall_from_rank,
@@ -47,6 +49,35 @@ def test_rank_ndcg_recall_mrr_by_hand() -> None:
     assert ndcg.tolist() == pytest.approx(expected)
     assert recall_from_rank(rank, k).tolist() == [1, 1, 1, 0, 0]
     assert reciprocal_rank(rank).tolist() == pytest.approx([1 / 2, 1 / 3, 1.0, 1 / 4, 0.0])
+
+
+def _rank_by_definition(scores: torch.Tensor, target: torch.Tensor) -> list[int]:
+    out = []
+    for row, t in zip(scores.tolist(), target.tolist(), strict=True):
+        if not 0 <= t < len(row):
+            out.append(-1)
+            continue
+        out.append(sum(v > row[t] or (v == row[t] and j < t) for j, v in enumerate(row)))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 21])
+def test_target_rank_in_row_chunks_matches_the_definition(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Chunked rows and the tie pass on tied rows only: the same ranks as counting by hand, ties included."""
+    monkeypatch.setattr(metrics, "RANK_CHUNK_ELEMENTS", chunk)
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 4, (37, 11), generator=gen).float()  # many ties
+    scores[::5] = torch.randn(8, 11, generator=gen)  # and rows without any
+    target = torch.randint(-1, 12, (37,), generator=gen)  # −1 and 11 are outside [0, 11)
+    assert target_rank(scores, target).tolist() == _rank_by_definition(scores, target)
+
+
+def test_item_ranks_equal_target_rank_of_a_shared_score_row() -> None:
+    """Popularity's ranks from one sort: what target_rank gives for every row scored by the same vector."""
+    gen = torch.Generator().manual_seed(4)
+    pop = torch.randint(0, 5, (23,), generator=gen).float()
+    every = torch.arange(23)
+    assert item_ranks(pop).tolist() == target_rank(pop[None, :].expand(23, -1), every).tolist()
 
 
 def test_ndcg_all_by_hand() -> None:

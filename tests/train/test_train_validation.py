@@ -87,3 +87,24 @@ def test_train_prints_validation_against_popularity_each_epoch(tmp_path) -> None
     assert r.exit_code == 0, r.output
     assert "epoch 1: validation ndcg@10" in r.output and "(popularity " in r.output
     assert "validation ndcg@10" in r.output.splitlines()[-1]
+
+
+def test_popularity_ndcg_from_one_sort_equals_scoring_every_row() -> None:
+    """The validator ranks popularity once per item; the figure is the one target_rank gives on every row."""
+    from topkrec.evaluate.metrics import ndcg_from_rank, target_rank
+    from topkrec.train.loop import Validator
+
+    ds = synth_dataset(n_users=60, n_items=70, seed=2)
+    config = _cfg()
+    validator = Validator.build(ds, AGENT, config, torch.device("cpu"), None)
+    assert validator is not None
+    mask = validation_rows(ds, config.val_size)
+    val = build_transitions(ds, "train", AGENT.hist_num, rows_mask=mask)
+    train = ~np.asarray(ds.is_test, dtype=bool) & ~mask
+    counts = np.bincount(ds.item[train], minlength=ds.n_items + 1)[: ds.n_items]
+    pop = torch.log(torch.as_tensor(counts, dtype=torch.float32).clamp_min(0.5))
+    batch = val.batch(torch.arange(len(val)))
+    scores = pop[None, :].expand(len(val), -1)
+    want = float(ndcg_from_rank(target_rank(scores, batch.action), config.k).mean())
+    assert len(np.unique(counts)) < ds.n_items  # popularity ties, the case the index order decides
+    assert validator.popularity_ndcg == pytest.approx(want, rel=1e-12)

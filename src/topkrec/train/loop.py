@@ -32,6 +32,7 @@ from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, Transitions, build_transitions, validation_rows
 from topkrec.device import resolve_device
 from topkrec.errors import TopkrecError
+from topkrec.evaluate.metrics import item_ranks, ndcg_from_rank, target_rank
 from topkrec.metrics_log import MetricsLogger
 from topkrec.optim import Optimizer, build_optimizer
 from topkrec.policy.artifact import BEST_WEIGHTS_FILE, HISTORIES_FILE, TrainerState, write_checkpoint
@@ -377,7 +378,12 @@ class Validator:
     ) -> None:
         self.val, self.k, self.patience, self.min_epochs = val, config.k, config.patience, config.min_epochs
         self.best_state = best_state
-        self.popularity_ndcg = self._ndcg(lambda b: popularity[None, :].expand(len(b), -1))
+        # One ranking for every row: each item's rank from one sort, not B × N comparisons per batch.
+        ranks = item_ranks(popularity)
+        n_items = ranks.numel()
+        self.popularity_ndcg = self._ndcg(
+            lambda b: torch.where((b.action >= 0) & (b.action < n_items), ranks[b.action.clamp(0, n_items - 1)], -1)
+        )
 
     @classmethod
     def build(
@@ -406,13 +412,12 @@ class Validator:
         return cls(val, popularity, config, best)
 
     @torch.no_grad()
-    def _ndcg(self, score: Callable[[Any], torch.Tensor]) -> float:
-        from topkrec.evaluate.metrics import ndcg_from_rank, target_rank
-
+    def _ndcg(self, rank: Callable[[Any], torch.Tensor]) -> float:
+        """Mean ndcg@K over the held-out rows; ``rank(batch)`` gives each row's 0-based rank of its action."""
         total, n = 0.0, len(self.val)
         for start in range(0, n, 1024):
             b = self.val.batch(torch.arange(start, min(start + 1024, n), device=self.val.device))
-            total += float(ndcg_from_rank(target_rank(score(b).float(), b.action), self.k).sum())
+            total += float(ndcg_from_rank(rank(b), self.k).sum())
         return total / max(n, 1)
 
     def after_epoch(
@@ -425,8 +430,11 @@ class Validator:
         """Score the epoch, keep the best weights; True when training should stop early."""
         agent.eval()
         ndcg = self._ndcg(
-            lambda b: agent.head_logits(
-                "policy_head", agent.encode(b.user, b.history, b.history_event), b.history, b.history_event
+            lambda b: target_rank(
+                agent.head_logits(
+                    "policy_head", agent.encode(b.user, b.history, b.history_event), b.history, b.history_event
+                ).float(),
+                b.action,
             )
         )
         agent.train()
