@@ -74,3 +74,30 @@ def test_movielens_ratings_are_event_types_and_the_model_keeps_them(tmp_path: Pa
     loved = rec.recommend(history=items, history_events=["rating=5", "rating=4.5"], k=3)
     hated = rec.recommend(history=items, history_events=["rating=1", "rating=1"], k=3)
     assert len(loved.items) == 3 and loved.scores != hated.scores
+
+
+def test_vocabulary_of_mixed_labels_and_rewards_by_hand() -> None:
+    """(label, reward) pairs: codes follow the sorted names; a label with one reward stays bare only when no
+    label has several (then every pair is a type)."""
+    from topkrec.data.dataset import event_vocabulary
+
+    behavior = np.array(["rating", "click", "rating", "rating", "click"])
+    reward = np.array([4.5, 1.0, 0.5, 4.5, 1.0])
+    names, codes = event_vocabulary(behavior, reward)
+    assert names == ("click=1", "rating=0.5", "rating=4.5")
+    assert codes.tolist() == [2, 0, 1, 2, 0] and codes.dtype == np.int32
+    names, codes = event_vocabulary(np.array(["pv", "buy", "pv"]), np.array([1.0, 5.0, 1.0]))
+    assert names == ("buy", "pv") and codes.tolist() == [1, 0, 1]  # one reward per label: the labels
+
+
+def test_dataset_vocabulary_is_computed_once_per_arrays_and_hands_out_copies() -> None:
+    from support.datasets import pv_dataset
+
+    n = 6
+    ds = pv_dataset(np.zeros(n, np.int32), np.arange(n, dtype=np.int32) % 3, np.zeros(n, bool), n_items=3)
+    names, codes = ds.event_vocabulary()
+    codes[:] = 99  # the caller's copy
+    again = ds.event_vocabulary()
+    assert again[0] == names and (again[1] != 99).all()
+    ds.behavior = np.array(["buy"] * n, dtype=object)  # new arrays: computed again
+    assert ds.event_vocabulary()[0] == ("buy",)

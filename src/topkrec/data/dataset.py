@@ -98,7 +98,15 @@ class Dataset:
         pairs are few (<= 32), each pair is its own type, named ``label=reward`` (``rating=4.5``): a one-star
         and a five-star rating are different feedback. Names are sorted, so codes are stable across runs.
         """
-        return event_vocabulary(np.asarray(self.behavior).astype(str), np.asarray(self.reward, dtype=np.float64))
+        # Computed once per (behavior, reward) array pair: training asks up to 7 times (transitions, histories,
+        # the agent's vocabulary), 1.2 s each on 3.3 M events. The codes are copied out, so callers may write.
+        cached = self.__dict__.get("_event_vocabulary")
+        if cached is None or cached[0] is not self.behavior or cached[1] is not self.reward:
+            vocab = event_vocabulary(np.asarray(self.behavior).astype(str), np.asarray(self.reward, dtype=np.float64))
+            cached = (self.behavior, self.reward, vocab)
+            self.__dict__["_event_vocabulary"] = cached
+        names, codes = cached[2]
+        return names, codes.copy()
 
     def train_item_counts(self) -> np.ndarray:
         """(n_items,) int64 train-split event count of each item (popularity; OOV test rows not counted)."""
@@ -347,9 +355,13 @@ def event_vocabulary(behavior: np.ndarray, reward: np.ndarray) -> tuple[tuple[st
     if behavior.size == 0:
         return (), np.zeros(0, dtype=np.int32)
     labels, label_code = np.unique(behavior, return_inverse=True)
-    pairs, pair_code = np.unique(np.stack([label_code.astype(np.float64), reward], axis=1), axis=0, return_inverse=True)
-    if not labels.size < pairs.shape[0] <= MAX_VALUED_EVENT_TYPES:
+    # The (label, reward) pairs in lexicographic order, as one integer key per row: label code × #rewards +
+    # the reward's rank (np.unique over an (E, 2) array with axis=0 gave the same codes 15× slower).
+    values, value_code = np.unique(reward, return_inverse=True)
+    keys, pair_code = np.unique(label_code.astype(np.int64) * values.size + value_code, return_inverse=True)
+    if not labels.size < keys.size <= MAX_VALUED_EVENT_TYPES:
         return tuple(str(x) for x in labels), label_code.astype(np.int32)
+    pairs = zip(keys // values.size, values[keys % values.size], strict=True)
     names = [event_type_name(str(labels[int(code)]), float(value), True) for code, value in pairs]
     order = np.argsort(names, kind="stable")
     rank = np.empty(len(names), dtype=np.int32)
