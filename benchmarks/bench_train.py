@@ -4,16 +4,13 @@
         [--data DATASET_DIR] [--threads N] [--no-real]
 
 - **ours** (the synthetic case): ``topkrec.train.train_step`` — transitions kept as tensors, batches gathered by
-  index, the fused linear + log-softmax + gather head (one item-major (N, B) buffer), one fused Adam;
+  index, the fused linear + log-softmax + gather head (one (B, N) buffer), one fused Adam;
 - **reference-style**: what the public pipeline does — a per-sample ``torch.utils.data.Dataset`` returning a
   dict per transition (history sliced per sample), ``DataLoader(batch_size=128, shuffle=True)`` with the
   default collate, ``nn.Linear`` heads, ``log_softmax`` + ``gather`` (the correct maths, not the (B, B)
   bug), and two default Adam optimizers (π and β̂);
 - **matmul**: the rate of this machine's float32 GEMM measured in the same process, on a large square
-  product and on the exact (B, h) × (h, N) shapes of the heads, batch-major (the products as a (B, N)
-  logits buffer needs them) and item-major (as the fused kernel runs them, logits (N, B));
-- **head kernel** (CPU): one head's forward + backward at (B, h, N), the fused kernel as it was (batch-major
-  buffer, kept here as ``BatchMajorHead``) against the library's item-major one, interleaved per round.
+  product and on the exact (B, h) × (h, N) shapes of the heads.
 
 Both trainers use batch 128, full softmax, dense Adam, the reference widths (hist 10, embed 32, hidden 64)
 and the same transitions. FLOPs per transition count the matmuls the maths needs: π forward, grad of W and
@@ -367,28 +364,15 @@ def _phase(event: Any) -> str:
     return ""
 
 
-def head_gemm_floor_ms(
-    batch: int, policy_rows: int, hidden: int, n_items: int, reps: int, item_major: bool = False
-) -> float:
-    """ms of the five head GEMMs alone: π forward, ∂W, ∂state on the rewarded rows; β̂ forward, ∂W on all rows.
-
-    ``item_major``: the layout of the library's fused kernel, logits (N, B); else the batch-major (B, N) one.
-    """
+def head_gemm_floor_ms(batch: int, policy_rows: int, hidden: int, n_items: int, reps: int) -> float:
+    """ms of the five head GEMMs alone: π forward, ∂W, ∂state on the rewarded rows; β̂ forward, ∂W on all rows."""
     w = torch.randn(n_items, hidden)
-    s_b, s_p = torch.randn(batch, hidden), torch.randn(policy_rows, hidden)
-    if item_major:
-        g_b, g_p = torch.randn(n_items, batch), torch.randn(n_items, policy_rows)
+    s_b, g_b = torch.randn(batch, hidden), torch.randn(batch, n_items)
+    s_p, g_p = torch.randn(policy_rows, hidden), torch.randn(policy_rows, n_items)
 
-        def gemms() -> None:
-            w @ s_p.t(), g_p @ s_p, w.t() @ g_p  # π
-            w @ s_b.t(), g_b @ s_b  # β̂
-
-    else:
-        g_b, g_p = torch.randn(batch, n_items), torch.randn(policy_rows, n_items)
-
-        def gemms() -> None:
-            s_p @ w.t(), g_p.t() @ s_p, g_p @ w  # π
-            s_b @ w.t(), g_b.t() @ s_b  # β̂
+    def gemms() -> None:
+        s_p @ w.t(), g_p.t() @ s_p, g_p @ w  # π
+        s_b @ w.t(), g_b.t() @ s_b  # β̂
 
     gemms()
     t0 = time.perf_counter()
@@ -441,7 +425,6 @@ def profile_real(real: RealPath, steps: int, n_users: int, n_items: int) -> dict
     b = real.config.batch_size
     policy_rows = round(b * real.rewarded_share) if not real.data.all_rewarded else b
     floor = head_gemm_floor_ms(b, policy_rows, real.agent.config.hidden, n_items, 5)
-    floor_item_major = head_gemm_floor_ms(b, policy_rows, real.agent.config.hidden, n_items, 5, item_major=True)
     behavior_ms, policy_ms = head_alone_ms(real, 5)
     return {
         "step_ms": step_ms,
@@ -449,7 +432,6 @@ def profile_real(real: RealPath, steps: int, n_users: int, n_items: int) -> dict
         "profiled_ms": profiled_ms,
         "buckets_ms": dict(sorted(buckets.items(), key=lambda kv: -kv[1])),
         "head_gemm_floor_ms": floor,
-        "head_gemm_floor_item_major_ms": floor_item_major,
         "behavior_head_all_rows_ms": behavior_ms,
         "policy_head_rewarded_rows_ms": policy_ms,
         "rewarded_share": real.rewarded_share,
@@ -466,10 +448,8 @@ def print_breakdown(prof: dict[str, Any]) -> None:
     for name, ms in prof["buckets_ms"].items():
         print(f"| {name} | {ms * scale:.2f} | {100 * ms / prof['profiled_ms']:.1f} % |", file=sys.stderr)
     print(
-        f"| (floor) the five head GEMMs alone, batch-major | {prof['head_gemm_floor_ms']:.2f} | "
+        f"| (floor) the five head GEMMs alone | {prof['head_gemm_floor_ms']:.2f} | "
         f"{100 * prof['head_gemm_floor_ms'] / prof['step_ms']:.1f} % |\n"
-        f"| (floor) the same GEMMs, item-major (the kernel's layout) | {prof['head_gemm_floor_item_major_ms']:.2f} | "
-        f"{100 * prof['head_gemm_floor_item_major_ms'] / prof['step_ms']:.1f} % |\n"
         f"| (alone) β̂ head fwd+bwd, all {prof['batch_size']} rows | "
         f"{prof['behavior_head_all_rows_ms']:.2f} | |\n"
         f"| (alone) π head fwd+bwd, rewarded rows ({100 * prof['rewarded_share']:.1f} % of rows) | "
@@ -477,56 +457,6 @@ def print_breakdown(prof: dict[str, Any]) -> None:
         f"minor page faults per step: {prof['minor_faults_per_step']:.1f}",
         file=sys.stderr,
     )
-
-
-class BatchMajorHead(torch.autograd.Function):
-    """The fused head kernel as it was before 2026-11-30: the same maths in a batch-major (B, N) buffer.
-
-    Kept as the baseline of ``head_kernel_ms``: the library's kernel (topkrec.kernels.fused) now holds the
-    logits item-major, (N, B), because this machine's GEMMs run the catalogue-sized products about twice as
-    fast in that layout.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, actions: torch.Tensor) -> Any:  # type: ignore[override]
-        logits = torch.addmm(bias, state, weight.t())
-        row_max = logits.amax(dim=1, keepdim=True)
-        target = logits.gather(1, actions[:, None]).squeeze(1)
-        unnormalised = logits.sub_(row_max).exp_()
-        sum_exp = unnormalised.sum(dim=1)
-        ctx.save_for_backward(state, weight, unnormalised, sum_exp, actions)
-        return target - row_max.squeeze(1) - torch.log(sum_exp)
-
-    @staticmethod
-    def backward(ctx: Any, grad_logp: torch.Tensor) -> Any:  # type: ignore[override]
-        state, weight, unnormalised, sum_exp, actions = ctx.saved_tensors
-        grad = unnormalised.mul_((-grad_logp / sum_exp)[:, None])
-        grad.scatter_add_(1, actions[:, None], grad_logp[:, None])
-        grad_state = grad @ weight if ctx.needs_input_grad[0] else None
-        return grad_state, grad.t() @ state, torch.mv(grad.t(), grad.new_ones(grad.shape[0])), None
-
-
-def head_kernel_ms(batch: int, hidden: int, n_items: int, reps: int) -> dict[str, float]:
-    """One head's forward + backward (with ∂state, as π's), ms: the batch-major baseline vs the library's kernel."""
-    from topkrec.kernels.fused import fused_linear_log_softmax_gather
-
-    gen = torch.Generator().manual_seed(0)
-    state = torch.randn(batch, hidden, generator=gen, requires_grad=True)
-    weight = nn.Parameter(torch.randn(n_items, hidden, generator=gen) / math.sqrt(hidden))
-    bias = nn.Parameter(torch.zeros(n_items))
-    actions = torch.randint(0, n_items, (batch,), generator=gen)
-    kernels = {
-        "batch_major": lambda: BatchMajorHead.apply(state, weight, bias, actions),
-        "item_major": lambda: fused_linear_log_softmax_gather(state, weight, bias, actions),
-    }
-    out = {}
-    for name, kernel in kernels.items():
-        for rep in range(reps + 1):  # the first is a warm-up
-            if rep == 1:
-                t0 = time.perf_counter()
-            (-kernel().mean()).backward()
-        out[name] = (time.perf_counter() - t0) / reps * 1e3
-    return out
 
 
 def matmul_rate(shape: tuple[int, int, int], reps: int, device: torch.device) -> float:
@@ -552,22 +482,6 @@ def head_matmul_rate(batch: int, hidden: int, n_items: int, reps: int, device: t
         s @ w.t()
         g.t() @ s
         g @ w
-    sync(device)
-    return 3 * 2.0 * batch * hidden * n_items * reps / (time.perf_counter() - t0) / 1e9
-
-
-def head_matmul_rate_item_major(batch: int, hidden: int, n_items: int, reps: int, device: torch.device) -> float:
-    """GFLOP/s of the same three products in the item-major layout the fused kernel uses: W·sᵀ → (N, B),
-    G·s with G (N, B), and (Wᵀ·G)ᵀ."""
-    s = torch.randn(batch, hidden, device=device)
-    w, g = torch.randn(n_items, hidden, device=device), torch.randn(n_items, batch, device=device)
-    w @ s.t()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        w @ s.t()
-        g @ s
-        w.t() @ g
     sync(device)
     return 3 * 2.0 * batch * hidden * n_items * reps / (time.perf_counter() - t0) / 1e9
 
@@ -623,8 +537,6 @@ def main() -> None:
             real_ds = Dataset.load(data_dir)
             real = RealPath(real_ds, b, args.seed, device, embeddings=not args.real_without_embeddings)
         ours, ref, square, head, compiled, real_rates, ref_real = [], [], [], [], [], [], []
-        head_im: list[float] = []
-        kernel_ms: list[dict[str, float]] = []
         for r in range(args.rounds):
             ours.append(run_ours(ds, args.steps, b, args.seed, device))
             if args.compile:
@@ -633,19 +545,10 @@ def main() -> None:
             ref.append(run_reference(ds, args.steps, b, args.seed, device))
             square.append(matmul_rate((1024, 1024, 1024), 5, device))
             head.append(head_matmul_rate(b, h, n, 5, device))
-            head_im.append(head_matmul_rate_item_major(b, h, n, 5, device))
-            if device.type == "cpu":
-                kernel_ms.append(head_kernel_ms(b, h, n, 3))
             line = (
                 f"round {r + 1}: ours {ours[-1]:.0f}/s, reference {ref[-1]:.0f}/s, "
-                f"matmul {square[-1]:.1f} GFLOP/s (square), {head[-1]:.1f} GFLOP/s (head shapes), "
-                f"{head_im[-1]:.1f} GFLOP/s (head shapes, item-major)"
+                f"matmul {square[-1]:.1f} GFLOP/s (square), {head[-1]:.1f} GFLOP/s (head shapes)"
             )
-            if kernel_ms:
-                line += (
-                    f"; one head fwd+bwd {kernel_ms[-1]['batch_major']:.1f} ms batch-major, "
-                    f"{kernel_ms[-1]['item_major']:.1f} ms item-major"
-                )
             if real is not None and real_ds is not None:
                 real_rates.append(real.rate(args.steps))
                 ref_real.append(run_reference(real_ds, args.steps, b, args.seed, device))
@@ -659,7 +562,6 @@ def main() -> None:
             breakdown = profile_real(real, args.profile_steps, real_ds.n_users, real_ds.n_items)
             print_breakdown(breakdown)
     best_ours, best_ref, best_square, best_head = max(ours), max(ref), max(square), max(head)
-    best_any_layout = max(best_head, max(head_im))
     result = {
         "benchmark": "train",
         "n_items": n,
@@ -683,15 +585,7 @@ def main() -> None:
         "meets_speedup": bool(best_ours / best_ref >= 1.5),
         "meets_fraction_square": bool(best_ours * flops / 1e9 / best_square >= 0.7),
         "rounds": {"ours": ours, "reference": ref, "matmul_square": square, "matmul_head": head},
-        "matmul_gflops_head_shapes_item_major": round(max(head_im), 2),
-        "ours_fraction_of_matmul_head_shapes_best_layout": round(best_ours * flops / 1e9 / best_any_layout, 3),
     }
-    result["rounds"]["matmul_head_item_major"] = head_im
-    if kernel_ms:
-        best_kernel = {k: round(min(r[k] for r in kernel_ms), 3) for k in kernel_ms[0]}
-        result["head_kernel_ms"] = best_kernel
-        result["head_kernel_speedup"] = round(best_kernel["batch_major"] / best_kernel["item_major"], 3)
-        result["rounds"]["head_kernel_ms"] = kernel_ms
     if encoder_rates:
         result["encoder_transitions_per_s"] = {k: round(v, 1) for k, v in encoder_rates.items()}
         if "concat" in encoder_rates:
@@ -704,7 +598,6 @@ def main() -> None:
         real_flops = 10 * h * real_ds.n_items + 3 * 2 * (32 * 11) * h
         best_real, best_ref_real = max(real_rates), max(ref_real)
         real_head = max(best_head, head_matmul_rate(b, h, real_ds.n_items, 5, device))
-        real_any_layout = max(real_head, best_any_layout, head_matmul_rate_item_major(b, h, real_ds.n_items, 5, device))
         result.update(
             {
                 "real_data": source,
@@ -718,9 +611,6 @@ def main() -> None:
                 "real_vs_synthetic": round(best_real / best_ours, 3),
                 "real_flops_per_transition": real_flops,
                 "real_fraction_of_matmul_head_shapes": round(best_real * real_flops / 1e9 / real_head, 3),
-                "real_fraction_of_matmul_head_shapes_best_layout": round(
-                    best_real * real_flops / 1e9 / real_any_layout, 3
-                ),
                 "real_goal_transitions_per_s": 2400,
                 "real_meets_goal": bool(best_real >= 2400),
             }

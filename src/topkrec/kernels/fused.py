@@ -1,12 +1,8 @@
-"""log softmax(h Wᵀ + b)[a] with one (N, B) buffer: the fast path on CPU (DESIGN §3, §8).
+"""log softmax(h Wᵀ + b)[a] with one (B, N) buffer: the fast path on CPU (DESIGN §3, §8).
 
-Forward keeps exp(logits − column max); backward turns it in place into −g·softmax, adds g at the logged
+Forward keeps exp(logits − row max); backward turns it in place into −g·softmax, adds g at the logged
 action, and runs the two matmuls. The unfused autograd graph allocates about four (B, N) tensors and makes
 twice as many passes over them; on CPU those passes cost about as much as the matmuls themselves.
-
-The buffer holds the logits transposed, item-major (N, B): with a catalogue-sized N and a small d, MKL runs
-W·hᵀ → (N, B) about twice as fast as h·Wᵀ → (B, N), and the ∂W product (N, B)·(B, d) about twice as fast
-as its transposed-operand form (``benchmarks/bench_train.py --kernels`` measures the two layouts).
 """
 
 from __future__ import annotations
@@ -19,11 +15,12 @@ __all__ = ["fused_linear_log_softmax_gather"]
 
 
 class _LinearLogSoftmaxGather(torch.autograd.Function):
-    """log softmax(state Wᵀ + b)[b, a_b] with one (N, B) buffer and no autograd graph over it.
+    """log softmax(state Wᵀ + b)[b, a_b] with one (B, N) buffer and no autograd graph over it.
 
-    Forward keeps exp(logits − column max) in the item-major buffer; backward turns it in place into
-    −g·softmax, adds g at the logged action, and runs the two matmuls. The backward may run once (no
-    ``retain_graph``).
+    Forward keeps exp(logits − row max); backward turns it in place into −g·softmax, adds g at the
+    logged action, and runs the two matmuls. The backward may run once (no ``retain_graph``). The
+    unfused autograd graph allocates about four (B, N) tensors and makes twice as many passes over
+    them; on CPU those passes cost about as much as the matmuls themselves.
     """
 
     @staticmethod
@@ -35,21 +32,18 @@ class _LinearLogSoftmaxGather(torch.autograd.Function):
         actions: torch.Tensor,
         inv_temperature: float,
     ) -> torch.Tensor:
-        logits = torch.mm(weight, state.t())  # (N, B): column b holds row b's logits
-        logits += bias[:, None]
+        logits = torch.addmm(bias, state, weight.t())
         if inv_temperature != 1.0:
             logits.mul_(inv_temperature)
-        if logits.dtype in (torch.bfloat16, torch.float16):
-            logits = logits.float()
-        rows = torch.arange(state.shape[0], device=state.device)
-        col_max = logits.amax(dim=0)  # (B,)
-        target = logits[actions, rows]
+        logits = logits.float()
+        row_max = logits.amax(dim=1, keepdim=True)  # (B, 1)
+        target = logits.gather(1, actions[:, None]).squeeze(1)
         # Keep exp(logits − max) (the unnormalised softmax) instead of the logits: the backward then
         # needs one pass (scale by −g/Σ) instead of three (− lse, exp, × −g).
-        unnormalised = logits.sub_(col_max).exp_()
-        sum_exp = unnormalised.sum(dim=0)  # (B,)
-        logp = target - col_max - torch.log(sum_exp)
-        ctx.save_for_backward(state, weight, unnormalised, sum_exp, actions, rows)
+        unnormalised = logits.sub_(row_max).exp_()
+        sum_exp = unnormalised.sum(dim=1)  # (B,)
+        logp = target - row_max.squeeze(1) - torch.log(sum_exp)
+        ctx.save_for_backward(state, weight, unnormalised, sum_exp, actions)
         ctx.inv_temperature = inv_temperature
         return logp
 
@@ -58,19 +52,20 @@ class _LinearLogSoftmaxGather(torch.autograd.Function):
         if getattr(ctx, "backward_done", False):
             raise RuntimeError("the fused full-softmax head supports one backward pass (no retain_graph)")
         ctx.backward_done = True
-        state, weight, unnormalised, sum_exp, actions, rows = ctx.saved_tensors
-        g = grad_logp.to(unnormalised.dtype) * ctx.inv_temperature  # (B,)
+        state, weight, unnormalised, sum_exp, actions = ctx.saved_tensors
+        g = grad_logp.float() * ctx.inv_temperature  # (B,)
         # d logp / d logits = onehot(a) − softmax; scaled by g per row. In place: the buffer is ours.
-        grad = unnormalised.mul_(-g / sum_exp)  # (N, B)
-        grad.index_put_((actions, rows), g, accumulate=True)
+        grad = unnormalised.mul_((-g / sum_exp)[:, None])
+        grad.scatter_add_(1, actions[:, None], g[:, None])
         grad = grad.to(weight.dtype)
         grad_state = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_state = torch.mm(weight.t(), grad).t().to(state.dtype)
+            grad_state = (grad @ weight).to(state.dtype)
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.mm(grad, state.to(grad.dtype))
+            grad_weight = grad.t() @ state.to(grad.dtype)
         if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(dim=1)
+            # A GEMV reads the (B, N) buffer once; a dim-0 sum over it is a slow strided reduction.
+            grad_bias = torch.mv(grad.t(), grad.new_ones(grad.shape[0]))
         return grad_state, grad_weight, grad_bias, None, None
 
 
