@@ -170,3 +170,49 @@ def test_default_chunk_size_bounds():
     assert default_chunk_size(128, 1_000_000) == (1 << 22) // 128
     assert default_chunk_size(128, 1000) == 1000
     assert default_chunk_size(1 << 30, 1_000_000) == 256
+
+
+# --- the fused one-buffer kernel (the CPU default of the full head) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("b", "n", "d", "temperature"),
+    [(7, 1000, 16, 1.0), (32, 513, 8, 1.0), (5, 300, 12, 0.5), (1, 50, 3, 2.0), (128, 2049, 64, 1.0)],
+)
+def test_fused_kernel_matches_log_softmax_gather(b, n, d, temperature):
+    hidden, weight, bias, actions, grad_out = _problem(b, n, d)
+    ref = _reference(hidden, weight, bias, actions, temperature)
+    out = linear_log_softmax_gather(hidden, weight, bias, actions, temperature=temperature, impl="fused")
+    assert out.shape == (b,) and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    got = _grads(out, grad_out, (hidden, weight, bias))
+    want = _grads(ref, grad_out, (hidden, weight, bias))
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_kernel_float64_and_repeated_actions():
+    """fp64 stays fp64 (no downcast) and matches autograd to fp64 precision; rows sharing an action add their
+    one-hot parts. (gradcheck cannot run here: it reuses one graph for many backward passes.)"""
+    hidden, weight, bias, _, grad_out = _problem(6, 23, 5, dtype=torch.float64)
+    actions = torch.tensor([3, 3, 0, 22, 3, 22])
+    out = linear_log_softmax_gather(hidden, weight, bias, actions, temperature=0.7, impl="fused")
+    ref = _reference(hidden, weight, bias, actions, 0.7)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    for g, w in zip(
+        _grads(out, grad_out, (hidden, weight, bias)), _grads(ref, grad_out, (hidden, weight, bias)), strict=True
+    ):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
+
+
+def test_fused_kernel_only_requested_gradients_and_one_backward():
+    hidden, weight, bias, actions, grad_out = _problem(6, 90, 4)
+    weight.requires_grad_(False)
+    out = linear_log_softmax_gather(hidden.detach(), weight, bias, actions, impl="fused")
+    (grad_b,) = torch.autograd.grad(out, [bias], grad_out, retain_graph=True)
+    (want,) = torch.autograd.grad(_reference(hidden.detach(), weight, bias, actions), [bias], grad_out)
+    torch.testing.assert_close(grad_b, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        torch.autograd.grad(out, [bias], grad_out)

@@ -35,7 +35,8 @@ class _LinearLogSoftmaxGather(torch.autograd.Function):
         logits = torch.addmm(bias, state, weight.t())
         if inv_temperature != 1.0:
             logits.mul_(inv_temperature)
-        logits = logits.float()
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()  # fp32 softmax under autocast; fp64 stays fp64
         row_max = logits.amax(dim=1, keepdim=True)  # (B, 1)
         target = logits.gather(1, actions[:, None]).squeeze(1)
         # Keep exp(logits − max) (the unnormalised softmax) instead of the logits: the backward then
@@ -53,7 +54,7 @@ class _LinearLogSoftmaxGather(torch.autograd.Function):
             raise RuntimeError("the fused full-softmax head supports one backward pass (no retain_graph)")
         ctx.backward_done = True
         state, weight, unnormalised, sum_exp, actions = ctx.saved_tensors
-        g = grad_logp.float() * ctx.inv_temperature  # (B,)
+        g = grad_logp.to(unnormalised.dtype) * ctx.inv_temperature  # (B,)
         # d logp / d logits = onehot(a) − softmax; scaled by g per row. In place: the buffer is ours.
         grad = unnormalised.mul_((-g / sum_exp)[:, None])
         grad.scatter_add_(1, actions[:, None], g[:, None])
