@@ -14,8 +14,8 @@ from support.datasets import pv_dataset
 from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, build_transitions
 from topkrec.errors import ArtifactError, TopkrecError
-from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, popularity_scorer, recent_scorer
 from topkrec.evaluate import metrics
+from topkrec.evaluate.evaluator import EvalConfig, evaluate_scorer, popularity_scorer, recent_scorer
 from topkrec.evaluate.metrics import (
     item_ranks,
     ndcg_all_at_k,
