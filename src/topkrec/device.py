@@ -47,13 +47,15 @@ def resolve_device(name: str = "auto") -> torch.device:
 def tune_cpu_allocator() -> bool:
     """Keep glibc's malloc from returning the training step's big buffers to the system every step.
 
-    A full-softmax step allocates and frees a few (N, B) and (N, d) buffers every step (25.6 MB at batch 128
-    and 50 000 items), and their sizes change from step to step (the π head's buffer follows the number of
-    rewarded rows in the batch). glibc maps each block that large with a fresh ``mmap`` and unmaps it on free;
-    its dynamic threshold only rises to the size of the last block freed, so a larger block next step is
-    mapped again and every page of it faulted in: 6 548 minor faults per step in
-    ``benchmarks/bench_train.py``'s real path. Fixing the mmap threshold at 32 MB and the trim threshold at
-    256 MB keeps such blocks in the heap; after a few steps' warm-up only the pages a block grows by are new
+    A full-softmax step allocates and frees a few (B, N) and (N, d) buffers every step (25.6 MB and 12.8 MB
+    at batch 128 and 50 000 items). glibc's defaults hand such memory back to the system: a block above the
+    dynamic mmap threshold is mapped afresh and unmapped on free (the threshold only rises to the size of the
+    last mapped block freed, so a larger block is mapped again: sizes change when the π head's rows follow the
+    rewarded rows or windows carry different row counts), and the heap is trimmed whenever more than twice
+    that threshold is free at its top, as after a step that frees both heads' buffers. Either way the next
+    step faults every page in again: 6 548 minor faults per step in ``benchmarks/bench_train.py``'s real
+    path. Fixing the mmap threshold at 32 MB and the trim threshold at 256 MB keeps such blocks in the heap;
+    after a few steps' warm-up only the pages a block grows by are new
     (0 faults per step in that benchmark). The cost is resident memory the process keeps: +160 to +280 MB
     measured for one 25.6 MB buffer reallocated 100 times.
 
