@@ -27,9 +27,9 @@ best round is the least disturbed one. The last line is one JSON object.
   made first by the project's own commands: ``topkrec synth --users 100000 --items 52000`` then
   ``topkrec prepare --format tianchi`` (80 000 users after the reference sampling, 49 959 items, 3.27 M
   events; ~20 s), in a temporary directory.
-- **allocator**: the script first tunes glibc malloc as the ``topkrec`` command does
-  (``topkrec.device.tune_cpu_allocator``); ``--no-malloc-tuning`` leaves its defaults, under which the
-  step's big buffers are mapped and faulted in again every step (the minor page faults per step are printed).
+- **allocator**: before importing torch the script sets ``THP_MEM_ALLOC_ENABLE=1`` as the ``topkrec`` command
+  does (``topkrec.device.tune_cpu_allocator``: large CPU tensors on transparent huge pages);
+  ``--no-malloc-tuning`` leaves it unset (the minor page faults per step are printed).
 - **where the real step's time goes**: torch.profiler over ``--profile-steps`` real steps, each op's own CPU
   time put in one bucket — the heads' GEMMs (matmuls with a catalogue-sized operand), the other passes over
   (B, N) buffers (softmax, its gradient), gathers (user table, history, batch columns), the optimizer,
@@ -53,20 +53,24 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from topkrec.data.dataset import Dataset, discounted_returns
-from topkrec.data.transitions import build_transitions
 from topkrec.device import tune_cpu_allocator
-from topkrec.policy.config import AgentConfig, TrainConfig
-from topkrec.policy.model import Agent
-from topkrec.policy.objective import corrected_policy_loss
-from topkrec.train import TrainObjective, build_optimizer, train_step
-from topkrec.train.build import build_agent, with_gamma
-from topkrec.train.loop import IntervalMeter, TrainData, _objective
+
+# As the `topkrec` command does, before torch is imported: PyTorch reads the setting at its first allocation.
+MALLOC_TUNED = "--no-malloc-tuning" not in sys.argv[1:] and tune_cpu_allocator()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from topkrec.data.dataset import Dataset, discounted_returns  # noqa: E402
+from topkrec.data.transitions import build_transitions  # noqa: E402
+from topkrec.policy.config import AgentConfig, TrainConfig  # noqa: E402
+from topkrec.policy.model import Agent  # noqa: E402
+from topkrec.policy.objective import corrected_policy_loss  # noqa: E402
+from topkrec.train import TrainObjective, build_optimizer, train_step  # noqa: E402
+from topkrec.train.build import build_agent, with_gamma  # noqa: E402
+from topkrec.train.loop import IntervalMeter, TrainData, _objective  # noqa: E402
 
 
 def make_dataset(n_users: int, n_items: int, n_events: int, seed: int = 0) -> Dataset:
@@ -510,11 +514,9 @@ def main() -> None:
     ap.add_argument(
         "--no-malloc-tuning",
         action="store_true",
-        help="leave glibc malloc's defaults (the figures before 2026-11-30 21:30 UTC; `topkrec` tunes it)",
+        help="no THP_MEM_ALLOC_ENABLE=1 (the figures before 2026-11-30 23:00 UTC; `topkrec` sets it)",
     )
     args = ap.parse_args()
-    # As the `topkrec` command does before any command (topkrec.device.tune_cpu_allocator).
-    malloc_tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -568,7 +570,7 @@ def main() -> None:
         "batch_size": b,
         "device": device.type,
         "threads": torch.get_num_threads(),
-        "malloc_tuned": malloc_tuned,
+        "malloc_tuned": bool(MALLOC_TUNED),
         "flops_per_transition": flops,
         "ours_transitions_per_s": round(best_ours, 1),
         "reference_transitions_per_s": round(best_ref, 1),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import sys
@@ -15,12 +14,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
-_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 << 20
-"""Blocks below this come from the heap, not a fresh mmap: glibc's largest allowed value on 64-bit."""
-TRIM_THRESHOLD = 256 << 20
-"""Free memory at the top of the heap that glibc keeps instead of handing back to the system."""
+THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
 ALLOCATOR_ENV_OPT_OUT = "TOPKREC_NO_MALLOC_TUNING"
 
 
@@ -45,37 +39,32 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def tune_cpu_allocator() -> bool:
-    """Keep glibc's malloc from returning the training step's big buffers to the system every step.
+    """Back PyTorch's large CPU tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``).
 
-    A full-softmax step allocates and frees a few (B, N) and (N, d) buffers every step (25.6 MB and 12.8 MB
-    at batch 128 and 50 000 items). glibc's defaults hand such memory back to the system: a block above the
-    dynamic mmap threshold is mapped afresh and unmapped on free (the threshold only rises to the size of the
-    last mapped block freed, so a larger block is mapped again: sizes change when the π head's rows follow the
-    rewarded rows or windows carry different row counts), and the heap is trimmed whenever more than twice
-    that threshold is free at its top, as after a step that frees both heads' buffers. Either way the next
-    step faults every page in again: 6 548 minor faults per step in ``benchmarks/bench_train.py``'s real
-    path. Fixing the mmap threshold at 32 MB and the trim threshold at 256 MB keeps such blocks in the heap;
-    after a few steps' warm-up only the pages a block grows by are new
-    (0 faults per step in that benchmark). The cost is resident memory the process keeps: +160 to +280 MB
-    measured for one 25.6 MB buffer reallocated 100 times.
+    A training step allocates and frees buffers of tens to hundreds of MB every step (the heads' (B, N)
+    logits and their gradient: 160 MB at the default batch 800 and 50 000 items). glibc maps such blocks
+    afresh and unmaps them on free, so every step faults every 4 KB page in again: 39 000 minor faults per
+    step in ``topkrec train`` on the reference-scale data. With PyTorch's own setting its allocator aligns
+    blocks of 2 MB and more to 2 MB and asks the kernel for huge pages (``madvise``), 512 pages per fault:
+    the same command trained 2 159–2 538 rows/s against 1 921–1 964 without it, with the same weights
+    (docs/scale.md, "Set-up, allocation, and a layout that did not pay").
 
-    Called by the ``topkrec`` command before any command runs. It does nothing (and returns False) off Linux,
-    without glibc, when ``TOPKREC_NO_MALLOC_TUNING=1``, or when the user set ``MALLOC_MMAP_THRESHOLD_`` /
-    ``MALLOC_TRIM_THRESHOLD_`` themselves. Returns whether both settings were applied.
+    PyTorch reads the variable once, at its first allocation, so this must run before ``torch`` is imported:
+    the ``topkrec`` command calls it first thing. It does nothing (and returns False) off Linux, when the
+    kernel's THP mode is ``never``, when ``torch`` is already imported, when ``TOPKREC_NO_MALLOC_TUNING=1``,
+    or when the user set ``THP_MEM_ALLOC_ENABLE`` themselves. Returns whether it set the variable.
     """
-    if os.environ.get(ALLOCATOR_ENV_OPT_OUT, "") not in ("", "0"):
+    if os.environ.get(ALLOCATOR_ENV_OPT_OUT, "") not in ("", "0") or "THP_MEM_ALLOC_ENABLE" in os.environ:
         return False
-    if not sys.platform.startswith("linux") or any(
-        k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-    ):
+    if not sys.platform.startswith("linux") or "torch" in sys.modules:
         return False
     try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):  # glibc only (musl has no such thresholds)
-            return False
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, ValueError, AttributeError):
+        with open(THP_PATH, encoding="ascii") as f:
+            mode = f.read()
+    except OSError:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    logger.debug("glibc malloc: mmap threshold %d, trim threshold %d (%s)", MMAP_THRESHOLD, TRIM_THRESHOLD, ok)
-    return ok
+    if "[always]" not in mode and "[madvise]" not in mode:
+        return False
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    logger.debug("THP_MEM_ALLOC_ENABLE=1: PyTorch's large CPU tensors use transparent huge pages")
+    return True

@@ -38,11 +38,13 @@ def _root(
     no_progress: bool = typer.Option(False, "--no-progress", help="Turn progress bars off."),
 ) -> None:
     from topkrec.device import tune_cpu_allocator
+
+    tune_cpu_allocator()  # before anything imports torch: PyTorch reads it at its first allocation
+
     from topkrec.distributed import env_rank, env_world_size
     from topkrec.errors import TopkrecError
 
     STATE.debug = debug
-    tune_cpu_allocator()
     if env_world_size() > 1 and ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS:
         raise TopkrecError(
             f"`topkrec {ctx.invoked_subcommand}` does not run under torchrun (WORLD_SIZE={env_world_size()}); "
