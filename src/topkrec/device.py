@@ -46,7 +46,8 @@ def tune_cpu_allocator() -> bool:
     afresh and unmaps them on free, so every step faults every 4 KB page in again: 39 000 minor faults per
     step in ``topkrec train`` on the reference-scale data. With PyTorch's own setting its allocator aligns
     blocks of 2 MB and more to 2 MB and asks the kernel for huge pages (``madvise``), 512 pages per fault:
-    the same command trained 2 159–2 538 rows/s against 1 921–1 964 without it, with the same weights
+    the same command trained 1 886–2 287 rows/s against 1 567–1 993 without it (three alternating pairs), with
+    the same weights
     (docs/scale.md, "Set-up, allocation, and a layout that did not pay").
 
     PyTorch reads the variable once, at its first allocation, so this must run before ``torch`` is imported:
