@@ -47,7 +47,7 @@ def tune_cpu_allocator() -> bool:
     step in ``topkrec train`` on the reference-scale data. With PyTorch's own setting its allocator aligns
     blocks of 2 MB and more to 2 MB and asks the kernel for huge pages (``madvise``), 512 pages per fault:
     the same command trained 1 886–2 287 rows/s against 1 567–1 993 without it (three alternating pairs), with
-    the same weights
+    the same last loss
     (docs/scale.md, "Set-up, allocation, and a layout that did not pay").
 
     PyTorch reads the variable once, at its first allocation, so this must run before ``torch`` is imported:
