@@ -514,7 +514,7 @@ def main() -> None:
     ap.add_argument(
         "--no-malloc-tuning",
         action="store_true",
-        help="no THP_MEM_ALLOC_ENABLE=1 (the figures before 2026-11-30 23:00 UTC; `topkrec` sets it)",
+        help="no THP_MEM_ALLOC_ENABLE=1 (as the figures before 2026-11-30 22:45 UTC; `topkrec` sets it)",
     )
     args = ap.parse_args()
     if args.threads > 0:
