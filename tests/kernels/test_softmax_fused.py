@@ -41,6 +41,12 @@ def _grads(out, grad_out, tensors):
     return torch.autograd.grad(out, [t for t in tensors if t is not None], grad_out)
 
 
+def _assert_grads_match(out, ref, grad_out, tensors, tol=1e-5):
+    """The gradients of ``out`` and of the reference ``ref`` with respect to ``tensors`` agree (shapes included)."""
+    for got, want in zip(_grads(out, grad_out, tensors), _grads(ref, grad_out, tensors), strict=True):
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize(
     ("b", "n", "d", "chunk", "bias", "temperature"),
     [
@@ -57,10 +63,7 @@ def test_values_and_gradients_match_log_softmax_gather(b, n, d, chunk, bias, tem
     out = linear_log_softmax_gather(hidden, weight, b_, actions, temperature=temperature, chunk_size=chunk)
     assert out.shape == (b,) and out.dtype == torch.float32
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    for got, want in zip(
-        _grads(out, grad_out, (hidden, weight, b_)), _grads(ref, grad_out, (hidden, weight, b_)), strict=True
-    ):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    _assert_grads_match(out, ref, grad_out, (hidden, weight, b_))
 
 
 def test_gradcheck_float64():
@@ -76,10 +79,7 @@ def test_repeated_actions_accumulate_into_the_same_row():
     actions = torch.tensor([3, 3, 3, 0, 39, 39, 5, 5, 5, 5, 1, 3])
     out = linear_log_softmax_gather(hidden, weight, bias, actions, chunk_size=9)
     ref = _reference(hidden, weight, bias, actions)
-    for got, want in zip(
-        _grads(out, grad_out, (hidden, weight, bias)), _grads(ref, grad_out, (hidden, weight, bias)), strict=True
-    ):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    _assert_grads_match(out, ref, grad_out, (hidden, weight, bias))
 
 
 def test_only_requested_gradients_are_computed():
@@ -185,11 +185,7 @@ def test_fused_kernel_matches_log_softmax_gather(b, n, d, temperature):
     out = linear_log_softmax_gather(hidden, weight, bias, actions, temperature=temperature, impl="fused")
     assert out.shape == (b,) and out.dtype == torch.float32
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    got = _grads(out, grad_out, (hidden, weight, bias))
-    want = _grads(ref, grad_out, (hidden, weight, bias))
-    for g, w in zip(got, want, strict=True):
-        assert g.shape == w.shape
-        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    _assert_grads_match(out, ref, grad_out, (hidden, weight, bias))
 
 
 def test_fused_kernel_float64_and_repeated_actions():
@@ -201,10 +197,7 @@ def test_fused_kernel_float64_and_repeated_actions():
     ref = _reference(hidden, weight, bias, actions, 0.7)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
-    for g, w in zip(
-        _grads(out, grad_out, (hidden, weight, bias)), _grads(ref, grad_out, (hidden, weight, bias)), strict=True
-    ):
-        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
+    _assert_grads_match(out, ref, grad_out, (hidden, weight, bias), tol=1e-12)
 
 
 def test_fused_kernel_only_requested_gradients_and_one_backward():
