@@ -45,10 +45,15 @@ print(applied, max(faults[10:]))
 """
 
 
-def _probe(mode: str, **env: str) -> tuple[str, float]:
+def _clean_env(**env: str) -> dict[str, str]:
+    """This process's environment without either allocator setting, plus ``env``."""
     keep = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "TOPKREC_NO_MALLOC_TUNING")}
+    return {**keep, **env}
+
+
+def _probe(mode: str, **env: str) -> tuple[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True, env={**keep, **env}
+        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True, env=_clean_env(**env)
     ).stdout.split()
     return out[0], float(out[1])
 
@@ -70,8 +75,7 @@ def test_opt_out_and_the_users_own_setting_are_respected(env: dict[str, str]) ->
 
 def test_too_late_once_torch_is_imported() -> None:
     code = "import torch\nfrom topkrec.device import tune_cpu_allocator\nprint(tune_cpu_allocator())"
-    keep = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "TOPKREC_NO_MALLOC_TUNING")}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=keep)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_clean_env())
     assert r.stdout.strip() == "False"
 
 
