@@ -132,6 +132,11 @@ class SequentialConfig:
     seed: int = 0
     """Seed of the first world; seed i uses seed + i."""
     epochs: int = 8
+    val_size: float = 0.0
+    """``train --val-size`` of the learners. 0 (unlike ``train``'s 0.1): every logged event trains and
+    the last of ``epochs`` epochs is kept. Selecting the epoch by validation ndcg@K, which does not track
+    reward here, and holding out a tenth of 5 sessions per user cost the greedy learners in all three
+    worlds (docs/simulate.md, "Choosing the learner's validation split")."""
     batch_size: int = 256
     lr: float = 3e-3
     hidden: int = 64
@@ -547,6 +552,7 @@ def _run_seed(config: SequentialConfig, seed: int, work: Path, progress: bool) -
         )
         train_cfg = TrainConfig(
             epochs=config.epochs,
+            val_size=config.val_size,
             batch_size=config.batch_size,
             lr=config.lr,
             correction=corr,
