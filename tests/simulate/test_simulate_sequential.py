@@ -208,6 +208,20 @@ def test_quick_run_end_to_end():
             assert 0.85 < seed["estimates"][name]["control_ratio"] < 1.15, (name, seed["estimates"][name])
 
 
+@pytest.mark.parametrize("val_size", [0.0, 0.2])
+def test_the_learners_validation_split_reaches_training(tmp_path, val_size):
+    """SequentialConfig.val_size is the learners' train --val-size (0 by default: no split, last epoch kept)."""
+    import tomllib
+
+    assert SequentialConfig().val_size == 0.0
+    config = replace(SequentialConfig.quick(n_seeds=1), val_size=val_size, epochs=1)
+    res = run_sequential(config, work_dir=tmp_path)
+    assert res["config"]["val_size"] == val_size
+    for corr in ("none", "is", "topk"):
+        saved = tomllib.loads((tmp_path / f"seed0_{corr}" / "config.toml").read_text())
+        assert saved["train"]["val_size"] == val_size
+
+
 @pytest.mark.slow
 def test_cli_sequential_quick(tmp_path):
     r = subprocess.run(
