@@ -108,3 +108,35 @@ def test_popularity_ndcg_from_one_sort_equals_scoring_every_row() -> None:
     want = float(ndcg_from_rank(target_rank(scores, batch.action), config.k).mean())
     assert len(np.unique(counts)) < ds.n_items  # popularity ties, the case the index order decides
     assert validator.popularity_ndcg == pytest.approx(want, rel=1e-12)
+
+
+def test_validation_scores_only_the_held_out_rows_with_a_positive_reward() -> None:
+    """Shown-and-skipped rows (reward 0) are held out of training but are no validation target; when every
+    row (or none) has a positive reward, every held-out row is scored."""
+    from dataclasses import replace
+
+    from topkrec.train.loop import Validator
+
+    ds = synth_dataset(n_users=60, n_items=70, seed=2)
+    config = _cfg()
+    mask = validation_rows(ds, config.val_size)
+    held = build_transitions(ds, "train", AGENT.hist_num, rows_mask=mask)
+    everything = Validator.build(ds, AGENT, config, torch.device("cpu"), None)
+    assert everything is not None and len(everything.val) == len(held)
+
+    reward = np.asarray(ds.reward).copy()
+    reward[::3] = 0.0  # every third event a skipped impression
+    skips = replace(ds, reward=reward)
+    engaged = Validator.build(skips, AGENT, config, torch.device("cpu"), None)
+    assert engaged is not None
+    want = int((reward[held.rows.numpy()] > 0).sum())
+    assert 0 < want < len(held) and len(engaged.val) == want
+    assert bool((engaged.val.reward[engaged.val.rows] > 0).all())
+    # the scored rows keep the states the split gives them (histories are built before rows are dropped)
+    held_skips = build_transitions(skips, "train", AGENT.hist_num, history=AGENT.history, rows_mask=mask)
+    kept = held_skips.subset(torch.as_tensor(reward[held_skips.rows.numpy()] > 0))
+    a, b = engaged.val.batch(torch.arange(want)), kept.batch(torch.arange(want))
+    assert torch.equal(a.history, b.history) and torch.equal(a.action, b.action)
+
+    none_positive = Validator.build(replace(ds, reward=np.zeros_like(reward)), AGENT, config, torch.device("cpu"), None)
+    assert none_positive is not None and len(none_positive.val) == len(held)

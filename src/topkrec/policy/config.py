@@ -288,8 +288,8 @@ class TrainConfig:
     val_size: float = setting(
         0.1,
         "Share of each user's last train events held out for validation (users with more than 3 train events): "
-        "they stay in histories but are never trained on; after each epoch π's ndcg@K on them is printed next to "
-        "popularity's, and the best epoch's weights are kept. 0: no validation.",
+        "they stay in histories but are never trained on; after each epoch π's ndcg@K on those with a positive reward "
+        "is printed next to popularity's, and the best epoch's weights are kept. 0: no validation.",
         ge=0,
         lt=1,
         resume_locked=True,

@@ -367,7 +367,8 @@ class IntervalMeter:
 
 class Validator:
     """``--val-size``: π's ndcg@K on held-out train events after each epoch, against popularity's; keeps the
-    best epoch's weights and says when ``--patience`` epochs have passed without improvement."""
+    best epoch's weights and says when ``--patience`` epochs have passed without improvement. Only held-out
+    events with a positive reward are scored (all of them when none has one)."""
 
     def __init__(
         self,
@@ -401,6 +402,14 @@ class Validator:
         if len(val) == 0:
             logger.warning("--val-size %g holds out no event (users need more than 3 train events)", config.val_size)
             return None
+        # Score what users engaged with: held-out rows without a positive reward (shown and skipped) stay out
+        # of training and in histories, but are no target. Logs of engagements only are scored as before.
+        engaged = val.reward[val.rows] > 0
+        if bool(engaged.any()) and not bool(engaged.all()):
+            logger.info(
+                "validation scores the %d held-out rows with a positive reward (of %d)", int(engaged.sum()), len(val)
+            )
+            val = val.subset(engaged)
         train = ~np.asarray(dataset.is_test, dtype=bool) & ~mask
         counts = np.bincount(dataset.item[train], minlength=dataset.n_items + 1)[: dataset.n_items]
         popularity = torch.log(torch.as_tensor(counts, dtype=torch.float32, device=device).clamp_min(0.5))
