@@ -85,8 +85,10 @@ def train_command(
         if state.best_metric is not None
         else ""
     )
+    steps = f"{state.global_step} step{'' if state.global_step == 1 else 's'}"
+    epochs = f"{state.epoch} epoch{'' if state.epoch == 1 else 's'}"
     typer.echo(
-        f"trained {state.global_step} steps ({state.epoch} epochs) in {result.seconds:.1f} s → {out}"
+        f"trained {steps} ({epochs}) in {result.seconds:.1f} s → {out}"
         + (f"; last policy loss {losses[-1]['train/policy_loss']:.4g}" if losses else "")
         + best
     )
