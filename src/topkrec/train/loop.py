@@ -402,8 +402,8 @@ class Validator:
         if len(val) == 0:
             logger.warning("--val-size %g holds out no event (users need more than 3 train events)", config.val_size)
             return None
-        # Score what users engaged with: held-out rows without a positive reward (shown and skipped) stay out
-        # of training and in histories, but are no target. Logs of engagements only are scored as before.
+        # Score what users engaged with: held-out rows without a positive reward (shown and skipped) stay out of
+        # training (and in the histories of --history all), but are no target. Engagement-only logs: every row.
         engaged = val.reward[val.rows] > 0
         if bool(engaged.any()) and not bool(engaged.all()):
             logger.info(
