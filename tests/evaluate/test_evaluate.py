@@ -80,6 +80,15 @@ def test_item_ranks_equal_target_rank_of_a_shared_score_row() -> None:
     assert item_ranks(pop).tolist() == target_rank(pop[None, :].expand(23, -1), every).tolist()
 
 
+def test_shared_target_rank_equals_target_rank_out_of_range_targets_included() -> None:
+    gen = torch.Generator().manual_seed(5)
+    pop = torch.randint(0, 5, (23,), generator=gen).float()
+    target = torch.randint(-2, 26, (40,), generator=gen)  # some outside [0, 23)
+    assert ((target < 0) | (target >= 23)).any()
+    want = target_rank(pop[None, :].expand(40, -1), target)
+    assert metrics.shared_target_rank(item_ranks(pop), target).tolist() == want.tolist()
+
+
 def test_ndcg_all_by_hand() -> None:
     top = torch.tensor([[5, 6, 7], [1, 2, 3], [1, 2, 3]])
     relevant = torch.tensor([[False, True, True], [True, False, False], [False, False, False]])

@@ -28,6 +28,7 @@ __all__ = [
     "ndcg_from_rank",
     "recall_from_rank",
     "reciprocal_rank",
+    "shared_target_rank",
     "target_rank",
     "topk_indices",
 ]
@@ -85,13 +86,12 @@ def target_rank(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     other devices the whole-matrix form runs (one kernel per mask, no host sync).
     """
     b, n = scores.shape
-    valid = (target >= 0) & (target < n)
     t = target.clamp(0, n - 1).long()
     s_t = scores.gather(1, t[:, None])  # (B, 1)
     if scores.device.type != "cpu":
         idx = torch.arange(n, device=scores.device)
         rank = (scores > s_t).sum(1) + ((scores == s_t) & (idx[None, :] < t[:, None])).sum(1)
-        return torch.where(valid, rank, torch.full_like(rank, -1))
+        return _unrankable_to_minus_one(rank, target, n)
     higher = torch.empty(b, dtype=torch.int64, device=scores.device)
     ties = torch.empty(b, dtype=torch.int64, device=scores.device)
     step = max(1, RANK_CHUNK_ELEMENTS // max(n, 1))
@@ -107,7 +107,12 @@ def target_rank(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             rows = tied[lo : lo + step]
             before = (scores[rows] == s_t[rows]) & (idx[None, :] < t[rows, None])
             rank[rows] += before.sum(1, dtype=torch.int32)
-    return torch.where(valid, rank, torch.full_like(rank, -1))
+    return _unrankable_to_minus_one(rank, target, n)
+
+
+def _unrankable_to_minus_one(rank: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
+    """``rank`` where the target is an item of [0, N), −1 where it is not (``target_rank``'s rule)."""
+    return torch.where((target >= 0) & (target < n), rank, torch.full_like(rank, -1))
 
 
 def item_ranks(scores: torch.Tensor) -> torch.Tensor:
@@ -117,6 +122,13 @@ def item_ranks(scores: torch.Tensor) -> torch.Tensor:
     ranks = torch.empty_like(order)
     ranks[order] = torch.arange(order.numel(), device=scores.device)
     return ranks
+
+
+def shared_target_rank(ranks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) ``target_rank`` for rows that all share one score vector, from its ``item_ranks``: −1 for targets
+    outside [0, N)."""
+    n = ranks.numel()
+    return _unrankable_to_minus_one(ranks[target.clamp(0, n - 1)], target, n)
 
 
 def ndcg_from_rank(rank: torch.Tensor, k: int) -> torch.Tensor:

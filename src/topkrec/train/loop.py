@@ -32,7 +32,7 @@ from topkrec.data.dataset import Dataset
 from topkrec.data.transitions import TransitionBatch, Transitions, build_transitions, validation_rows
 from topkrec.device import resolve_device
 from topkrec.errors import TopkrecError
-from topkrec.evaluate.metrics import item_ranks, ndcg_from_rank, target_rank
+from topkrec.evaluate.metrics import item_ranks, ndcg_from_rank, shared_target_rank, target_rank
 from topkrec.metrics_log import MetricsLogger
 from topkrec.optim import Optimizer, build_optimizer
 from topkrec.policy.artifact import BEST_WEIGHTS_FILE, HISTORIES_FILE, TrainerState, write_checkpoint
@@ -381,10 +381,7 @@ class Validator:
         self.best_state = best_state
         # One ranking for every row: each item's rank from one sort, not B × N comparisons per batch.
         ranks = item_ranks(popularity)
-        n_items = ranks.numel()
-        self.popularity_ndcg = self._ndcg(
-            lambda b: torch.where((b.action >= 0) & (b.action < n_items), ranks[b.action.clamp(0, n_items - 1)], -1)
-        )
+        self.popularity_ndcg = self._ndcg(lambda b: shared_target_rank(ranks, b.action))
 
     @classmethod
     def build(
