@@ -56,10 +56,34 @@ def test_behavior_head_reads_detached_state(tiny) -> None:
 
 
 def test_frozen_embeddings_are_not_trained(tiny) -> None:
-    agent = Agent(AgentConfig(tiny.n_users, tiny.n_items, embed_size=8, hidden=16, hist_num=10, user_embedding=True))
+    cfg = AgentConfig(
+        tiny.n_users, tiny.n_items, embed_size=8, hidden=16, hist_num=10, user_embedding=True, trainable_embeddings=False
+    )
+    agent = Agent(cfg)
     opt = build_optimizer(agent, TrainConfig())
     params = {id(p) for g in opt.param_groups for p in g["params"]}
     assert id(agent.item_embedding.weight) not in params and id(agent.user_embedding.weight) not in params
+
+
+@pytest.mark.parametrize("trainable", [None, True, False])
+def test_pretrained_embeddings_are_fine_tuned_by_default(tiny, tmp_path, trainable) -> None:
+    """Frozen two-tower vectors cost the attention encoder 3× on MovieLens (docs/agent.md): the default
+    fine-tunes what ``--embeddings`` gives; ``--frozen-embeddings`` (and ``--preset seed``) keeps it fixed."""
+    from topkrec.embeddings.artifact import PretrainedEmbeddings
+
+    g = torch.Generator().manual_seed(0)
+    item = torch.nn.functional.normalize(torch.randn(tiny.n_items + 1, 8, generator=g), dim=1)
+    item[-1] = 0.0
+    user = torch.nn.functional.normalize(torch.randn(tiny.n_users, 8, generator=g), dim=1)
+    emb = PretrainedEmbeddings(user=user, item=item, config={})
+    kw = {} if trainable is None else {"trainable_embeddings": trainable}
+    acfg = AgentConfig(tiny.n_users, tiny.n_items, hidden=16, hist_num=10, **kw)
+    train_agent(tiny, tmp_path / "m", acfg, TrainConfig(device="cpu", batch_size=32, epochs=1, val_size=0.0), embeddings=emb)
+    agent = load_agent(tmp_path / "m")
+    assert agent.config.trainable_embeddings is (trainable is not False)
+    assert agent.config.embed_size == 8  # the pretrained width
+    moved = not torch.equal(agent.module.item_embedding.weight.detach(), item)
+    assert moved is (trainable is not False)
 
 
 def _run(ds, out, **kw):

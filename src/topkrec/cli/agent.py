@@ -263,16 +263,16 @@ def compare_command(
 
 DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"epochs": 4},
-    "agent": {"trainable_embeddings": True, "dropout": 0.2},
+    "agent": {"dropout": 0.2},
     "pretrain": {"epochs": 2},
 }
 """The demo's own defaults, over the settings' defaults: 4 epochs (the defaults' 15 with early stopping are
 for real logs; on the demo's world validation ndcg@10 is 0.395 after 4) and dropout 0.2 (the default 0.5
 regularises small real logs, but slows a 4-epoch run: test ndcg@10 0.3913 with 0.2 against 0.3816 with 0.5
 on the demo's world; with the earlier additive re-engagement biases 0.3691 against 0.3522). With
-``--pretrain`` the two-tower model pretrains 2 epochs and the agent fine-tunes its embeddings (frozen
-two-tower embeddings blur items of one category together, and on the synthetic logs the next item depends on
-the exact previous item). Everything else is the default; the demo writes what it ran to
+``--pretrain`` the two-tower model pretrains 2 epochs and the agent fine-tunes its embeddings, as ``train``
+does by default (frozen two-tower embeddings blur items of one category together, and on the synthetic logs
+the next item depends on the exact previous item). Everything else is the default; the demo writes what it ran to
 ``<out>/config.toml``."""
 
 

@@ -128,8 +128,8 @@ class AgentConfig:
     extra_head_options: dict[str, Any] = field(default_factory=dict)
     """Head constructor options beyond the settings (e.g. ``{"fused": False}`` for a benchmark baseline)."""
     trainable_embeddings: bool = setting(
-        False,
-        "Fine-tune the pretrained embeddings (frozen in the reference).",
+        True,
+        "Fine-tune the pretrained embeddings (--embeddings); --frozen-embeddings keeps them fixed, as the reference does.",
         flag="trainable-embeddings/frozen-embeddings",
     )
 
