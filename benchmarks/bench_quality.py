@@ -1,7 +1,7 @@
 """The learner's quality on real held-out logs and synthetic data, as a user runs it (issue 12).
 
     python benchmarks/bench_quality.py [--datasets movielens,taobao,synthetic] [--corrections none,is,topk]
-                                       [--no-seed-preset] [--no-sasrec] [--sweep] [--work DIR]
+                                       [--no-seed-preset] [--no-sasrec] [--sweep] [--pretrained] [--work DIR]
                                        [--synth-users N --synth-items N --epochs N --max-steps N]  # smaller
 
 For each dataset, through the installed ``topkrec`` command (one subprocess per stage, as a user runs it):
@@ -17,7 +17,9 @@ For each dataset, through the installed ``topkrec`` command (one subprocess per 
    ``train --preset seed`` on the frozen pretrained embeddings);
 4. the bar: ``benchmarks/reference_sasrec.py`` (an independent SASRec) on the same split and metric code;
 5. ``--sweep``: the one-setting-at-a-time variants of the defaults that ``docs/agent-research.md`` chose
-   them from (correction ``none``), with each run's best validation ndcg@10 next to its test figures.
+   them from (correction ``none``), with each run's best validation ndcg@10 next to its test figures;
+6. ``--pretrained``: the reference pipeline with today's defaults, ``pretrain`` (its defaults) then
+   ``train --embeddings`` with every default (the vectors fine-tuned) and with ``--frozen-embeddings``.
 
 Every figure is the test split's next-item metric of ``topkrec evaluate``; ``reward_ndcg@10`` weights each
 test event by its reward and ``ndcg_by_event`` splits ndcg@10 by the test event's behaviour (empty for SASRec).
@@ -166,6 +168,16 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace, log: Path) -> l
         doc = evaluate(model, data, log)
         rows.append(_row(name, "seed preset (topk)", doc["models"]["topk"], train_s + pre_s, "--preset seed"))
         print(json.dumps(rows[-1]), flush=True)
+    if args.pretrained:
+        emb = work / name / "embeddings"
+        pre_s, _ = topkrec("pretrain", "--data", str(data), "--out", str(emb), "--force", "--device", "cpu", log=log)
+        for label, flags in (("fine-tuned", []), ("frozen", ["--frozen-embeddings"])):
+            model = work / name / f"model-pretrained-{label}"
+            train_s, _ = topkrec("train", *base, "--out", str(model), "--embeddings", str(emb), *flags, log=log)
+            doc = evaluate(model, data, log)
+            settings = " ".join(["pretrain defaults; train defaults --embeddings", *flags])
+            rows.append(_row(name, f"pretrained, {label} (none)", doc["models"]["none"], train_s + pre_s, settings))
+            print(json.dumps(rows[-1]), flush=True)
     if args.sasrec:
         sys.path.insert(0, str(REPO / "benchmarks"))
         from reference_sasrec import SASRecConfig, run_sasrec
@@ -213,6 +225,9 @@ def main() -> None:
     ap.add_argument("--no-sasrec", dest="sasrec", action="store_false")
     ap.add_argument("--sasrec-epochs", type=int, default=50)
     ap.add_argument("--sweep", action="store_true", help="Also run the one-setting variants of the defaults.")
+    ap.add_argument(
+        "--pretrained", action="store_true", help="Also pretrain, then train on its embeddings (fine-tuned, frozen)."
+    )
     ap.add_argument("--work", type=Path, default=Path("bench-quality"))
     ap.add_argument("--synth-users", type=int, default=0, help="users of `topkrec synth` (0: its default)")
     ap.add_argument("--synth-items", type=int, default=0, help="items of `topkrec synth` (0: its default)")

@@ -33,7 +33,8 @@ CASES: dict[str, list[str]] = {
     + ["--max-len", "8"],
     # the synthetic dataset only (no shared data), one correction, one training step
     "bench_quality.py": ["--datasets", "synthetic", "--corrections", "none", "--no-seed-preset", "--no-sasrec"]
-    + ["--synth-users", "60", "--synth-items", "200", "--epochs", "1", "--max-steps", "1", "--work", "{tmp}/q"],
+    + ["--synth-users", "60", "--synth-items", "200", "--epochs", "1", "--max-steps", "1", "--work", "{tmp}/q"]
+    + ["--pretrained"],
 }
 
 
@@ -42,7 +43,10 @@ def check(script: str, result: dict[str, Any]) -> None:
     if script == "bench_scale.py":
         assert result["results"] and not any("error" in r for r in result["results"]), result["results"]
     elif script == "bench_quality.py":
-        assert [r["model"] for r in result["results"]] == ["none", "popularity", "recent", "behavior"]
+        models = [r["model"] for r in result["results"]]
+        assert models == ["none", "popularity", "recent", "behavior", "pretrained, fine-tuned (none)"] + [
+            "pretrained, frozen (none)"
+        ]
         for row in result["results"]:  # the reward-weighted and per-behaviour figures of `evaluate`
             assert 0.0 <= row["reward_ndcg@10"] <= 1.0 and row["ndcg_by_event"]
     elif script == "bench_serve.py":
