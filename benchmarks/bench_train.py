@@ -18,7 +18,7 @@ of the state (3 × 2hN), β̂ forward and grad of W (2 × 2hN; β̂ reads the de
 Rounds alternate the measurements and the best of each is kept: the two cores are shared, so the
 best round is the least disturbed one. The last line is one JSON object.
 
-- **real**: what ``topkrec train --data DIR --embeddings EMB --correction topk`` runs, in this process and with
+- **real**: what ``topkrec train --data DIR --embeddings EMB --preset seed`` runs, in this process and with
   the same thread settings: ``build_agent`` with frozen pretrained-shaped embeddings (random unit rows; the
   speed does not depend on their values), ``build_optimizer``, ``TrainData.build`` over the dataset's train
   split, and per step ``TrainData.batches`` → ``Transitions.batch`` → ``train_step`` with the loop's objective,

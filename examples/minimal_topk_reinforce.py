@@ -95,7 +95,7 @@ class Net(nn.Module):
         super().__init__()
         self.user_embedding = nn.Embedding(n_users, args.embed_dim)
         self.item_embedding = nn.Embedding(n_items + 1, args.embed_dim, padding_idx=n_items)
-        self.user_embedding.weight.requires_grad_(False)  # frozen, as pretrained embeddings are by default
+        self.user_embedding.weight.requires_grad_(False)  # frozen, as the reference keeps its pretrained ones
         self.item_embedding.weight.requires_grad_(False)
         self.state = nn.Linear(args.embed_dim * (args.hist_num + 1), args.hidden)
         self.policy = nn.Linear(args.hidden, n_items)
