@@ -57,12 +57,32 @@ def test_behavior_head_reads_detached_state(tiny) -> None:
 
 def test_frozen_embeddings_are_not_trained(tiny) -> None:
     cfg = AgentConfig(
-        tiny.n_users, tiny.n_items, embed_size=8, hidden=16, hist_num=10, user_embedding=True, trainable_embeddings=False
+        tiny.n_users,
+        tiny.n_items,
+        embed_size=8,
+        hidden=16,
+        hist_num=10,
+        user_embedding=True,
+        trainable_embeddings=False,
     )
     agent = Agent(cfg)
     opt = build_optimizer(agent, TrainConfig())
     params = {id(p) for g in opt.param_groups for p in g["params"]}
     assert id(agent.item_embedding.weight) not in params and id(agent.user_embedding.weight) not in params
+
+
+def test_frozen_without_pretrained_embeddings_warns_and_trains_them(tiny, caplog) -> None:
+    from topkrec.train.build import build_agent
+
+    acfg = AgentConfig(hidden=16, hist_num=10, trainable_embeddings=False)
+    with caplog.at_level("WARNING", logger="topkrec.train.build"):
+        agent = build_agent(tiny, acfg, TrainConfig(device="cpu"))
+    assert agent.config.trainable_embeddings and agent.item_embedding.weight.requires_grad
+    assert "no --embeddings" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="topkrec.train.build"):
+        build_agent(tiny, AgentConfig(hidden=16, hist_num=10), TrainConfig(device="cpu"))
+    assert "no --embeddings" not in caplog.text
 
 
 @pytest.mark.parametrize("trainable", [None, True, False])
@@ -78,7 +98,9 @@ def test_pretrained_embeddings_are_fine_tuned_by_default(tiny, tmp_path, trainab
     emb = PretrainedEmbeddings(user=user, item=item, config={})
     kw = {} if trainable is None else {"trainable_embeddings": trainable}
     acfg = AgentConfig(tiny.n_users, tiny.n_items, hidden=16, hist_num=10, **kw)
-    train_agent(tiny, tmp_path / "m", acfg, TrainConfig(device="cpu", batch_size=32, epochs=1, val_size=0.0), embeddings=emb)
+    train_agent(
+        tiny, tmp_path / "m", acfg, TrainConfig(device="cpu", batch_size=32, epochs=1, val_size=0.0), embeddings=emb
+    )
     agent = load_agent(tmp_path / "m")
     assert agent.config.trainable_embeddings is (trainable is not False)
     assert agent.config.embed_size == 8  # the pretrained width

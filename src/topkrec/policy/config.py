@@ -129,7 +129,7 @@ class AgentConfig:
     """Head constructor options beyond the settings (e.g. ``{"fused": False}`` for a benchmark baseline)."""
     trainable_embeddings: bool = setting(
         True,
-        "Fine-tune the pretrained embeddings (--embeddings); --frozen-embeddings keeps them fixed, as the reference does.",
+        "Fine-tune the pretrained embeddings (--embeddings); frozen, they stay as pretrained (the reference).",
         flag="trainable-embeddings/frozen-embeddings",
     )
 

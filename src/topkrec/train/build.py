@@ -63,7 +63,10 @@ def build_agent(
         user_init, item_init = embeddings.user, embeddings.item
         cfg = replace(cfg, embed_size=int(item_init.shape[1]))
     elif not cfg.trainable_embeddings:
-        logger.info("no pretrained embeddings given: embeddings start random and are trained")
+        logger.warning(
+            "frozen embeddings (--frozen-embeddings; --preset seed sets it) but no --embeddings: there are no "
+            "pretrained vectors to keep fixed, so the embeddings start random and are trained"
+        )
         cfg = replace(cfg, trainable_embeddings=True)
     if cfg.repeat_bias and not cfg.uses_repeat_bias:
         logger.warning("--softmax %s: no re-engagement biases (--repeat-bias needs the full softmax)", cfg.softmax)
