@@ -45,7 +45,15 @@ def test_library_matches_minimal_example(tmp_path, correction: str) -> None:
     # The example is the reference algorithm: bare item ids over every logged row.
     acfg = AgentConfig(ds.n_users, ds.n_items, embed_size=8, hidden=16, hist_num=10, encoder="concat")
     agent = Agent(
-        replace(acfg, history="all", feedback_tokens=False, user_embedding=True, repeat_bias=False, dropout=0.0)
+        replace(
+            acfg,
+            history="all",
+            feedback_tokens=False,
+            user_embedding=True,
+            repeat_bias=False,
+            dropout=0.0,
+            trainable_embeddings=False,  # the example freezes its embeddings, as the reference does
+        )
     )
     net = ex.Net(ds.n_users, ds.n_items, args)
     with torch.no_grad():
