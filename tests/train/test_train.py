@@ -85,6 +85,19 @@ def test_frozen_without_pretrained_embeddings_warns_and_trains_them(tiny, caplog
     assert "no --embeddings" not in caplog.text
 
 
+def test_an_embed_size_the_pretrained_vectors_override_warns(tiny, caplog) -> None:
+    from topkrec.embeddings.artifact import PretrainedEmbeddings
+    from topkrec.train.build import build_agent
+
+    emb = PretrainedEmbeddings(user=torch.zeros(tiny.n_users, 8), item=torch.zeros(tiny.n_items + 1, 8), config={})
+    for size, warns in ((16, True), (8, False), (AgentConfig().embed_size, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="topkrec.train.build"):
+            agent = build_agent(tiny, AgentConfig(embed_size=size, hidden=16), TrainConfig(device="cpu"), emb)
+        assert agent.config.embed_size == 8
+        assert ("--embed-size 16 does not apply" in caplog.text) is warns
+
+
 @pytest.mark.parametrize("trainable", [None, True, False])
 def test_pretrained_embeddings_are_fine_tuned_by_default(tiny, tmp_path, trainable) -> None:
     """Frozen two-tower vectors cost the attention encoder 3× on MovieLens (docs/agent.md): the default

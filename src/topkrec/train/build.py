@@ -61,7 +61,14 @@ def build_agent(
     user_init = item_init = None
     if embeddings is not None:
         user_init, item_init = embeddings.user, embeddings.item
-        cfg = replace(cfg, embed_size=int(item_init.shape[1]))
+        width = int(item_init.shape[1])
+        if cfg.embed_size not in (width, AgentConfig().embed_size):  # a width asked for that cannot apply
+            logger.warning(
+                "--embed-size %d does not apply with --embeddings: the pretrained vectors set the width (%d)",
+                cfg.embed_size,
+                width,
+            )
+        cfg = replace(cfg, embed_size=width)
     elif not cfg.trainable_embeddings:
         logger.warning(
             "frozen embeddings (--frozen-embeddings; --preset seed sets it) but no --embeddings: there are no "
