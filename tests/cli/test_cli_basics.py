@@ -59,3 +59,10 @@ def test_print_config_needs_no_data_or_out_but_a_run_does(command: str) -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "Usage:" in r.stderr and "Missing option '--data'" in r.stderr
     assert not Path("somewhere").exists()
+
+
+def test_summaries_count_in_the_noun_s_number() -> None:
+    from topkrec.cli.common import counted
+
+    assert counted(1, "epoch") == "1 epoch" and counted(0, "epoch") == "0 epochs" and counted(15, "step") == "15 steps"
+    assert counted(1, "process", "processes") == "1 process" and counted(2, "process", "processes") == "2 processes"

@@ -51,7 +51,7 @@ def train_command(
 ) -> None:
     """Train the REINFORCE agent (π and β̂) with the chosen off-policy correction."""
     from topkrec import distributed
-    from topkrec.cli.common import STATE
+    from topkrec.cli.common import STATE, counted
     from topkrec.io import check_no_overlap
     from topkrec.metrics_log import MetricsLogger
     from topkrec.train import train_agent
@@ -85,10 +85,9 @@ def train_command(
         if state.best_metric is not None
         else ""
     )
-    steps = f"{state.global_step} step{'' if state.global_step == 1 else 's'}"
-    epochs = f"{state.epoch} epoch{'' if state.epoch == 1 else 's'}"
     typer.echo(
-        f"trained {steps} ({epochs}) in {result.seconds:.1f} s → {out}"
+        f"trained {counted(state.global_step, 'step')} ({counted(state.epoch, 'epoch')}) "
+        f"in {result.seconds:.1f} s → {out}"
         + (f"; last policy loss {losses[-1]['train/policy_loss']:.4g}" if losses else "")
         + best
     )

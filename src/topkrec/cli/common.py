@@ -18,6 +18,11 @@ class CliState:
 STATE = CliState()
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun in its number: ``counted(1, "epoch")`` → "1 epoch", ``counted(2, "process", "processes")``."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+
+
 def read_item_ids(path: Path, flag: str = "--candidates") -> list[str]:
     """Raw item ids from a text file (one per line) or a .csv/.parquet (column ``item``, else the first)."""
     from topkrec.errors import TopkrecError

@@ -41,7 +41,7 @@ def pretrain_command(
     Data-parallel on several processes when launched by torchrun (`--batch-size` stays the global batch).
     """
 
-    from topkrec.cli.common import STATE
+    from topkrec.cli.common import STATE, counted
     from topkrec.errors import TopkrecError
     from topkrec.io import check_output_dir
 
@@ -79,7 +79,7 @@ def pretrain_command(
         return
     auc = result.eval_auc
     auc_text = "n/a (no test pairs)" if auc is None else f"{auc:.4f}"
-    processes = f" on {ctx.world_size} process{'es' if ctx.world_size > 1 else ''}" if ctx.enabled else ""
+    processes = f" on {counted(ctx.world_size, 'process', 'processes')}" if ctx.enabled else ""
     typer.echo(
         f"wrote {out}: {result.user.shape[0]} users × {result.item.shape[0]} item rows × {config.embed_size} dims; "
         f"{config.epochs} epochs{processes}, train loss {result.epochs[-1].train_loss:.4f}, eval AUC {auc_text}"
