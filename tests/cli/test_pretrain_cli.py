@@ -50,6 +50,7 @@ def test_cli_writes_embeddings_dir(planted_dataset_dir: Path, tmp_path: Path) ->
     assert r.returncode == 2 and "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _run(*args, "--force", "--loss", "softmax", "--epochs", "1")
     assert r.returncode == 0, r.stderr
+    assert "; 1 epoch, train loss" in r.stdout  # the summary counts in the noun's number
     assert json.loads((out / "config.json").read_text())["config"]["loss"] == "softmax"
     assert not (out / "dssm_user_embeddings.npy").exists()
 

@@ -82,7 +82,8 @@ def pretrain_command(
     processes = f" on {counted(ctx.world_size, 'process', 'processes')}" if ctx.enabled else ""
     typer.echo(
         f"wrote {out}: {result.user.shape[0]} users × {result.item.shape[0]} item rows × {config.embed_size} dims; "
-        f"{config.epochs} epochs{processes}, train loss {result.epochs[-1].train_loss:.4f}, eval AUC {auc_text}"
+        f"{counted(config.epochs, 'epoch')}{processes}, train loss {result.epochs[-1].train_loss:.4f}, "
+        f"eval AUC {auc_text}"
     )
 
 
