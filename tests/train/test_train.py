@@ -7,12 +7,14 @@ import torch
 
 from support.agent_data import synth_dataset, train_recording_losses
 from topkrec.data.transitions import build_transitions
+from topkrec.embeddings.artifact import PretrainedEmbeddings
 from topkrec.errors import TopkrecError
 from topkrec.policy.artifact import load_agent
 from topkrec.policy.config import AgentConfig, TrainConfig
 from topkrec.policy.encoders import ENCODERS
 from topkrec.policy.model import Agent
 from topkrec.train import StepOutput, build_optimizer, train_agent, train_step
+from topkrec.train.build import build_agent
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +74,6 @@ def test_frozen_embeddings_are_not_trained(tiny) -> None:
 
 
 def test_frozen_without_pretrained_embeddings_warns_and_trains_them(tiny, caplog) -> None:
-    from topkrec.train.build import build_agent
-
     acfg = AgentConfig(hidden=16, hist_num=10, trainable_embeddings=False)
     with caplog.at_level("WARNING", logger="topkrec.train.build"):
         agent = build_agent(tiny, acfg, TrainConfig(device="cpu"))
@@ -86,9 +86,6 @@ def test_frozen_without_pretrained_embeddings_warns_and_trains_them(tiny, caplog
 
 
 def test_an_embed_size_the_pretrained_vectors_override_warns(tiny, caplog) -> None:
-    from topkrec.embeddings.artifact import PretrainedEmbeddings
-    from topkrec.train.build import build_agent
-
     emb = PretrainedEmbeddings(user=torch.zeros(tiny.n_users, 8), item=torch.zeros(tiny.n_items + 1, 8), config={})
     for size, warns in ((16, True), (8, False), (AgentConfig().embed_size, False)):
         caplog.clear()
@@ -103,8 +100,6 @@ def test_an_embed_size_the_pretrained_vectors_override_warns(tiny, caplog) -> No
 def test_pretrained_embeddings_are_fine_tuned_by_default(tiny, tmp_path, trainable) -> None:
     """Frozen two-tower vectors cost the attention encoder 3× on MovieLens (docs/agent.md): the default
     fine-tunes what ``--embeddings`` gives; ``--frozen-embeddings`` (and ``--preset seed``) keeps it fixed."""
-    from topkrec.embeddings.artifact import PretrainedEmbeddings
-
     g = torch.Generator().manual_seed(0)
     item = torch.nn.functional.normalize(torch.randn(tiny.n_items + 1, 8, generator=g), dim=1)
     item[-1] = 0.0
