@@ -49,7 +49,7 @@ def prepare(
         ...,
         "--input",
         help="Raw data: a directory (tianchi) or a file (others; a directory "
-        "holding UserBehavior.csv / ratings.csv also works).",
+        "holding UserBehavior.csv, or a MovieLens release's ratings.csv / ratings.dat / u.data, also works).",
     ),
     out: Path = typer.Option(..., "--out", help="Dataset directory to write."),
     sample_short: int | None = typer.Option(

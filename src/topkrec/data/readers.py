@@ -116,14 +116,22 @@ def read_delimited(
     separator: str = ",",
     hints: dict[str, str] | None = None,
     quote_char: str | None = None,
+    source: bytes | None = None,
 ) -> _Table:
     """Read a delimited text file whose columns are exactly ``columns`` (in order), typed.
 
     With ``header`` the first line is skipped (callers check the header names themselves). Every
     row must have exactly ``len(columns)`` fields and every value must parse as its kind; otherwise
-    a DataError names the file, line and value, unless ``skip_bad_rows`` drops such rows.
+    a DataError names the file, line and value, unless ``skip_bad_rows`` drops such rows. ``source``, when
+    given, is the file's content to parse instead of reading ``path`` (which still names it in errors):
+    :func:`read_double_colon` passes MovieLens' ``::``-separated files with the separator translated.
     """
+    import io
+
     import polars as pl
+
+    def data() -> Path | io.BytesIO:
+        return path if source is None else io.BytesIO(source)
 
     names = [n for n, _ in columns]
     offset = 2 if header else 1  # line number of row 0
@@ -131,7 +139,7 @@ def read_delimited(
         # Fast path: the CSV parser types every column itself (ints, floats, enums of known labels);
         # anything it cannot parse raises, and empty fields come back null.
         frame = pl.read_csv(
-            path,
+            data(),
             has_header=False,
             skip_rows=1 if header else 0,
             schema={n: _dtype(k) for n, k in columns},
@@ -153,7 +161,7 @@ def read_delimited(
     # Bytes that are not UTF-8 become U+FFFD here and are reported as such (never silently kept).
     try:
         lines = pl.read_csv(
-            path,
+            data(),
             has_header=False,
             skip_rows=1 if header else 0,
             schema={"line": pl.String},
@@ -337,51 +345,213 @@ def _check_columns(path: Path, have: list[str], want: dict[str, str]) -> None:
             )
 
 
+MOVIELENS_RATINGS = ("ratings.csv", "ratings.dat", "u.data")
+MOVIELENS_HINT = (
+    "the movielens format reads ratings.csv (latest, 20M, 25M, 32M), ratings.dat (1M, 10M) or u.data (100K)"
+)
+# ML-100K's u.item flags its films with these 19 genres, in this order (its u.genre lists them).
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            return f.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+    except OSError as e:
+        raise _read_error(path, e) from e
+
+
+def _translated(path: Path, separator: str) -> bytes:
+    """The file's bytes with MovieLens' two-character separator ``::`` replaced by ``separator``."""
+    try:
+        return path.read_bytes().replace(b"::", separator.encode())
+    except OSError as e:
+        raise _read_error(path, e) from e
+
+
 def read_movielens(input_path: Path, skip_bad_rows: bool) -> RawLog:
-    """MovieLens ratings.csv (userId,movieId,rating,timestamp, with header) [+ movies.csv for genres]."""
+    """Any MovieLens release: ratings.csv (userId,movieId,rating,timestamp, with header: latest, 20M, 25M,
+    32M) [+ movies.csv]; ratings.dat (UserID::MovieID::Rating::Timestamp: 1M, 10M) [+ movies.dat, users.dat];
+    u.data (tab-separated: 100K) [+ u.item, u.user]. The layout is read from the first line, not the name."""
     import polars as pl
 
-    path = _resolve(input_path, ["ratings.csv"], "the movielens format reads ratings.csv")
-    want = ["userId", "movieId", "rating", "timestamp"]
-    have = _header(path)
-    _check_columns(path, have, {c: "" for c in want})
-    if have != want:
-        raise DataError(f"{path}: expected the columns {','.join(want)} in that order, found {','.join(have)}")
-    ev = read_delimited(
-        path,
-        [("user", "int"), ("item", "int"), ("reward", "float"), ("ts", "int")],
-        header=True,
-        skip_bad_rows=skip_bad_rows,
-    )
+    path = _resolve(input_path, list(MOVIELENS_RATINGS), MOVIELENS_HINT)
+    first = _first_line(path)
+    columns: list[tuple[str, Kind]] = [("user", "int"), ("item", "int"), ("reward", "float"), ("ts", "int")]
+    if "::" in first:  # 1M, 10M
+        ev = read_delimited(path, columns, header=False, skip_bad_rows=skip_bad_rows, source=_translated(path, ","))
+        item_features = _movielens_dat_movies(path.parent / "movies.dat")
+        user_features = _movielens_dat_users(path.parent / "users.dat")
+    elif "\t" in first:  # 100K
+        ev = read_delimited(path, columns, header=False, skip_bad_rows=skip_bad_rows, separator="\t")
+        item_features = _movielens_100k_items(path.parent / "u.item", path.parent / "u.genre")
+        user_features = _movielens_100k_users(path.parent / "u.user")
+    else:
+        want = ["userId", "movieId", "rating", "timestamp"]
+        have = _header(path)
+        _check_columns(path, have, {c: "" for c in want})
+        if have != want:
+            raise DataError(f"{path}: expected the columns {','.join(want)} in that order, found {','.join(have)}")
+        ev = read_delimited(path, columns, header=True, skip_bad_rows=skip_bad_rows)
+        item_features = _movielens_csv_movies(path.parent / "movies.csv")
+        user_features = None
     events = ev.frame.with_columns(pl.lit("rating").alias("behavior"))
     files = [path]
-    item_features = None
-    movies = path.parent / "movies.csv"
-    if movies.is_file():
-        try:  # only movieId and genres are used: bytes that are not UTF-8 elsewhere (a title) do no harm
-            m = pl.read_csv(
-                movies,
-                schema_overrides={"movieId": pl.Int64, "title": pl.String, "genres": pl.String},
-                encoding="utf8-lossy",
-            )
-        except Exception as e:  # polars raises several kinds for malformed CSV
-            if isinstance(e, OSError):
-                raise _read_error(movies, e) from e
-            raise DataError(f"{movies}: cannot read it ({str(e).splitlines()[0]}); fix or remove the file") from e
-        _check_columns(movies, m.columns, {"movieId": "", "genres": ""})
-        garbled = m["genres"].str.contains(UTF8_REPLACEMENT, literal=True).fill_null(False).arg_true()
-        if garbled.len():
-            line = int(garbled[0]) + 2
-            raise DataError(
-                f"{movies} line {line}: genres {m['genres'][int(garbled[0])]!r:.60} {NOT_UTF8}; save the file as "
-                "UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove movies.csv"
-            )
-        item_features = m.select(
-            pl.col("movieId").alias("item"),
-            pl.col("genres").str.split("|").list.first().alias("genre"),
-        ).unique("item", keep="first", maintain_order=True)
-        files.append(movies)
-    return RawLog(events=events, item_features=item_features, files=files, bad_rows=ev.bad_rows, first_bad=ev.first_bad)
+    for side in (item_features, user_features):
+        if side is not None:
+            files.append(side[1])
+    return RawLog(
+        events=events,
+        item_features=item_features[0] if item_features else None,
+        user_features=user_features[0] if user_features else None,
+        files=files,
+        bad_rows=ev.bad_rows,
+        first_bad=ev.first_bad,
+    )
+
+
+def _side_table(path: Path, names: list[str], separator: str, source: bytes | None = None) -> pl.DataFrame:
+    """A MovieLens feature file as text columns (bytes that are not UTF-8 — ML-1M and 100K are Latin-1 —
+    become U+FFFD: only ids and codes are used, and those are checked)."""
+    import io
+
+    import polars as pl
+
+    try:
+        return pl.read_csv(
+            path if source is None else io.BytesIO(source),
+            has_header=False,
+            new_columns=names,
+            separator=separator,
+            quote_char=None,
+            infer_schema=False,
+            encoding="utf8-lossy",
+        )
+    except Exception as e:  # polars raises several kinds for malformed files
+        if isinstance(e, OSError):
+            raise _read_error(path, e) from e
+        raise DataError(f"{path}: cannot read it ({str(e).splitlines()[0]}); fix or remove the file") from e
+
+
+def _side_ids(path: Path, frame: pl.DataFrame, line_offset: int) -> pl.Expr:
+    """The id column of a feature file as Int64, with a clear error for the first id that is not one."""
+    import polars as pl
+
+    ids = frame["id"].str.strip_chars().cast(pl.Int64, strict=False)
+    bad = ids.is_null().arg_true()
+    if bad.len():
+        i = int(bad[0])
+        raise DataError(
+            f"{path} line {i + line_offset}: id {frame['id'][i]!r:.40} is not an integer; fix or remove the file"
+        )
+    return pl.lit(ids)
+
+
+def _check_genres(path: Path, genres: pl.Series, line_offset: int, hint: str) -> None:
+    garbled = genres.str.contains(UTF8_REPLACEMENT, literal=True).fill_null(False).arg_true()
+    if garbled.len():
+        i = int(garbled[0])
+        raise DataError(f"{path} line {i + line_offset}: genres {genres[i]!r:.60} {NOT_UTF8}; {hint}")
+
+
+def _movielens_csv_movies(movies: Path) -> tuple[pl.DataFrame, Path] | None:
+    """movies.csv (movieId,title,genres; quoted titles): each film's first genre."""
+    import polars as pl
+
+    if not movies.is_file():
+        return None
+    try:  # only movieId and genres are used: bytes that are not UTF-8 elsewhere (a title) do no harm
+        m = pl.read_csv(
+            movies,
+            schema_overrides={"movieId": pl.Int64, "title": pl.String, "genres": pl.String},
+            encoding="utf8-lossy",
+        )
+    except Exception as e:  # polars raises several kinds for malformed CSV
+        if isinstance(e, OSError):
+            raise _read_error(movies, e) from e
+        raise DataError(f"{movies}: cannot read it ({str(e).splitlines()[0]}); fix or remove the file") from e
+    _check_columns(movies, m.columns, {"movieId": "", "genres": ""})
+    _check_genres(movies, m["genres"], 2, "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove movies.csv")
+    frame = m.select(
+        pl.col("movieId").alias("item"),
+        pl.col("genres").str.split("|").list.first().alias("genre"),
+    ).unique("item", keep="first", maintain_order=True)
+    return frame, movies
+
+
+def _movielens_dat_movies(movies: Path) -> tuple[pl.DataFrame, Path] | None:
+    """movies.dat (MovieID::Title::Genres, 1M and 10M): each film's first genre."""
+    import polars as pl
+
+    if not movies.is_file():
+        return None
+    m = _side_table(movies, ["id", "title", "genres"], "\t", _translated(movies, "\t"))
+    _check_genres(movies, m["genres"], 1, "fix or remove movies.dat")
+    frame = m.select(
+        _side_ids(movies, m, 1).alias("item"), pl.col("genres").str.split("|").list.first().alias("genre")
+    ).unique("item", keep="first", maintain_order=True)
+    return frame, movies
+
+
+def _movielens_dat_users(users: Path) -> tuple[pl.DataFrame, Path] | None:
+    """users.dat (UserID::Gender::Age::Occupation::Zip-code, 1M): sex, age (bucketed from its codes 1, 18,
+    25, …, which are each band's lower bound) and occupation."""
+
+    if not users.is_file():
+        return None
+    u = _side_table(users, ["id", "sex", "age", "occupation", "zip"], "\t", _translated(users, "\t"))
+    return _movielens_users(users, u, 1), users
+
+
+def _movielens_users(path: Path, u: pl.DataFrame, line_offset: int) -> pl.DataFrame:
+    import polars as pl
+
+    age = u["age"].str.strip_chars().cast(pl.Int64, strict=False)
+    bad = (age.is_null() & u["age"].is_not_null()).arg_true()
+    if bad.len():
+        i = int(bad[0])
+        raise DataError(
+            f"{path} line {i + line_offset}: age {u['age'][i]!r:.40} is not an integer; fix or remove the file"
+        )
+    return u.select(
+        _side_ids(path, u, line_offset).alias("user"),
+        pl.col("sex").str.strip_chars(),
+        pl.lit(age).alias("age"),
+        pl.col("occupation").str.strip_chars(),
+    ).unique("user", keep="first", maintain_order=True)
+
+
+def _movielens_100k_items(items: Path, genre_file: Path) -> tuple[pl.DataFrame, Path] | None:
+    """u.item (id|title|release|video release|URL|19 genre flags, 100K): each film's first flagged genre,
+    named by u.genre when it is there."""
+    import polars as pl
+
+    if not items.is_file():
+        return None
+    names = ML100K_GENRES
+    if genre_file.is_file():
+        g = _side_table(genre_file, ["name", "index"], "|")
+        g = g.filter(pl.col("name").is_not_null() & (pl.col("name").str.strip_chars() != ""))
+        if g.height == len(ML100K_GENRES):
+            names = tuple(g["name"].to_list())
+    flags = [f"g{k}" for k in range(len(names))]
+    m = _side_table(items, ["id", "title", "release", "video", "url", *flags], "|")
+    first = pl.coalesce([pl.when(pl.col(f) == "1").then(pl.lit(n)) for f, n in zip(flags, names, strict=True)])
+    frame = m.select(_side_ids(items, m, 1).alias("item"), first.alias("genre")).unique(
+        "item", keep="first", maintain_order=True
+    )
+    return frame, items
+
+
+def _movielens_100k_users(users: Path) -> tuple[pl.DataFrame, Path] | None:
+    """u.user (id|age|gender|occupation|zip, 100K): sex, age (bucketed) and occupation."""
+    if not users.is_file():
+        return None
+    u = _side_table(users, ["id", "age", "sex", "occupation", "zip"], "|")
+    return _movielens_users(users, u, 1), users
 
 
 @dataclass(frozen=True)
