@@ -94,6 +94,15 @@ def prepare(
         help="events format: integer slate-step column (rows of one slate share it, non-decreasing per user); "
         "returns are then discounted once per step. Kept as events.parquet `step`.",
     ),
+    separator: str = typer.Option(
+        ",", "--separator", help="events format: field separator of a CSV file, one character (tab: 'tab')."
+    ),
+    columns: str | None = typer.Option(
+        None,
+        "--columns",
+        help="events format: the column names of a CSV file without a header line, comma-separated "
+        "(e.g. user,item,rating,ts); the --*-col flags then name these.",
+    ),
     context_events: str = typer.Option(
         "",
         "--context-events",
@@ -160,6 +169,8 @@ def prepare(
             reward=reward_col,
             propensity=propensity_col,
             step=step_col,
+            separator=separator,
+            names=None if columns is None else tuple(columns.split(",")),
         ),
         time_unit=time_unit,
     )

@@ -144,6 +144,12 @@ class PrepareConfig:
                     f"{' and no ' + ' or '.join(lacks) if lacks else ''}: drop "
                     f"{'it' if one else 'them'}, or convert the log to a CSV/Parquet file for --format events"
                 )
+            layout = self.columns.csv_layout_given
+            if layout:
+                raise TopkrecError(
+                    f"{' and '.join(layout)} describe{'s' if len(layout) == 1 else ''} the CSV file of --format events "
+                    f"only; the {self.format} format has a fixed layout: drop {'it' if len(layout) == 1 else 'them'}"
+                )
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

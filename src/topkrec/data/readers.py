@@ -566,6 +566,32 @@ class EventColumns:
     propensity: str | None = None
     step: str | None = None
     """Integer slate-step column: rows of one slate share a value, non-decreasing within a user."""
+    separator: str = ","
+    """Field separator of a CSV file: one character (``--separator``; ``tab`` is accepted for a tab)."""
+    names: tuple[str, ...] | None = None
+    """Column names of a CSV file without a header line (``--columns``); None: the first line is the header."""
+
+    def __post_init__(self) -> None:
+        if self.separator in ("tab", "\\t"):
+            object.__setattr__(self, "separator", "\t")
+        if len(self.separator) != 1 or self.separator in ('"', "\n", "\r"):
+            raise DataError(
+                f"--separator {self.separator!r} must be one character (',', ';', '|', tab, …), not a quote or newline"
+            )
+        if self.names is not None:
+            names = tuple(n.strip() for n in self.names)
+            if not names or any(not n for n in names) or len(set(names)) != len(names):
+                raise DataError(
+                    f"--columns {','.join(self.names)!r} must name every column of the file once, comma-separated"
+                )
+            object.__setattr__(self, "names", names)
+
+    @property
+    def csv_layout_given(self) -> list[str]:
+        """The CSV-layout flags that differ from a comma-separated file with a header line."""
+        return [
+            f for f, given in (("--separator", self.separator != ","), ("--columns", self.names is not None)) if given
+        ]
 
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
@@ -615,6 +641,13 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
     suffix = input_path.suffix.lower()
 
     if suffix in PARQUET_SUFFIXES or suffix in JSON_LINES_SUFFIXES:
+        if cols.csv_layout_given:
+            one = len(cols.csv_layout_given) == 1
+            raise DataError(
+                f"{' and '.join(cols.csv_layout_given)} describe{'s' if one else ''} a CSV file; {input_path} is read "
+                f"as {'Parquet' if suffix in PARQUET_SUFFIXES else 'JSON lines'}, whose columns are named: drop "
+                f"{'it' if one else 'them'}"
+            )
         if suffix in PARQUET_SUFFIXES:
             try:
                 frame = pl.read_parquet(input_path)
@@ -629,17 +662,34 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
         where = "row" if suffix in PARQUET_SUFFIXES else "line"
         return _typed_events(frame, input_path, where, rename, kinds, hints, skip_bad_rows)
 
-    have = _header(input_path)
-    _check_columns(input_path, have, want)
+    sep, header = cols.separator, cols.names is None
+    have = _header(input_path, sep) if cols.names is None else list(cols.names)
+    if cols.names is not None:
+        _check_columns_named(input_path, have, want)
+        _check_field_count(input_path, have, sep)
+    else:
+        _check_columns(input_path, have, want)
     try:
         # Every column is read (not just the mapped ones): with a projection polars silently drops the extra
         # fields of a ragged row, which would hide a shifted or broken line.
-        frame = pl.read_csv(input_path, infer_schema=False, quote_char='"').select(list(rename))
+        frame = pl.read_csv(
+            input_path,
+            infer_schema=False,
+            quote_char='"',
+            separator=sep,
+            has_header=header,
+            new_columns=None if header else have,
+        )
+        if frame.width != len(have):  # headerless: the first line has more fields than --columns names
+            raise pl.exceptions.ShapeError("field count")
+        frame = frame.select(list(rename))
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.ShapeError):
         # Ragged rows or bytes that are not UTF-8: the line-level reader names the first one (or drops them
         # with --skip-bad-rows).
         spec: list[tuple[str, Kind]] = [(rename.get(c, f"_unused_{i}"), "str") for i, c in enumerate(have)]
-        table = read_delimited(input_path, spec, header=True, skip_bad_rows=skip_bad_rows, quote_char='"')
+        table = read_delimited(
+            input_path, spec, header=header, skip_bad_rows=skip_bad_rows, quote_char='"', separator=sep
+        )
         frame = table.frame.select("_line", *[n for n, _ in spec if not n.startswith("_unused_")])
         log = _typed_events(frame, input_path, "line", rename, kinds, hints, skip_bad_rows)
         log.bad_rows += table.bad_rows
@@ -647,8 +697,45 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
         return log
     except OSError as e:
         raise _read_error(input_path, e) from e
-    frame = frame.rename(rename).with_row_index("_line", offset=2)
+    frame = frame.rename(rename).with_row_index("_line", offset=2 if header else 1)
     return _typed_events(frame, input_path, "line", rename, kinds, hints, skip_bad_rows)
+
+
+def _check_field_count(path: Path, names: list[str], separator: str) -> None:
+    """A headerless file's first line must have as many fields as ``--columns`` names."""
+    import polars as pl
+
+    try:
+        first = pl.read_csv(
+            path,
+            has_header=False,
+            n_rows=1,
+            separator=separator,
+            quote_char='"',
+            infer_schema=False,
+            encoding="utf8-lossy",
+        )
+    except pl.exceptions.NoDataError:
+        raise DataError(f"{path} is empty (--columns names the columns of its lines)") from None
+    except (pl.exceptions.ComputeError, OSError) as e:
+        raise _read_error(path, e) from e
+    if first.width != len(names):
+        shown = separator.join("" if v is None else str(v) for v in first.row(0))
+        raise DataError(
+            f"--columns names {len(names)} columns ({', '.join(names)}) but line 1 of {path.name} has {first.width} "
+            f"field{'' if first.width == 1 else 's'}: {shown[:80]!r}; name every field (one you do not map may "
+            "have any name), or check --separator"
+        )
+
+
+def _check_columns_named(path: Path, names: list[str], want: dict[str, str]) -> None:
+    """Each mapped column must be one of the names ``--columns`` gives the headerless file."""
+    for name, flag in want.items():
+        if name not in names:
+            raise DataError(
+                f"{flag} {name!r} is not one of the names --columns gives {path.name} ({', '.join(names)}); "
+                f"name it there or pass {flag} with one of them"
+            )
 
 
 def _read_json_lines(path: Path) -> pl.DataFrame:
