@@ -69,8 +69,9 @@ def _require_readable(path: Path) -> None:
 
 
 def _read_error(path: Path, e: Exception) -> DataError:
-    """A DataError for an exception a reader raised: an OSError says why, anything else its first line."""
-    if isinstance(e, OSError):
+    """A DataError for an exception a reader raised: an OSError from the system says why, anything else (also
+    polars' errno-less OSError for a truncated or corrupt compressed stream) its first line."""
+    if isinstance(e, OSError) and e.errno is not None:
         from topkrec.io import os_error_message
 
         return DataError(os_error_message(e, path, "read"))
@@ -324,12 +325,56 @@ def read_taobao(input_path: Path, skip_bad_rows: bool, reward: Reward) -> RawLog
     return RawLog(events=ev.frame, files=[path], bad_rows=ev.bad_rows, first_bad=ev.first_bad)
 
 
-def _header(path: Path, separator: str = ",") -> list[str]:
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+COMPRESSED_SUFFIXES = (".gz", ".gzip", ".zst", ".zstd")  # polars' readers decompress these themselves
+
+
+def format_suffix(path: Path) -> str:
+    """The suffix that tells a file's format, under a compression suffix: ``log.jsonl.gz`` → ``.jsonl``."""
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def _first_line(path: Path) -> str:
+    """The first line of a text file, gzip- or zstd-compressed or not (bytes that are not UTF-8 become U+FFFD)."""
+    import gzip
+
     try:
-        with path.open("r", encoding="utf-8", errors="replace") as f:
-            first = f.readline().rstrip("\r\n")
-    except OSError as e:
+        with path.open("rb") as f:
+            magic = f.read(4)
+            f.seek(0)
+            if magic[:2] == GZIP_MAGIC:
+                with gzip.GzipFile(fileobj=f) as g:
+                    raw = g.readline()
+            elif magic == ZSTD_MAGIC:  # no zstd in the standard library: polars reads it
+                import polars as pl
+
+                first = pl.read_csv(
+                    path,
+                    has_header=False,
+                    n_rows=1,
+                    separator="\x1f",
+                    quote_char=None,
+                    infer_schema=False,
+                    encoding="utf8-lossy",
+                )
+                raw = (first.item(0, 0) or "").encode() if first.height else b""
+            else:
+                raw = f.readline()
+    except (OSError, EOFError) as e:  # a truncated or corrupt gzip stream raises these too
         raise _read_error(path, e) from e
+    except Exception as e:  # polars on a corrupt zstd stream, or an empty one
+        raise DataError(
+            f"{path}: cannot read it ({(str(e).splitlines() or [type(e).__name__])[0]}); fix the file"
+        ) from e
+    return raw.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _header(path: Path, separator: str = ",") -> list[str]:
+    first = _first_line(path)
     if not first:
         raise DataError(f"{path} is empty (expected a header line)")
     return [c.strip().strip('"') for c in first.split(separator)]
@@ -356,20 +401,19 @@ ML100K_GENRES = (
 )  # fmt: skip
 
 
-def _first_line(path: Path) -> str:
-    try:
-        with path.open("rb") as f:
-            return f.readline().decode("utf-8", errors="replace").rstrip("\r\n")
-    except OSError as e:
-        raise _read_error(path, e) from e
-
-
 def _translated(path: Path, separator: str) -> bytes:
-    """The file's bytes with MovieLens' two-character separator ``::`` replaced by ``separator``."""
+    """The file's bytes (gunzipped) with MovieLens' two-character separator ``::`` replaced by ``separator``."""
+    import gzip
+
     try:
-        return path.read_bytes().replace(b"::", separator.encode())
-    except OSError as e:
+        data = path.read_bytes()
+        if data[:2] == GZIP_MAGIC:
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as e:
         raise _read_error(path, e) from e
+    if data[:4] == ZSTD_MAGIC:
+        raise DataError(f"{path} is zstd-compressed; decompress it first (zstd -d) or gzip it")
+    return data.replace(b"::", separator.encode())
 
 
 def read_movielens(input_path: Path, skip_bad_rows: bool) -> RawLog:
@@ -594,7 +638,7 @@ class EventColumns:
         ]
 
 
-JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")  # .json: JSON lines (Amazon, Yelp) or one JSON array
 PARQUET_SUFFIXES = (".parquet", ".pq")
 MISSING_ID_TEXT = ("", "nan", "null", "none")  # (lower-cased) text that means "no id", as pandas writes it
 # Text read as integer ids: canonical integers only, so "007" and "7" (or "+7") never become one id.
@@ -638,7 +682,7 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
     kinds["step"] = "int"
     kinds["behavior"] = "str" if cols.reward else behaviors
     hints = _behavior_hint(reward) if not cols.reward else None
-    suffix = input_path.suffix.lower()
+    suffix = format_suffix(input_path)  # log.csv.gz reads as CSV: polars decompresses gzip and zstd
 
     if suffix in PARQUET_SUFFIXES or suffix in JSON_LINES_SUFFIXES:
         if cols.csv_layout_given:
@@ -739,17 +783,32 @@ def _check_columns_named(path: Path, names: list[str], want: dict[str, str]) -> 
 
 
 def _read_json_lines(path: Path) -> pl.DataFrame:
-    """A JSON-lines file as a frame (schema from every line); a clear error naming the first bad line."""
+    """A JSON-lines file (or a ``.json`` file holding one array of objects) as a frame (schema from every row);
+    a clear error naming the first bad line."""
+    import gzip
     import json
 
     import polars as pl
 
+    if _first_line(path).lstrip().startswith("["):
+        try:
+            return pl.read_json(path, infer_schema_length=None)
+        except OSError as e:
+            raise _read_error(path, e) from e
+        except Exception as e:  # polars raises several kinds for malformed JSON
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            raise DataError(
+                f"{path}: cannot read it as a JSON array of objects ({why}); fix the file, or write one object per "
+                "line (JSON lines)"
+            ) from e
     try:
         return pl.read_ndjson(path, infer_schema_length=None)
     except OSError as e:
         raise _read_error(path, e) from e
     except Exception as e:  # polars does not say which line: find it (only on this error path)
-        with path.open("rb") as f:
+        with path.open("rb") as raw:
+            f = gzip.GzipFile(fileobj=raw) if raw.read(2) == GZIP_MAGIC else raw
+            raw.seek(0)
             for number, raw_line in enumerate(f, 1):
                 if not raw_line.strip():
                     continue
@@ -977,7 +1036,7 @@ def apply_time_unit(raw: RawLog, unit: str, skip_bad_rows: bool) -> RawLog:
     if ev.height == 0:
         return raw
     src = raw.files[0]
-    where = "row" if src.suffix.lower() in PARQUET_SUFFIXES else "line"
+    where = "row" if format_suffix(src) in PARQUET_SUFFIXES else "line"
     factor = TIME_UNITS[unit]
     median = float(ev["ts"].median())  # type: ignore[arg-type]
     if raw.ts_is_datetime:
