@@ -3,6 +3,11 @@
     python benchmarks/bench_quality.py [--datasets movielens,taobao,synthetic] [--corrections none,is,topk]
                                        [--no-seed-preset] [--no-sasrec] [--sweep] [--pretrained] [--work DIR]
                                        [--synth-users N --synth-items N --epochs N --max-steps N]  # smaller
+    python benchmarks/bench_quality.py --data ml-1m=DIR [--data NAME=DIR ...]   # your own prepared datasets
+
+``--data NAME=DIR`` adds a dataset directory that ``topkrec prepare`` wrote (any log, e.g. ``prepare --format
+movielens --input ml-1m``) under NAME; given alone, the benchmark runs only those (``--datasets`` may mix them
+with the built-in names).
 
 For each dataset, through the installed ``topkrec`` command (one subprocess per stage, as a user runs it):
 
@@ -83,9 +88,13 @@ def topkrec(*args: str, log: Path | None = None) -> tuple[float, str]:
     return seconds, r.stdout
 
 
-def prepare(name: str, work: Path, log: Path, synth_size: tuple[int, int] = (0, 0)) -> Path | None:
+def prepare(
+    name: str, work: Path, log: Path, synth_size: tuple[int, int] = (0, 0), given: dict[str, Path] | None = None
+) -> Path | None:
     """The prepared dataset dir (reused when ``work`` has it); ``synth_size``: (users, items) of ``topkrec
-    synth``, 0 for its default."""
+    synth``, 0 for its default; ``given``: the ``--data NAME=DIR`` directories, used as they are."""
+    if given and name in given:
+        return given[name]
     data = work / name / "data"
     if (data / "meta.json").exists():
         return data
@@ -131,7 +140,7 @@ def _trainer_state(model: Path) -> dict[str, Any]:
 
 
 def run_dataset(name: str, work: Path, args: argparse.Namespace, log: Path) -> list[dict[str, Any]]:
-    data = prepare(name, work, log, (args.synth_users, args.synth_items))
+    data = prepare(name, work, log, (args.synth_users, args.synth_items), args.data)
     if data is None:
         return []
     rows: list[dict[str, Any]] = []
@@ -219,7 +228,16 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", default="movielens,taobao,synthetic")
+    ap.add_argument(
+        "--datasets", default=None, help="comma-separated (default: the --data names, else movielens,taobao,synthetic)"
+    )
+    ap.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a dataset directory written by `topkrec prepare`, benchmarked under NAME (repeatable)",
+    )
     ap.add_argument("--corrections", default="none,is,topk")
     ap.add_argument("--no-seed-preset", dest="seed_preset", action="store_false")
     ap.add_argument("--no-sasrec", dest="sasrec", action="store_false")
@@ -235,13 +253,27 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=0, help="`train --max-steps` of every run (0: no limit)")
     args = ap.parse_args()
     args.corrections = [c.strip() for c in args.corrections.split(",") if c.strip()]
+    given: dict[str, Path] = {}
+    for spec in args.data:
+        name, sep, directory = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not directory:
+            raise SystemExit(f"--data {spec!r}: expected NAME=DIR")
+        if name in DATASETS or name in given:
+            raise SystemExit(f"--data {spec!r}: the name {name!r} is taken; choose another")
+        if not (Path(directory) / "meta.json").is_file():
+            raise SystemExit(f"--data {spec!r}: {directory} has no meta.json; give a directory `topkrec prepare` wrote")
+        given[name] = Path(directory).resolve()
+    args.data = given
+    if args.datasets is None:
+        args.datasets = ",".join(given) if given else "movielens,taobao,synthetic"
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "commands.log"
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for name in (d.strip() for d in args.datasets.split(",") if d.strip()):
-        if name not in DATASETS:
-            raise SystemExit(f"unknown dataset {name!r}; use some of {', '.join(DATASETS)}")
+        if name not in DATASETS and name not in given:
+            raise SystemExit(f"unknown dataset {name!r}; use some of {', '.join([*DATASETS, *given])}")
         rows += run_dataset(name, args.work, args, log)
     print_tables(rows)
     print(f"\n# {len(rows)} results in {time.perf_counter() - t0:.0f} s; commands and their output: {log}")
