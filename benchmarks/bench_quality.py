@@ -111,8 +111,8 @@ def prepare(
     return data
 
 
-def evaluate(model: Path, data: Path, log: Path) -> dict[str, Any]:
-    _, out = topkrec("evaluate", "--model", str(model), "--data", str(data), "--json", "--device", "cpu", log=log)
+def evaluate(model: Path, data: Path, log: Path, device: str = "cpu") -> dict[str, Any]:
+    _, out = topkrec("evaluate", "--model", str(model), "--data", str(data), "--json", "--device", device, log=log)
     return json.loads(out)
 
 
@@ -144,13 +144,13 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace, log: Path) -> l
     if data is None:
         return []
     rows: list[dict[str, Any]] = []
-    base = ["--data", str(data), "--device", "cpu", "--force"]
+    base = ["--data", str(data), "--device", args.device, "--force"]
     short = [(f"--{k.replace('_', '-')}", str(v)) for k in ("epochs", "max_steps") if (v := getattr(args, k)) > 0]
     base += [a for flag in short for a in flag]
     for i, correction in enumerate(args.corrections):
         model = work / name / f"model-{correction}"
         train_s, _ = topkrec("train", *base, "--out", str(model), "--correction", correction, log=log)
-        doc = evaluate(model, data, log)
+        doc = evaluate(model, data, log, args.device)
         state = _trainer_state(model)
         settings = ", ".join(["defaults", f"--correction {correction}", *(" ".join(flag) for flag in short)])
         rows.append(
@@ -171,19 +171,22 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace, log: Path) -> l
                 print(json.dumps(rows[-1]), flush=True)
     if args.seed_preset:
         emb = work / name / "embeddings-seed"
-        pre_s, _ = topkrec("pretrain", "--data", str(data), "--out", str(emb), "--preset", "seed", "--force", log=log)
+        seed_args = ["--data", str(data), "--out", str(emb), "--preset", "seed", "--force", "--device", args.device]
+        pre_s, _ = topkrec("pretrain", *seed_args, log=log)
         model = work / name / "model-seed"
         train_s, _ = topkrec("train", *base, "--out", str(model), "--preset", "seed", "--embeddings", str(emb), log=log)
-        doc = evaluate(model, data, log)
+        doc = evaluate(model, data, log, args.device)
         rows.append(_row(name, "seed preset (topk)", doc["models"]["topk"], train_s + pre_s, "--preset seed"))
         print(json.dumps(rows[-1]), flush=True)
     if args.pretrained:
         emb = work / name / "embeddings"
-        pre_s, _ = topkrec("pretrain", "--data", str(data), "--out", str(emb), "--force", "--device", "cpu", log=log)
+        pre_s, _ = topkrec(
+            "pretrain", "--data", str(data), "--out", str(emb), "--force", "--device", args.device, log=log
+        )
         for label, flags in (("fine-tuned", []), ("frozen", ["--frozen-embeddings"])):
             model = work / name / f"model-pretrained-{label}"
             train_s, _ = topkrec("train", *base, "--out", str(model), "--embeddings", str(emb), *flags, log=log)
-            doc = evaluate(model, data, log)
+            doc = evaluate(model, data, log, args.device)
             settings = " ".join(["pretrain defaults; train defaults --embeddings", *flags])
             rows.append(_row(name, f"pretrained, {label} (none)", doc["models"]["none"], train_s + pre_s, settings))
             print(json.dumps(rows[-1]), flush=True)
@@ -200,7 +203,7 @@ def run_dataset(name: str, work: Path, args: argparse.Namespace, log: Path) -> l
         for label, flags in SWEEP.items():
             model = work / name / f"sweep-{label.replace(' ', '-')}"
             train_s, _ = topkrec("train", *base, "--out", str(model), *flags, log=log)
-            doc = evaluate(model, data, log)
+            doc = evaluate(model, data, log, args.device)
             state = _trainer_state(model)
             rows.append(
                 _row(name, f"sweep: {label}", doc["models"]["none"], train_s, " ".join(flags) or "defaults")
@@ -251,6 +254,12 @@ def main() -> None:
     ap.add_argument("--synth-items", type=int, default=0, help="items of `topkrec synth` (0: its default)")
     ap.add_argument("--epochs", type=int, default=0, help="`train --epochs` of every run (0: train's default)")
     ap.add_argument("--max-steps", type=int, default=0, help="`train --max-steps` of every run (0: no limit)")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="--device of every pretrain, train and evaluate (cpu, the default, is what the docs' figures used; "
+        "auto or cuda on a GPU machine); the SASRec reference always runs on the CPU",
+    )
     args = ap.parse_args()
     args.corrections = [c.strip() for c in args.corrections.split(",") if c.strip()]
     given: dict[str, Path] = {}
