@@ -125,7 +125,7 @@ def read_delimited(
     row must have exactly ``len(columns)`` fields and every value must parse as its kind; otherwise
     a DataError names the file, line and value, unless ``skip_bad_rows`` drops such rows. ``source``, when
     given, is the file's content to parse instead of reading ``path`` (which still names it in errors):
-    :func:`read_double_colon` passes MovieLens' ``::``-separated files with the separator translated.
+    :func:`read_movielens` passes the 1M and 10M releases' ``::``-separated files with the separator translated.
     """
     import io
 
@@ -543,7 +543,6 @@ def _movielens_dat_movies(movies: Path) -> tuple[pl.DataFrame, Path] | None:
 def _movielens_dat_users(users: Path) -> tuple[pl.DataFrame, Path] | None:
     """users.dat (UserID::Gender::Age::Occupation::Zip-code, 1M): sex, age (bucketed from its codes 1, 18,
     25, …, which are each band's lower bound) and occupation."""
-
     if not users.is_file():
         return None
     u = _side_table(users, ["id", "sex", "age", "occupation", "zip"], "\t", _translated(users, "\t"))
@@ -807,8 +806,11 @@ def _read_json_lines(path: Path) -> pl.DataFrame:
         raise _read_error(path, e) from e
     except Exception as e:  # polars does not say which line: find it (only on this error path)
         with path.open("rb") as raw:
-            f = gzip.GzipFile(fileobj=raw) if raw.read(2) == GZIP_MAGIC else raw
+            magic = raw.read(4)
             raw.seek(0)
+            if magic == ZSTD_MAGIC:  # no zstd in the standard library to find the line with
+                raise DataError(f"{path}: cannot read JSON lines ({str(e).splitlines()[0]}); fix the file") from e
+            f = gzip.GzipFile(fileobj=raw) if magic[:2] == GZIP_MAGIC else raw
             for number, raw_line in enumerate(f, 1):
                 if not raw_line.strip():
                     continue
