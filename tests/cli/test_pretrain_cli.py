@@ -13,6 +13,7 @@ import torch
 
 from topkrec.data.dataset import Dataset
 from topkrec.embeddings import load_embeddings
+from topkrec.embeddings.config import PretrainConfig
 
 
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -29,11 +30,12 @@ def test_cli_writes_embeddings_dir(planted_dataset_dir: Path, tmp_path: Path) ->
     assert "eval AUC" in r.stdout
     dataset = Dataset.load(planted_dataset_dir)
     emb = load_embeddings(out, dataset)
-    assert emb.user.shape == (200, 32) and emb.item.shape == (129, 32)
+    d = PretrainConfig().embed_size
+    assert emb.user.shape == (200, d) and emb.item.shape == (129, d)
     assert torch.count_nonzero(emb.item[-1]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["epochs"] == 3 and cfg["config"]["loss"] == "cosine"
-    assert cfg["shapes"] == {"user_embeddings": [200, 32], "item_embeddings": [129, 32]}
+    assert cfg["shapes"] == {"user_embeddings": [200, d], "item_embeddings": [129, d]}
     assert cfg["dataset"]["n_users"] == 200 and cfg["dataset"]["n_items"] == 128 and cfg["topkrec_version"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]

@@ -121,7 +121,9 @@ def test_planted_blocks_are_recovered(loss: str) -> None:
     nearest = (result.user @ result.item[:-1].T).topk(5, dim=1).indices // 16  # (n_users, 5) groups
     assert torch.all(nearest == user_group[:, None])
     # outputs: unit rows and a zero pad/OOV row
-    assert result.item.shape == (ds.n_items + 1, 32) and torch.count_nonzero(result.item[-1]) == 0
+    assert (
+        result.item.shape == (ds.n_items + 1, PretrainConfig().embed_size) and torch.count_nonzero(result.item[-1]) == 0
+    )
     assert torch.allclose(result.user.norm(dim=1), torch.ones(ds.n_users), atol=1e-4)
 
 

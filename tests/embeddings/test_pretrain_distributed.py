@@ -23,6 +23,7 @@ import torch.distributed as dist
 from topkrec.data.dataset import Dataset
 from topkrec.distributed import DistContext
 from topkrec.embeddings import load_embeddings
+from topkrec.embeddings.config import PretrainConfig
 from topkrec.embeddings.train import min_batch_rows
 
 needs_gloo = pytest.mark.skipif(
@@ -32,7 +33,12 @@ needs_gloo = pytest.mark.skipif(
 # Learns the planted blocks without batch norm (eval AUC ≈ 0.99 after 3 epochs), in a few seconds.
 # Dense embeddings in both runs: under torchrun pretraining always uses dense embedding gradients.
 COMPARABLE = ["--epochs", "3", "--batch-size", "255", "--no-batch-norm", "--dense-embeddings", "--lr", "1e-2"]
-COMPARABLE += ["--hidden", "64"]
+COMPARABLE += [
+    "--hidden",
+    "64",
+    "--embed-size",
+    "32",
+]  # the width these settings learn the planted blocks at in 3 epochs
 
 
 def _env() -> dict[str, str]:
@@ -128,7 +134,7 @@ def test_two_processes_with_batch_norm_dense_softmax_learn(planted_dataset_dir: 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["eval_auc"] > 0.9
     emb = load_embeddings(out, Dataset.load(planted_dataset_dir))
-    assert emb.user.shape == (200, 32) and torch.count_nonzero(emb.item[-1]) == 0
+    assert emb.user.shape == (200, PretrainConfig().embed_size) and torch.count_nonzero(emb.item[-1]) == 0
 
 
 @needs_gloo

@@ -94,6 +94,18 @@ def test_an_embed_size_the_pretrained_vectors_override_warns(tiny, caplog) -> No
         assert agent.config.embed_size == 8
         assert ("does not apply with --embeddings" in caplog.text) is warns, (size, caplog.text)
         assert not warns or f"--embed-size {size} does not apply" in caplog.text
+        # The recipe's own width, narrowed by the vectors, says what that cost (pretrain's default is 32).
+        assert ("narrower than the recipe's 64" in caplog.text) is (size == AgentConfig().embed_size), caplog.text
+
+
+def test_pretrained_vectors_as_wide_as_the_recipe_do_not_warn(tiny, caplog) -> None:
+    width = AgentConfig().embed_size
+    emb = PretrainedEmbeddings(
+        user=torch.zeros(tiny.n_users, width), item=torch.zeros(tiny.n_items + 1, width), config={}
+    )
+    with caplog.at_level("WARNING", logger="topkrec.train.build"):
+        build_agent(tiny, AgentConfig(hidden=16), TrainConfig(device="cpu"), emb)
+    assert "narrower" not in caplog.text and "does not apply" not in caplog.text
 
 
 @pytest.mark.parametrize("trainable", [None, True, False])
