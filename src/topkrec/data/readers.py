@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Literal
 from topkrec.errors import DataError
 
 if TYPE_CHECKING:
+    import gzip
+    import io
+
     import polars as pl
 
 logger = logging.getLogger(__name__)
@@ -338,38 +341,41 @@ def format_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _first_line(path: Path) -> str:
-    """The first line of a text file, gzip- or zstd-compressed or not (bytes that are not UTF-8 become U+FFFD)."""
+def _compression(path: Path) -> Literal["gzip", "zstd"] | None:
+    """The compression of a file, from its first bytes (polars' readers decompress both themselves)."""
+    with path.open("rb") as f:
+        magic = f.read(4)
+    return "gzip" if magic[:2] == GZIP_MAGIC else "zstd" if magic == ZSTD_MAGIC else None
+
+
+def _open_binary(path: Path) -> gzip.GzipFile | io.BufferedReader:
+    """The file's bytes, gunzipped when it is gzip-compressed (zstd: see :func:`_compression`)."""
     import gzip
 
-    try:
-        with path.open("rb") as f:
-            magic = f.read(4)
-            f.seek(0)
-            if magic[:2] == GZIP_MAGIC:
-                with gzip.GzipFile(fileobj=f) as g:
-                    raw = g.readline()
-            elif magic == ZSTD_MAGIC:  # no zstd in the standard library: polars reads it
-                import polars as pl
+    return gzip.open(path, "rb") if _compression(path) == "gzip" else path.open("rb")
 
-                first = pl.read_csv(
-                    path,
-                    has_header=False,
-                    n_rows=1,
-                    separator="\x1f",
-                    quote_char=None,
-                    infer_schema=False,
-                    encoding="utf8-lossy",
-                )
-                raw = (first.item(0, 0) or "").encode() if first.height else b""
-            else:
+
+def _first_line(path: Path) -> str:
+    """The first line of a text file, gzip- or zstd-compressed or not (bytes that are not UTF-8 become U+FFFD)."""
+    try:
+        if _compression(path) == "zstd":  # no zstd in the standard library: polars reads it
+            import polars as pl
+
+            first = pl.read_csv(
+                path,
+                has_header=False,
+                n_rows=1,
+                separator="\x1f",
+                quote_char=None,
+                infer_schema=False,
+                encoding="utf8-lossy",
+            )
+            raw = (first.item(0, 0) or "").encode() if first.height else b""
+        else:
+            with _open_binary(path) as f:
                 raw = f.readline()
-    except (OSError, EOFError) as e:  # a truncated or corrupt gzip stream raises these too
+    except Exception as e:  # OSError, EOFError of a truncated gzip stream, polars on a corrupt zstd one
         raise _read_error(path, e) from e
-    except Exception as e:  # polars on a corrupt zstd stream, or an empty one
-        raise DataError(
-            f"{path}: cannot read it ({(str(e).splitlines() or [type(e).__name__])[0]}); fix the file"
-        ) from e
     return raw.decode("utf-8", errors="replace").rstrip("\r\n")
 
 
@@ -380,14 +386,21 @@ def _header(path: Path, separator: str = ",") -> list[str]:
     return [c.strip().strip('"') for c in first.split(separator)]
 
 
-def _check_columns(path: Path, have: list[str], want: dict[str, str]) -> None:
-    """``want`` maps a column name to the flag that sets it."""
+def _check_columns(path: Path, have: list[str], want: dict[str, str], named_by_flag: bool = False) -> None:
+    """``want`` maps a column name to the flag that sets it; ``named_by_flag``: ``have`` are the names
+    ``--columns`` gives a headerless file, not the file's own header."""
     for name, flag in want.items():
-        if name not in have:
+        if name in have:
+            continue
+        if named_by_flag:
             raise DataError(
-                f"{path} has no column {name!r} (columns: {', '.join(have)}); "
-                f"{'rename it or ' if flag else ''}{('pass ' + flag + ' NAME') if flag else 'fix the file'}"
+                f"{flag} {name!r} is not one of the names --columns gives {path.name} ({', '.join(have)}); "
+                f"name it there or pass {flag} with one of them"
             )
+        raise DataError(
+            f"{path} has no column {name!r} (columns: {', '.join(have)}); "
+            f"{'rename it or ' if flag else ''}{('pass ' + flag + ' NAME') if flag else 'fix the file'}"
+        )
 
 
 MOVIELENS_RATINGS = ("ratings.csv", "ratings.dat", "u.data")
@@ -403,16 +416,13 @@ ML100K_GENRES = (
 
 def _translated(path: Path, separator: str) -> bytes:
     """The file's bytes (gunzipped) with MovieLens' two-character separator ``::`` replaced by ``separator``."""
-    import gzip
-
     try:
-        data = path.read_bytes()
-        if data[:2] == GZIP_MAGIC:
-            data = gzip.decompress(data)
+        if _compression(path) == "zstd":
+            raise DataError(f"{path} is zstd-compressed; decompress it first (zstd -d) or gzip it")
+        with _open_binary(path) as f:
+            data = f.read()
     except (OSError, EOFError) as e:
         raise _read_error(path, e) from e
-    if data[:4] == ZSTD_MAGIC:
-        raise DataError(f"{path} is zstd-compressed; decompress it first (zstd -d) or gzip it")
     return data.replace(b"::", separator.encode())
 
 
@@ -457,16 +467,27 @@ def read_movielens(input_path: Path, skip_bad_rows: bool) -> RawLog:
     )
 
 
-def _side_table(path: Path, names: list[str], separator: str, source: bytes | None = None) -> pl.DataFrame:
-    """A MovieLens feature file as text columns (bytes that are not UTF-8 — ML-1M and 100K are Latin-1 —
-    become U+FFFD: only ids and codes are used, and those are checked)."""
+def _side_file_error(path: Path, e: Exception) -> DataError:
+    """An optional MovieLens side file polars could not read: the user may fix it or remove it."""
+    if isinstance(e, OSError):
+        return _read_error(path, e)
+    return DataError(f"{path}: cannot read it ({str(e).splitlines()[0]}); fix or remove the file")
+
+
+def _side_table(path: Path, names: list[str], separator: str) -> pl.DataFrame:
+    """A MovieLens feature file as text columns; ``separator`` ``::`` (1M, 10M) is translated to a tab first.
+    Bytes that are not UTF-8 (ML-1M and 100K are Latin-1) become U+FFFD: only ids and codes are used, and
+    those are checked."""
     import io
 
     import polars as pl
 
+    source: Path | io.BytesIO = path
+    if separator == "::":
+        source, separator = io.BytesIO(_translated(path, "\t")), "\t"
     try:
         return pl.read_csv(
-            path if source is None else io.BytesIO(source),
+            source,
             has_header=False,
             new_columns=names,
             separator=separator,
@@ -475,9 +496,7 @@ def _side_table(path: Path, names: list[str], separator: str, source: bytes | No
             encoding="utf8-lossy",
         )
     except Exception as e:  # polars raises several kinds for malformed files
-        if isinstance(e, OSError):
-            raise _read_error(path, e) from e
-        raise DataError(f"{path}: cannot read it ({str(e).splitlines()[0]}); fix or remove the file") from e
+        raise _side_file_error(path, e) from e
 
 
 def _side_ids(path: Path, frame: pl.DataFrame, line_offset: int) -> pl.Expr:
@@ -514,9 +533,7 @@ def _movielens_csv_movies(movies: Path) -> tuple[pl.DataFrame, Path] | None:
             encoding="utf8-lossy",
         )
     except Exception as e:  # polars raises several kinds for malformed CSV
-        if isinstance(e, OSError):
-            raise _read_error(movies, e) from e
-        raise DataError(f"{movies}: cannot read it ({str(e).splitlines()[0]}); fix or remove the file") from e
+        raise _side_file_error(movies, e) from e
     _check_columns(movies, m.columns, {"movieId": "", "genres": ""})
     _check_genres(movies, m["genres"], 2, "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove movies.csv")
     frame = m.select(
@@ -532,7 +549,7 @@ def _movielens_dat_movies(movies: Path) -> tuple[pl.DataFrame, Path] | None:
 
     if not movies.is_file():
         return None
-    m = _side_table(movies, ["id", "title", "genres"], "\t", _translated(movies, "\t"))
+    m = _side_table(movies, ["id", "title", "genres"], "::")
     _check_genres(movies, m["genres"], 1, "fix or remove movies.dat")
     frame = m.select(
         _side_ids(movies, m, 1).alias("item"), pl.col("genres").str.split("|").list.first().alias("genre")
@@ -545,7 +562,7 @@ def _movielens_dat_users(users: Path) -> tuple[pl.DataFrame, Path] | None:
     25, …, which are each band's lower bound) and occupation."""
     if not users.is_file():
         return None
-    u = _side_table(users, ["id", "sex", "age", "occupation", "zip"], "\t", _translated(users, "\t"))
+    u = _side_table(users, ["id", "sex", "age", "occupation", "zip"], "::")
     return _movielens_users(users, u, 1), users
 
 
@@ -707,11 +724,9 @@ def read_events(input_path: Path, cols: EventColumns, skip_bad_rows: bool, rewar
 
     sep, header = cols.separator, cols.names is None
     have = _header(input_path, sep) if cols.names is None else list(cols.names)
+    _check_columns(input_path, have, want, named_by_flag=cols.names is not None)
     if cols.names is not None:
-        _check_columns_named(input_path, have, want)
         _check_field_count(input_path, have, sep)
-    else:
-        _check_columns(input_path, have, want)
     try:
         # Every column is read (not just the mapped ones): with a projection polars silently drops the extra
         # fields of a ragged row, which would hide a shifted or broken line.
@@ -771,20 +786,9 @@ def _check_field_count(path: Path, names: list[str], separator: str) -> None:
         )
 
 
-def _check_columns_named(path: Path, names: list[str], want: dict[str, str]) -> None:
-    """Each mapped column must be one of the names ``--columns`` gives the headerless file."""
-    for name, flag in want.items():
-        if name not in names:
-            raise DataError(
-                f"{flag} {name!r} is not one of the names --columns gives {path.name} ({', '.join(names)}); "
-                f"name it there or pass {flag} with one of them"
-            )
-
-
 def _read_json_lines(path: Path) -> pl.DataFrame:
     """A JSON-lines file (or a ``.json`` file holding one array of objects) as a frame (schema from every row);
     a clear error naming the first bad line."""
-    import gzip
     import json
 
     import polars as pl
@@ -805,12 +809,9 @@ def _read_json_lines(path: Path) -> pl.DataFrame:
     except OSError as e:
         raise _read_error(path, e) from e
     except Exception as e:  # polars does not say which line: find it (only on this error path)
-        with path.open("rb") as raw:
-            magic = raw.read(4)
-            raw.seek(0)
-            if magic == ZSTD_MAGIC:  # no zstd in the standard library to find the line with
-                raise DataError(f"{path}: cannot read JSON lines ({str(e).splitlines()[0]}); fix the file") from e
-            f = gzip.GzipFile(fileobj=raw) if magic[:2] == GZIP_MAGIC else raw
+        if _compression(path) == "zstd":  # no zstd in the standard library to find the line with
+            raise DataError(f"{path}: cannot read JSON lines ({str(e).splitlines()[0]}); fix the file") from e
+        with _open_binary(path) as f:
             for number, raw_line in enumerate(f, 1):
                 if not raw_line.strip():
                     continue
