@@ -100,26 +100,20 @@ def test_benchmark_runs_and_ends_with_one_json_line(
 @pytest.mark.slow
 def test_bench_quality_runs_on_a_dataset_the_user_prepared(tmp_path: Path, planted_dataset_dir: Path) -> None:
     """``--data NAME=DIR`` benchmarks a prepared directory (any log) instead of the built-in samples."""
-    script = [sys.executable, str(REPO / "benchmarks" / "bench_quality.py")]
     quick = ["--corrections", "none", "--no-seed-preset", "--no-sasrec", "--epochs", "1", "--max-steps", "1"]
-    r = subprocess.run(
-        [*script, "--data", f"mine={planted_dataset_dir}", *quick, "--work", str(tmp_path / "w")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def bench(data: Path, work: str, timeout: int) -> subprocess.CompletedProcess[str]:
+        script = [sys.executable, str(REPO / "benchmarks" / "bench_quality.py"), "--data", f"mine={data}", *quick]
+        return subprocess.run(
+            [*script, "--work", str(tmp_path / work)], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
+
+    r = bench(planted_dataset_dir, "w", 300)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(r.stdout.splitlines()[-1])["results"]
     assert [(row["dataset"], row["model"]) for row in rows] == [
         ("mine", m) for m in ("none", "popularity", "recent", "behavior")
     ]
     assert not (tmp_path / "w" / "mine" / "data").exists()  # the given directory is used, not re-prepared
-    bad = subprocess.run(
-        [*script, "--data", f"mine={tmp_path}", *quick, "--work", str(tmp_path / "w2")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = bench(tmp_path, "w2", 60)
     assert bad.returncode != 0 and "has no meta.json" in bad.stderr
